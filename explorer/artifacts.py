@@ -1,0 +1,38 @@
+"""Every file and folder name inside a run folder, in one place.
+
+A run folder (default `runs/<profile>/`) holds:
+
+    profile.json                 the profile the run was built with
+    corpus/                      stage `corpus`
+        documents.parquet        one row per trace: doc_id, text, labels summary, metadata
+        phrases.parquet          one row per labelled backtracking phrase (character spans)
+        error_steps.parquet      synthetic corpora only: the wrong step before each correction
+        summary.json             counts, and agreement with the source's own labels
+        stage.json               the stage manifest (what made it, when)
+    model/                       stage `train-lm` (demo profiles): a Hugging Face model directory
+        config.json, model.safetensors, tokenizer.json, tokenizer_config.json, ...
+        train_report.json        loss curve, held-out loss, a greedy sample
+        stage.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROFILE_FILE = "profile.json"
+STAGE_MANIFEST = "stage.json"
+
+CORPUS_DIR = "corpus"
+DOCUMENTS_FILE = "documents.parquet"
+PHRASES_FILE = "phrases.parquet"
+ERROR_STEPS_FILE = "error_steps.parquet"
+CORPUS_SUMMARY_FILE = "summary.json"
+
+MODEL_DIR = "model"
+TRAIN_REPORT_FILE = "train_report.json"
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+def default_run_dir(profile_name: str) -> Path:
+    return DEFAULT_RUNS_DIR / profile_name

@@ -1,0 +1,1 @@
+"""Offline pipeline: `python -m precompute --help`."""

@@ -1,0 +1,140 @@
+"""`python -m precompute`: the offline pipeline's command line.
+
+    corpus     generate or import a corpus and label its backtracking phrases
+    train-lm   train the demo model on the run's corpus (demo profiles)
+    build      every stage in order
+
+Each stage prints its config, shows progress, writes its output atomically into the run folder, and
+is skipped when its output is already current (pass --force to rebuild).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from explorer import artifacts
+from precompute.atomic import write_text_atomic
+from precompute.profiles import PROFILES, Profile, get_profile
+
+
+class UserError(Exception):
+    """An error whose message tells the user what to do; printed without a traceback."""
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        default="demo",
+        help=f"built-in profile ({', '.join(PROFILES)}) or a saved profile.json (default: demo)",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="read traces from this file, folder or hub dataset id instead of the profile's corpus "
+        "(notebook JSON, .jsonl, .parquet, a save_to_disk folder, or e.g. open-r1/OpenR1-Math-220k)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="run folder (default: runs/<profile>, or runs/<profile>-<dataset name> with --dataset)",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m precompute",
+        description="Offline pipeline of the backtracking-feature explorer.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: python -m precompute build --profile demo",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    corpus = sub.add_parser("corpus", help="generate or import a corpus and label its backtracking phrases")
+    _add_run_args(corpus)
+    corpus.add_argument("--n-traces", type=int, help="synthetic: number of traces; import: read at most this many")
+    corpus.add_argument("--seed", type=int, help="synthetic generator seed")
+    train_lm = sub.add_parser("train-lm", help="train the demo model on the run's corpus (demo profiles only)")
+    _add_run_args(train_lm)
+    train_lm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    build = sub.add_parser("build", help="run every stage in order: corpus, train-lm")
+    _add_run_args(build)
+    return parser
+
+
+def resolve_profile(args: argparse.Namespace) -> Profile:
+    try:
+        profile = get_profile(args.profile)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    profile = profile.with_dataset(args.dataset)
+    overrides = {}
+    if getattr(args, "n_traces", None) is not None:
+        overrides["n_traces"] = args.n_traces
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    if overrides:
+        import dataclasses
+
+        profile = dataclasses.replace(profile, corpus=dataclasses.replace(profile.corpus, **overrides))
+    if getattr(args, "steps", None) is not None and profile.demo_lm is not None:
+        import dataclasses
+
+        profile = dataclasses.replace(profile, demo_lm=dataclasses.replace(profile.demo_lm, steps=args.steps))
+    return profile
+
+
+def resolve_run_dir(args: argparse.Namespace, profile: Profile) -> Path:
+    if args.out is not None:
+        return args.out
+    if args.dataset:
+        stem = Path(str(args.dataset).rstrip("/")).name.split(".")[0] or "dataset"
+        return artifacts.DEFAULT_RUNS_DIR / f"{profile.name}-{stem}"
+    return artifacts.default_run_dir(profile.name)
+
+
+def save_profile(profile: Profile, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / artifacts.PROFILE_FILE, profile.to_json() + "\n")
+
+
+def run_command(args: argparse.Namespace) -> None:
+    profile = resolve_profile(args)
+    run_dir = resolve_run_dir(args, profile)
+    save_profile(profile, run_dir)
+    print(f"run folder: {run_dir}   profile: {profile.name}", flush=True)
+    if args.command in ("corpus", "build"):
+        from precompute.corpus_stage import run_corpus_stage
+
+        run_corpus_stage(profile.corpus, run_dir, force=args.force)
+    if args.command in ("train-lm", "build"):
+        from precompute.train_lm_stage import run_train_lm_stage
+
+        if profile.demo_lm is None:
+            if args.command == "train-lm":
+                raise UserError(
+                    f"Profile {profile.name!r} uses the pretrained model {profile.model}; "
+                    "train-lm only trains the demo model (use --profile demo)."
+                )
+        else:
+            run_train_lm_stage(profile.demo_lm, run_dir, force=args.force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run_command(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing half-written was kept", file=sys.stderr)
+        return 130
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the library's own errors carry actionable messages
+        from explorer.errors import is_user_facing
+
+        if not is_user_facing(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,202 @@
+"""Stage `corpus`: generate or import traces, label their backtracking phrases, write `corpus/`.
+
+Synthetic traces keep the generator's exact labels (and the wrong step before each correction).
+Imported traces are labelled with the lexicon (`explorer.labels.label_text`); where a trace carries
+its own `has_backtracking`, the two are compared and every disagreement is explained.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from explorer import artifacts
+from explorer.correctness import is_correct
+from explorer.label_audit import LabelAgreement, audit_against_source
+from explorer.labels import PhraseSpan, group_counts, has_backtracking, label_text
+from explorer.lexicon import GROUPS, LEXICON, NOTEBOOK_GROUPS
+from explorer.records import TraceRecord
+from precompute.atomic import atomic_dir
+from precompute.profiles import CorpusSpec
+from precompute.stages import config_hash, print_config, print_skip, stage_is_current, write_manifest
+
+STAGE = "corpus"
+SYNTHETIC = "synthetic"
+
+
+class LabelledCorpus(NamedTuple):
+    records: list[TraceRecord]
+    spans_by_doc: dict[str, list[PhraseSpan]]
+    error_steps_by_doc: dict[str, list[tuple[int, int]]]
+    """Synthetic only: character spans of the wrong step before each correction."""
+
+
+class CorpusSummary(NamedTuple):
+    n_documents: int
+    n_with_backtracking: int
+    n_with_interjection: int
+    phrases_per_group: dict[str, int]
+    agreement: LabelAgreement | None
+
+
+def stage_config(spec: CorpusSpec) -> dict:
+    config = {"source": spec.source, "n_traces": spec.n_traces, "seed": spec.seed}
+    # A lexicon change invalidates the labels, so it is part of the stage's identity.
+    config["lexicon_hash"] = config_hash({g: list(p) for g, p in LEXICON.items()})
+    return config
+
+
+def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:
+    """Read or generate the traces named by `spec`, and label them."""
+    if spec.source == SYNTHETIC:
+        from explorer.synthetic import generate_traces
+
+        traces = generate_traces(spec.n_traces, seed=spec.seed)
+        return LabelledCorpus(
+            records=[t.record for t in traces],
+            spans_by_doc={t.record.doc_id: list(t.phrase_spans) for t in traces},
+            error_steps_by_doc={t.record.doc_id: list(t.error_spans) for t in traces},
+        )
+    from explorer.corpus import load_corpus
+
+    records = load_corpus(spec.source, limit=spec.n_traces or None)
+    spans_by_doc = {r.doc_id: label_text(r.text) for r in tqdm(records, desc="labelling", unit="doc")}
+    return LabelledCorpus(records, spans_by_doc, {})
+
+
+def _record_is_correct(record: TraceRecord) -> bool | None:
+    if isinstance(record.metadata.get("is_correct"), bool):
+        return record.metadata["is_correct"]
+    truth = record.metadata.get("ground_truth", record.metadata.get("answer"))
+    return is_correct(record.text, str(truth)) if truth not in (None, "") else None
+
+
+def documents_frame(corpus: LabelledCorpus) -> pd.DataFrame:
+    rows = []
+    for record in corpus.records:
+        spans = corpus.spans_by_doc.get(record.doc_id, [])
+        source_label = record.metadata.get("has_backtracking")
+        rows.append(
+            {
+                "doc_id": record.doc_id,
+                "text": record.text,
+                "n_chars": len(record.text),
+                "has_backtracking": has_backtracking(spans),
+                "has_interjection": has_backtracking(spans, groups=("interjection",)),
+                "n_phrases": len(spans),
+                "is_correct": _record_is_correct(record),
+                "problem_id": str(record.metadata.get("problem_id", record.metadata.get("uuid", record.doc_id))),
+                "problem_type": str(record.metadata.get("problem_type", "")),
+                "source_has_backtracking": source_label if isinstance(source_label, bool) else None,
+                "metadata_json": json.dumps(record.metadata, default=str, ensure_ascii=False),
+            }
+        )
+    return pd.DataFrame(rows).astype({"is_correct": "boolean", "source_has_backtracking": "boolean"})
+
+
+def phrases_frame(corpus: LabelledCorpus) -> pd.DataFrame:
+    rows = [
+        {"doc_id": doc_id, "start": s.start, "end": s.end, "group": s.group, "phrase": s.phrase}
+        for doc_id, spans in corpus.spans_by_doc.items()
+        for s in spans
+    ]
+    return pd.DataFrame(rows, columns=["doc_id", "start", "end", "group", "phrase"])
+
+
+def error_steps_frame(corpus: LabelledCorpus) -> pd.DataFrame:
+    rows = [
+        {"doc_id": doc_id, "start": start, "end": end, "correction_index": i}
+        for doc_id, steps in corpus.error_steps_by_doc.items()
+        for i, (start, end) in enumerate(steps)
+    ]
+    return pd.DataFrame(rows, columns=["doc_id", "start", "end", "correction_index"])
+
+
+def summarise(corpus: LabelledCorpus, documents: pd.DataFrame) -> CorpusSummary:
+    counts = dict.fromkeys(GROUPS, 0)
+    for spans in corpus.spans_by_doc.values():
+        for group, n in group_counts(spans).items():
+            counts[group] += n
+    agreement = audit_against_source(corpus.records, corpus.spans_by_doc)
+    return CorpusSummary(
+        n_documents=len(documents),
+        n_with_backtracking=int(documents["has_backtracking"].sum()),
+        n_with_interjection=int(documents["has_interjection"].sum()),
+        phrases_per_group=counts,
+        agreement=agreement if agreement.n_with_source_label else None,
+    )
+
+
+def print_summary(summary: CorpusSummary) -> None:
+    print(f"  documents: {summary.n_documents:,}")
+    print(
+        f"  with backtracking (notebook's six groups): {summary.n_with_backtracking:,}; "
+        f"with an interjection: {summary.n_with_interjection:,}"
+    )
+    print("  phrases per group: " + ", ".join(f"{g} {n:,}" for g, n in summary.phrases_per_group.items()))
+    agreement = summary.agreement
+    if agreement is None:
+        return
+    print(
+        f"  agreement with the source's own has_backtracking: {agreement.n_agree}/{agreement.n_with_source_label}"
+    )
+    for d in agreement.disagreements:
+        print(
+            f"    - {d.doc_id}: source {d.source_has_backtracking}, lexicon {d.lexicon_has_backtracking}: "
+            f"{d.explanation}"
+        )
+
+
+def summary_dict(summary: CorpusSummary) -> dict:
+    data = summary._asdict()
+    agreement = summary.agreement
+    data["agreement"] = None
+    if agreement is not None:
+        data["agreement"] = {
+            "n_with_source_label": agreement.n_with_source_label,
+            "n_agree": agreement.n_agree,
+            "disagreements": [d._asdict() for d in agreement.disagreements],
+        }
+    data["groups_in_has_backtracking"] = list(NOTEBOOK_GROUPS)
+    return data
+
+
+def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) -> Path:
+    """Write `run_dir/corpus/` for `spec` unless it is already current. Returns the folder."""
+    out_dir = Path(run_dir) / artifacts.CORPUS_DIR
+    config = stage_config(spec)
+    if not force and stage_is_current(out_dir, config):
+        print_skip(STAGE, out_dir)
+        return out_dir
+    print_config(STAGE, config)
+    started = time.time()
+    corpus = build_labelled_corpus(spec)
+    documents = documents_frame(corpus)
+    summary = summarise(corpus, documents)
+    with atomic_dir(out_dir) as tmp:
+        documents.to_parquet(tmp / artifacts.DOCUMENTS_FILE, index=False)
+        phrases_frame(corpus).to_parquet(tmp / artifacts.PHRASES_FILE, index=False)
+        if corpus.error_steps_by_doc:
+            error_steps_frame(corpus).to_parquet(tmp / artifacts.ERROR_STEPS_FILE, index=False)
+        (tmp / artifacts.CORPUS_SUMMARY_FILE).write_text(json.dumps(summary_dict(summary), indent=2))
+        write_manifest(tmp, STAGE, config, started, n_documents=summary.n_documents)
+    print_summary(summary)
+    print(f"  wrote {out_dir} in {time.time() - started:.1f}s", flush=True)
+    return out_dir
+
+
+def read_documents(run_dir: Path) -> pd.DataFrame:
+    """The corpus stage's documents table; a clear error if the stage has not run."""
+    path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
+    return pd.read_parquet(path)
+
+
+def corpus_texts(run_dir: Path) -> Sequence[str]:
+    return read_documents(run_dir)["text"].tolist()

@@ -1,0 +1,185 @@
+"""Profiles: everything one run needs, named once.
+
+A profile names the model, the hook, the corpus, the SAE recipe and the precompute settings. Each run
+saves its profile (`profile.json`) with its outputs, so a run folder says how it was made.
+
+- `demo`: a miniature Qwen2 trained here, on the CPU, on the project's own synthetic corpus.
+- `deepseek-r1-distill-qwen-1.5b`: the original notebook's recipe, field for field
+  (see docs/profiles.md for where each number comes from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where the traces come from."""
+
+    source: str = "synthetic"
+    """`synthetic` (the project's generator), a local file/folder, or a hub dataset id."""
+    n_traces: int = 20_000
+    """Synthetic: how many traces to generate. Imported corpora: the most to read (0 = all)."""
+    seed: int = 0
+    """Synthetic generator seed."""
+
+
+@dataclass(frozen=True)
+class DemoLMSpec:
+    """The demo model: a miniature Qwen2ForCausalLM trained on the corpus (demo profiles only)."""
+
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 512
+    context: int = 256
+    """Training context length in tokens (documents are packed, separated by EOS)."""
+    batch_size: int = 16
+    steps: int = 600
+    lr: float = 3e-3
+    seed: int = 0
+    time_budget_s: float = 150.0
+    """Training stops here even if `steps` are not done: the demo must build in minutes on 2 cores."""
+
+
+@dataclass(frozen=True)
+class SAERecipe:
+    """An SAE training recipe, in the notebook's terms. `precompute.train_sae` maps it onto sae_lens 6."""
+
+    architecture: Literal["standard", "topk"] = "standard"
+    expansion_factor: int = 16
+    l1_coefficient: float = 4.0
+    k: int | None = None
+    """TopK only: active features per token."""
+    lr: float = 3e-5
+    lr_scheduler_name: str = "cosineannealingwarmrestarts"
+    lr_warm_up_fraction: float = 0.05
+    lr_decay_fraction: float = 0.2
+    l1_warm_up_fraction: float = 0.1
+    training_steps: int = 10_000
+    train_batch_size_tokens: int = 2048
+    context_size: int = 512
+    normalize_activations: str = "expected_average_only_in"
+    scale_sparsity_penalty_by_decoder_norm: bool = True
+    dtype: str = "float32"
+    seed: int = 42
+    n_checkpoints: int = 2
+
+    @property
+    def training_tokens(self) -> int:
+        return self.training_steps * self.train_batch_size_tokens
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Feature-index settings (the streaming pass)."""
+
+    top_k: int = 32
+    context_before: int = 32
+    context_after: int = 8
+    n_tokens: int = 0
+    """Tokens to index; 0 = the whole corpus."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One named configuration of the whole pipeline."""
+
+    name: str
+    model: str
+    """A hub id or a local HF directory. `demo` means the model `train-lm` writes into the run folder."""
+    hook_name: str
+    n_ctx: int
+    """Context length the model runs with."""
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    demo_lm: DemoLMSpec | None = None
+    sae: SAERecipe = field(default_factory=SAERecipe)
+    index: IndexSpec = field(default_factory=IndexSpec)
+
+    @property
+    def trains_own_model(self) -> bool:
+        return self.demo_lm is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        data = dict(data)
+        data["corpus"] = CorpusSpec(**data.get("corpus", {}))
+        data["demo_lm"] = DemoLMSpec(**data["demo_lm"]) if data.get("demo_lm") else None
+        data["sae"] = SAERecipe(**data.get("sae", {}))
+        data["index"] = IndexSpec(**data.get("index", {}))
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def with_dataset(self, dataset: str | None) -> Profile:
+        """The same profile reading its corpus from `dataset` (a path or hub id) instead."""
+        if not dataset:
+            return self
+        return dataclasses.replace(self, corpus=dataclasses.replace(self.corpus, source=str(dataset), n_traces=0))
+
+
+DEMO_MODEL = "demo"
+
+DEMO = Profile(
+    name="demo",
+    model=DEMO_MODEL,
+    hook_name="blocks.1.hook_mlp_out",
+    n_ctx=512,
+    corpus=CorpusSpec(source="synthetic", n_traces=20_000, seed=0),
+    demo_lm=DemoLMSpec(),
+    sae=SAERecipe(
+        architecture="standard",
+        expansion_factor=8,
+        l1_coefficient=4.0,
+        lr=1e-3,
+        lr_scheduler_name="constant",
+        lr_warm_up_fraction=0.05,
+        lr_decay_fraction=0.2,
+        l1_warm_up_fraction=0.1,
+        training_steps=1_000,
+        train_batch_size_tokens=1024,
+        context_size=256,
+        n_checkpoints=0,
+        seed=42,
+    ),
+    index=IndexSpec(top_k=32, context_before=32, context_after=8),
+)
+
+DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
+    name="deepseek-r1-distill-qwen-1.5b",
+    model="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+    hook_name="blocks.21.hook_mlp_out",
+    n_ctx=2048,
+    corpus=CorpusSpec(source="open-r1/OpenR1-Math-220k", n_traces=0, seed=0),
+    demo_lm=None,
+    sae=SAERecipe(),  # the defaults are the notebook's recipe
+    index=IndexSpec(top_k=32, context_before=32, context_after=8),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEEPSEEK_R1_DISTILL_QWEN_1_5B)}
+
+
+def get_profile(name: str) -> Profile:
+    """The built-in profile called `name`, or a profile saved as JSON at path `name`."""
+    if name in PROFILES:
+        return PROFILES[name]
+    path = Path(name)
+    if path.is_file():
+        return Profile.load(path)
+    known = ", ".join(sorted(PROFILES))
+    raise ValueError(f"Unknown profile {name!r}. Built-in profiles: {known}; or pass a saved profile.json.")

@@ -1,0 +1,82 @@
+"""Stage bookkeeping: print a stage's config, know whether its output is current, record a manifest.
+
+Every stage writes its output folder atomically (`precompute.atomic.atomic_dir`) with a
+`stage.json` manifest inside: the stage name, its config, a hash of that config, when it finished,
+how long it took and the package versions. A later `build` skips a stage whose manifest has the same
+config hash, so `make demo-data` is idempotent and a changed profile rebuilds what it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from explorer.artifacts import STAGE_MANIFEST
+
+_VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "transformer-lens", "sae-lens", "datasets", "duckdb")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    path = Path(stage_dir) / STAGE_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def stage_is_current(stage_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether `stage_dir` holds a finished output made with exactly `config`."""
+    manifest = read_manifest(stage_dir)
+    return manifest is not None and manifest.get("config_hash") == config_hash(config)
+
+
+def write_manifest(stage_dir: Path, stage: str, config: dict[str, Any], started: float, **extra: Any) -> None:
+    manifest = {
+        "stage": stage,
+        "config": config,
+        "config_hash": config_hash(config),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2),
+        "versions": package_versions(),
+        **extra,
+    }
+    (Path(stage_dir) / STAGE_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def print_config(stage: str, config: dict[str, Any]) -> None:
+    """Print a stage's configuration, one `key = value` per line, before it starts."""
+    print(f"== {stage} ==", flush=True)
+    width = max((len(k) for k in config), default=0)
+    for key, value in config.items():
+        print(f"  {key:<{width}} = {value}", flush=True)
+
+
+def print_skip(stage: str, stage_dir: Path) -> None:
+    manifest = read_manifest(stage_dir) or {}
+    print(
+        f"== {stage} == up to date in {stage_dir} (built {manifest.get('finished_at', '?')}); "
+        "pass --force to rebuild",
+        flush=True,
+    )
