@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -189,14 +189,3 @@ def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) ->
     print(f"  wrote {out_dir} in {time.time() - started:.1f}s", flush=True)
     return out_dir
 
-
-def read_documents(run_dir: Path) -> pd.DataFrame:
-    """The corpus stage's documents table; a clear error if the stage has not run."""
-    path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
-    return pd.read_parquet(path)
-
-
-def corpus_texts(run_dir: Path) -> Sequence[str]:
-    return read_documents(run_dir)["text"].tolist()

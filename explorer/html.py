@@ -1,0 +1,54 @@
+"""Trace text as HTML, with labelled spans marked. Every character of the trace is escaped: traces
+contain `<think>` and can contain anything, including `<script>`."""
+
+from __future__ import annotations
+
+import html
+from typing import Iterable, NamedTuple
+
+from explorer.lexicon import GROUPS
+
+GROUP_COLOURS: dict[str, str] = {
+    "mistake": "#f4a6a6",
+    "correction": "#f7c59f",
+    "reconsideration": "#f9e79f",
+    "miscalculation": "#c5e1a5",
+    "doubt": "#b3e5fc",
+    "math_correction": "#d1c4e9",
+    "interjection": "#f8bbd0",
+}
+ERROR_STEP_COLOUR = "#e0e0e0"
+assert set(GROUP_COLOURS) == set(GROUPS)
+
+
+class Mark(NamedTuple):
+    """A character span to mark, with its CSS colour and hover title."""
+
+    start: int
+    end: int
+    colour: str
+    title: str
+
+
+def highlight_html(text: str, marks: Iterable[Mark]) -> str:
+    """`text` escaped, with each (non-overlapping) mark wrapped in a coloured `<mark>`, newlines kept."""
+    pieces = []
+    cursor = 0
+    for mark in sorted(marks, key=lambda m: m.start):
+        if mark.start < cursor:
+            continue  # overlapping marks are skipped rather than nested
+        pieces.append(html.escape(text[cursor : mark.start]))
+        pieces.append(
+            f'<mark style="background:{html.escape(mark.colour)}" title="{html.escape(mark.title)}">'
+            f"{html.escape(text[mark.start : mark.end])}</mark>"
+        )
+        cursor = mark.end
+    pieces.append(html.escape(text[cursor:]))
+    body = "".join(pieces)
+    return f'<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.6">{body}</div>'
+
+
+def legend_html() -> str:
+    items = [f'<mark style="background:{c}">{html.escape(g)}</mark>' for g, c in GROUP_COLOURS.items()]
+    items.append(f'<mark style="background:{ERROR_STEP_COLOUR}">wrong step (synthetic)</mark>')
+    return " ".join(items)

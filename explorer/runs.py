@@ -1,0 +1,86 @@
+"""Read a run folder's small artifacts: its profile, stage manifests, corpus summary and LM report.
+
+The app and the CLI use this to say what a run holds. Large tables are read by their own modules.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from explorer import artifacts
+
+
+class RunSummary(NamedTuple):
+    run_dir: Path
+    profile: dict[str, Any]
+    corpus_manifest: dict[str, Any] | None
+    corpus_summary: dict[str, Any] | None
+    model_manifest: dict[str, Any] | None
+    train_report: dict[str, Any] | None
+
+
+class RunFolderError(ValueError):
+    """A run folder that is missing or unreadable; the message says how to build one."""
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunFolderError(f"{path} is unreadable ({err}); rebuild it with `python -m precompute build --force`.") from err
+
+
+def find_runs(root: Path = artifacts.DEFAULT_RUNS_DIR) -> list[Path]:
+    """Run folders under `root` (those with a profile.json), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / artifacts.PROFILE_FILE).is_file())
+
+
+def read_run_summary(run_dir: Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    profile = _read_json(run_dir / artifacts.PROFILE_FILE)
+    if profile is None:
+        raise RunFolderError(f"{run_dir} is not a run folder (no {artifacts.PROFILE_FILE}); build one with `make demo-data`.")
+    corpus_dir = run_dir / artifacts.CORPUS_DIR
+    model_dir = run_dir / artifacts.MODEL_DIR
+    return RunSummary(
+        run_dir=run_dir,
+        profile=profile,
+        corpus_manifest=_read_json(corpus_dir / artifacts.STAGE_MANIFEST),
+        corpus_summary=_read_json(corpus_dir / artifacts.CORPUS_SUMMARY_FILE),
+        model_manifest=_read_json(model_dir / artifacts.STAGE_MANIFEST),
+        train_report=_read_json(model_dir / artifacts.TRAIN_REPORT_FILE),
+    )
+
+
+def read_documents(run_dir: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The corpus documents table of a run; a clear error when the corpus stage has not run."""
+    path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE
+    if not path.is_file():
+        raise RunFolderError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
+    return pd.read_parquet(path, columns=columns)
+
+
+def read_phrases(run_dir: Path, doc_id: str | None = None) -> pd.DataFrame:
+    """Labelled phrases of a run (of one document when `doc_id` is given)."""
+    path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.PHRASES_FILE
+    if not path.is_file():
+        raise RunFolderError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
+    filters = [("doc_id", "==", doc_id)] if doc_id is not None else None
+    return pd.read_parquet(path, filters=filters)
+
+
+def read_error_steps(run_dir: Path, doc_id: str) -> pd.DataFrame:
+    """Synthetic corpora: the wrong steps of one document (empty for imported corpora)."""
+    path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.ERROR_STEPS_FILE
+    if not path.is_file():
+        return pd.DataFrame(columns=["doc_id", "start", "end", "correction_index"])
+    return pd.read_parquet(path, filters=[("doc_id", "==", doc_id)])
