@@ -34,6 +34,8 @@ class LabelledCorpus(NamedTuple):
     spans_by_doc: dict[str, list[PhraseSpan]]
     error_steps_by_doc: dict[str, list[tuple[int, int]]]
     """Synthetic only: character spans of the wrong step before each correction."""
+    exact: bool
+    """True when the labels were recorded by the generator rather than found by the lexicon."""
 
 
 class CorpusSummary(NamedTuple):
@@ -61,12 +63,13 @@ def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:
             records=[t.record for t in traces],
             spans_by_doc={t.record.doc_id: list(t.phrase_spans) for t in traces},
             error_steps_by_doc={t.record.doc_id: list(t.error_spans) for t in traces},
+            exact=True,
         )
     from explorer.corpus import load_corpus
 
     records = load_corpus(spec.source, limit=spec.n_traces or None)
     spans_by_doc = {r.doc_id: label_text(r.text) for r in tqdm(records, desc="labelling", unit="doc")}
-    return LabelledCorpus(records, spans_by_doc, {})
+    return LabelledCorpus(records, spans_by_doc, {}, exact=False)
 
 
 def _record_is_correct(record: TraceRecord) -> bool | None:
@@ -122,13 +125,14 @@ def summarise(corpus: LabelledCorpus, documents: pd.DataFrame) -> CorpusSummary:
     for spans in corpus.spans_by_doc.values():
         for group, n in group_counts(spans).items():
             counts[group] += n
-    agreement = audit_against_source(corpus.records, corpus.spans_by_doc)
+    # Synthetic metadata is computed from the same spans, so comparing would be a tautology.
+    agreement = None if corpus.exact else audit_against_source(corpus.records, corpus.spans_by_doc)
     return CorpusSummary(
         n_documents=len(documents),
         n_with_backtracking=int(documents["has_backtracking"].sum()),
         n_with_interjection=int(documents["has_interjection"].sum()),
         phrases_per_group=counts,
-        agreement=agreement if agreement.n_with_source_label else None,
+        agreement=agreement if agreement is not None and agreement.n_with_source_label else None,
     )
 
 

@@ -1,0 +1,15 @@
+"""Which exceptions carry a message meant for a person (shown without a traceback)."""
+
+from __future__ import annotations
+
+
+def user_facing_errors() -> tuple[type[BaseException], ...]:
+    from explorer.corpus import CorpusError
+    from explorer.model_loading import ModelLoadError
+    from explorer.runs import RunFolderError
+
+    return (CorpusError, ModelLoadError, RunFolderError)
+
+
+def is_user_facing(err: BaseException) -> bool:
+    return isinstance(err, user_facing_errors())

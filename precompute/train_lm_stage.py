@@ -1,0 +1,54 @@
+"""Stage `train-lm`: train the demo model on the run's corpus and save it as `model/`.
+
+The model is a miniature Qwen2ForCausalLM (the real model's architecture class) with a byte-level BPE
+tokenizer trained on the same corpus and the real special-token strings; `explorer.model_loading`
+loads it exactly as it loads DeepSeek-R1-Distill-Qwen-1.5B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from explorer import artifacts
+from explorer.runs import RunFolderError, read_documents
+from precompute.atomic import atomic_dir
+from precompute.profiles import DemoLMSpec
+from precompute.stages import print_config, print_skip, read_manifest, stage_is_current, write_manifest
+
+STAGE = "train-lm"
+
+
+def stage_config(spec: DemoLMSpec, run_dir: Path) -> dict:
+    corpus_manifest = read_manifest(Path(run_dir) / artifacts.CORPUS_DIR)
+    if corpus_manifest is None:
+        raise RunFolderError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
+    # The model depends on the corpus it was trained on: a new corpus retrains it.
+    return {**dataclasses.asdict(spec), "corpus_config_hash": corpus_manifest["config_hash"]}
+
+
+def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) -> Path:
+    """Write `run_dir/model/` unless it is already current for this corpus and spec."""
+    from explorer.demo_lm import train_demo_lm
+
+    out_dir = Path(run_dir) / artifacts.MODEL_DIR
+    config = stage_config(spec, run_dir)
+    if not force and stage_is_current(out_dir, config):
+        print_skip(STAGE, out_dir)
+        return out_dir
+    print_config(STAGE, config)
+    started = time.time()
+    texts = read_documents(run_dir, columns=["text"])["text"].tolist()
+    with atomic_dir(out_dir) as tmp:
+        report = train_demo_lm(texts, tmp, **dataclasses.asdict(spec))
+        (tmp / artifacts.TRAIN_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        write_manifest(tmp, STAGE, config, started, n_params=report.n_params)
+    print(
+        f"  {report.n_params:,} parameters, {report.steps} steps ({report.stopped_by}) in {report.seconds:.0f}s; "
+        f"train loss {report.final_train_loss:.3f}, held-out loss {report.heldout_loss:.3f} nats/token"
+    )
+    print("  greedy sample:\n" + "\n".join("    " + line for line in report.sample_text.splitlines()))
+    print(f"  wrote {out_dir}", flush=True)
+    return out_dir

@@ -1,0 +1,118 @@
+"""`python -m precompute`: stages, idempotence, atomic outputs and clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from explorer import artifacts
+from precompute.atomic import atomic_dir
+from precompute.cli import main
+from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, PROFILES, Profile, get_profile
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_the_subcommands():
+    result = subprocess.run([sys.executable, "-m", "precompute", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("corpus", "train-lm", "build"):
+        assert command in result.stdout
+
+
+def test_synthetic_corpus_stage_writes_and_then_skips(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["corpus", "--n-traces", "300", "--out", str(run)]) == 0
+    corpus_dir = run / artifacts.CORPUS_DIR
+    documents = pd.read_parquet(corpus_dir / artifacts.DOCUMENTS_FILE)
+    phrases = pd.read_parquet(corpus_dir / artifacts.PHRASES_FILE)
+    errors = pd.read_parquet(corpus_dir / artifacts.ERROR_STEPS_FILE)
+    assert len(documents) == 300 and documents["doc_id"].is_unique
+    assert set(phrases["doc_id"]) <= set(documents["doc_id"])
+    assert len(errors) > 0
+    # Document flags agree with the phrase table.
+    with_phrase = set(phrases.loc[phrases["group"] != "interjection", "doc_id"])
+    assert set(documents.loc[documents["has_backtracking"], "doc_id"]) == with_phrase
+    saved = Profile.load(run / artifacts.PROFILE_FILE)
+    assert saved.corpus.n_traces == 300 and saved.name == "demo"
+    manifest = json.loads((corpus_dir / artifacts.STAGE_MANIFEST).read_text())
+    assert manifest["stage"] == "corpus" and manifest["config"]["n_traces"] == 300
+
+    capsys.readouterr()
+    assert main(["corpus", "--n-traces", "300", "--out", str(run)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["corpus", "--n-traces", "300", "--out", str(run), "--force"]) == 0
+    assert "up to date" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "seed_format_sample_n20.json").exists(), reason="shared samples absent")
+def test_notebook_samples_import_and_disagreements_are_explained(tmp_path, capsys):
+    run = tmp_path / "samples"
+    assert main(["corpus", "--dataset", str(SHARED_DATA / "seed_format_sample_n20.json"), "--out", str(run)]) == 0
+    summary = json.loads((run / artifacts.CORPUS_DIR / artifacts.CORPUS_SUMMARY_FILE).read_text())
+    agreement = summary["agreement"]
+    assert agreement["n_with_source_label"] == 20
+    assert agreement["n_agree"] + len(agreement["disagreements"]) == 20
+    for case in agreement["disagreements"]:
+        assert case["explanation"]
+    out = capsys.readouterr().out
+    assert f"agreement with the source's own has_backtracking: {agreement['n_agree']}/20" in out
+
+
+def test_missing_dataset_is_a_clear_error_and_writes_no_corpus(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["corpus", "--dataset", str(tmp_path / "nope.json"), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.json" in err and "Traceback" not in err
+    assert not (run / artifacts.CORPUS_DIR).exists()
+
+
+def test_unknown_profile_is_a_clear_error(capsys):
+    assert main(["corpus", "--profile", "gpt-17"]) == 2
+    assert "Unknown profile 'gpt-17'" in capsys.readouterr().err
+
+
+def test_train_lm_refuses_a_pretrained_profile(tmp_path, capsys):
+    code = main(["train-lm", "--profile", DEEPSEEK_R1_DISTILL_QWEN_1_5B.name, "--out", str(tmp_path)])
+    assert code == 2
+    assert "train-lm only trains the demo model" in capsys.readouterr().err
+
+
+def test_train_lm_without_corpus_says_what_to_run(tmp_path, capsys):
+    assert main(["train-lm", "--out", str(tmp_path / "empty")]) == 2
+    assert "python -m precompute corpus" in capsys.readouterr().err
+
+
+def test_atomic_dir_keeps_the_old_output_when_a_stage_fails(tmp_path):
+    target = tmp_path / "stage"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("crash mid-stage")
+    assert (target / "a.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"]  # no temporary left behind
+
+
+def test_profiles_round_trip_through_json():
+    for profile in PROFILES.values():
+        assert Profile.from_dict(json.loads(profile.to_json())) == profile
+
+
+def test_deepseek_profile_is_the_notebooks_recipe():
+    p = get_profile("deepseek-r1-distill-qwen-1.5b")
+    assert p.model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert p.hook_name == "blocks.21.hook_mlp_out" and p.n_ctx == 2048 and p.demo_lm is None
+    sae = p.sae
+    assert (sae.architecture, sae.expansion_factor, sae.l1_coefficient, sae.lr) == ("standard", 16, 4.0, 3e-5)
+    assert sae.lr_scheduler_name == "cosineannealingwarmrestarts"
+    assert (sae.lr_warm_up_fraction, sae.lr_decay_fraction, sae.l1_warm_up_fraction) == (0.05, 0.2, 0.1)
+    assert (sae.training_steps, sae.train_batch_size_tokens, sae.context_size) == (10_000, 2048, 512)
+    assert sae.normalize_activations == "expected_average_only_in" and sae.dtype == "float32"
+    assert (sae.seed, sae.n_checkpoints) == (42, 2)
+    assert DEMO.demo_lm is not None
