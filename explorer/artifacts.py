@@ -17,6 +17,7 @@ A run folder (default `runs/<profile>/`) holds:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PROFILE_FILE = "profile.json"
@@ -31,7 +32,8 @@ CORPUS_SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
 TRAIN_REPORT_FILE = "train_report.json"
 
-DEFAULT_RUNS_DIR = Path("runs")
+# Where run folders live; EXPLORER_RUNS_DIR moves them (the app and precompute both read it).
+DEFAULT_RUNS_DIR = Path(os.environ.get("EXPLORER_RUNS_DIR", "runs"))
 
 
 def default_run_dir(profile_name: str) -> Path:

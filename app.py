@@ -1,0 +1,53 @@
+"""Home: what is loaded, and what each page is for."""
+
+import streamlit as st
+
+from explorer import ui
+
+st.set_page_config(page_title="Backtracking feature explorer", page_icon="↩", layout="wide")
+st.title("Backtracking feature explorer")
+st.caption("Find the SAE features that carry backtracking (\"Wait, I made a mistake\") in reasoning models.")
+
+run_dir = ui.render_run_picker()
+if run_dir is None:
+    ui.render_empty_state()
+    st.stop()
+summary = ui.load_run_summary(run_dir)
+if summary is None:
+    st.stop()
+
+profile = summary.profile
+left, right = st.columns(2)
+with left:
+    st.subheader("Run")
+    st.markdown(
+        f"- **Folder:** `{run_dir}`\n- **Profile:** `{profile['name']}`\n- **Model:** `{profile['model']}`\n"
+        f"- **Hook:** `{profile['hook_name']}`\n- **Corpus:** `{profile['corpus']['source']}`"
+    )
+with right:
+    st.subheader("Corpus")
+    corpus = summary.corpus_summary
+    if corpus is None:
+        st.warning("The corpus stage has not run: `python -m precompute corpus`.")
+    else:
+        built = (summary.corpus_manifest or {}).get("finished_at", "?")
+        st.markdown(
+            f"- **Traces:** {corpus['n_documents']:,} (built {built})\n"
+            f"- **With backtracking** (notebook's six groups): {corpus['n_with_backtracking']:,}\n"
+            f"- **With an interjection** (Wait, Hmm, ...): {corpus['n_with_interjection']:,}"
+        )
+        st.dataframe({"group": list(corpus["phrases_per_group"]), "phrases": list(corpus["phrases_per_group"].values())}, hide_index=True)
+
+report = summary.train_report
+if report is not None:
+    st.subheader("Demo model")
+    st.markdown(
+        f"{report['n_params']:,} parameters, {report['steps']:,} steps in {report['seconds']:.0f} s. "
+        f"Final train loss {report['final_train_loss']:.3f}, held-out loss {report['heldout_loss']:.3f} nats/token."
+    )
+    ui.render_loss_curve(report)
+    with st.expander("Greedy sample from the demo model"):
+        st.code(report["sample_text"], language=None)
+
+st.subheader("Pages")
+st.markdown("- **Corpus**: read any trace with its labelled backtracking phrases marked.")

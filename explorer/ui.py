@@ -1,0 +1,90 @@
+"""Streamlit caches and rendering helpers: the one module of `explorer` that imports Streamlit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from explorer import artifacts
+from explorer.html import ERROR_STEP_COLOUR, GROUP_COLOURS, Mark, highlight_html, legend_html
+from explorer.runs import RunFolderError, RunSummary, find_runs, read_documents, read_error_steps, read_phrases, read_run_summary
+
+RUN_PARAM = "run"
+
+
+def render_run_picker(root: Path = artifacts.DEFAULT_RUNS_DIR) -> Path | None:
+    """A sidebar select box of the run folders under `root`; the choice is kept in the URL (`?run=`)."""
+    runs = find_runs(root)
+    if not runs:
+        return None
+    names = [r.name for r in runs]
+    wanted = st.query_params.get(RUN_PARAM)
+    index = names.index(wanted) if wanted in names else (names.index("demo") if "demo" in names else 0)
+    name = st.sidebar.selectbox("Run", names, index=index, key="run_picker")
+    st.query_params[RUN_PARAM] = name
+    return runs[names.index(name)]
+
+
+def render_empty_state() -> None:
+    st.info(
+        "No run folder was found under `runs/`. Build the embedded demo (about 4 minutes on 2 CPU cores) with\n\n"
+        "```\nmake demo-data\n```\n\nor a run of your own with\n\n"
+        "```\npython -m precompute build --profile demo --dataset my_traces.json\n```\n\n"
+        "then reload this page."
+    )
+
+
+@st.cache_data(show_spinner=False)
+def cached_run_summary(run_dir: str, mtime: float) -> RunSummary:
+    return read_run_summary(Path(run_dir))
+
+
+def load_run_summary(run_dir: Path) -> RunSummary | None:
+    """The run's summary, or None after showing the error (never a traceback)."""
+    try:
+        mtime = (run_dir / artifacts.PROFILE_FILE).stat().st_mtime
+        return cached_run_summary(str(run_dir), mtime)
+    except (RunFolderError, OSError) as err:
+        st.error(str(err))
+        return None
+
+
+def render_loss_curve(train_report: dict) -> None:
+    steps, losses = zip(*train_report["loss_curve"]) if train_report.get("loss_curve") else ((), ())
+    fig = go.Figure(go.Scatter(x=list(steps), y=list(losses), mode="lines", name="train loss"))
+    fig.update_layout(xaxis_title="step", yaxis_title="cross-entropy (nats/token)", height=300, margin=dict(t=20, b=40))
+    st.plotly_chart(fig, width="stretch")
+
+
+@st.cache_data(show_spinner=False)
+def cached_documents(run_dir: str, mtime: float) -> pd.DataFrame:
+    columns = ["doc_id", "has_backtracking", "has_interjection", "n_phrases", "is_correct", "problem_type", "n_chars"]
+    return read_documents(Path(run_dir), columns=columns)
+
+
+def load_documents(run_dir: Path) -> pd.DataFrame | None:
+    try:
+        mtime = (run_dir / artifacts.CORPUS_DIR / artifacts.STAGE_MANIFEST).stat().st_mtime
+        return cached_documents(str(run_dir), mtime)
+    except (RunFolderError, OSError) as err:
+        st.error(f"{err}")
+        return None
+
+
+def render_labelled_trace(run_dir: Path, doc_id: str) -> None:
+    """One trace with its labelled phrases (and synthetic wrong steps) marked."""
+    documents = read_documents(run_dir, columns=["doc_id", "text"])
+    match = documents[documents["doc_id"] == doc_id]
+    if match.empty:
+        st.warning(f"No document {doc_id!r} in this run.")
+        return
+    text = match["text"].iloc[0]
+    phrases = read_phrases(run_dir, doc_id)
+    marks = [Mark(int(p.start), int(p.end), GROUP_COLOURS[p.group], f"{p.group}: {p.phrase}") for p in phrases.itertuples()]
+    errors = read_error_steps(run_dir, doc_id)
+    marks += [Mark(int(e.start), int(e.end), ERROR_STEP_COLOUR, "wrong step, corrected later") for e in errors.itertuples()]
+    st.markdown(legend_html(), unsafe_allow_html=True)
+    st.markdown(highlight_html(text, marks), unsafe_allow_html=True)

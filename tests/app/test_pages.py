@@ -1,0 +1,68 @@
+"""Every page runs under Streamlit's AppTest without an exception, on a real (small) run folder."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from precompute.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["corpus", "--n-traces", "200", "--out", str(root / "demo")]) == 0
+    return root
+
+
+def app_test(page: Path, runs_root: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs_root))
+    import explorer.artifacts
+
+    importlib.reload(explorer.artifacts)
+    import explorer.ui
+
+    importlib.reload(explorer.ui)
+    return AppTest.from_file(str(page), default_timeout=60)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_runs_without_exception(page, runs_dir, monkeypatch):
+    at = app_test(page, runs_dir, monkeypatch)
+    at.run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="run_picker").value == "demo"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_empty_state_explains_how_to_build(page, tmp_path, monkeypatch):
+    at = app_test(page, tmp_path, monkeypatch)
+    at.run()
+    assert not at.exception
+    assert "make demo-data" in at.info[0].value
+
+
+def test_home_shows_the_corpus_counts(runs_dir, monkeypatch):
+    at = app_test(REPO / "app.py", runs_dir, monkeypatch)
+    at.run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "**Traces:** 200" in text
+
+
+def test_corpus_page_marks_phrases_and_follows_the_url(runs_dir, monkeypatch):
+    at = app_test(REPO / "pages" / "1_Corpus.py", runs_dir, monkeypatch)
+    at.run()
+    second = at.selectbox(key="doc_id").options[1]
+    # A shared link (?doc=...) opens a fresh session on that trace.
+    linked = app_test(REPO / "pages" / "1_Corpus.py", runs_dir, monkeypatch)
+    linked.query_params["doc"] = second
+    linked.run()
+    assert linked.selectbox(key="doc_id").value == second
+    html = " ".join(m.value for m in at.markdown)
+    assert "<mark" in html
+    at.toggle(key="only_backtracking").set_value(False).run()
+    assert not at.exception
