@@ -41,11 +41,11 @@ class DemoLMSpec:
     intermediate_size: int = 512
     context: int = 256
     """Training context length in tokens (documents are packed, separated by EOS)."""
-    batch_size: int = 16
-    steps: int = 600
+    batch_size: int = 8
+    steps: int = 1200
     lr: float = 3e-3
     seed: int = 0
-    time_budget_s: float = 150.0
+    time_budget_s: float = 140.0
     """Training stops here even if `steps` are not done: the demo must build in minutes on 2 cores."""
 
 

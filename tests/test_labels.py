@@ -84,3 +84,42 @@ def test_token_spans_from_offsets_by_hand():
 def test_span_beyond_truncated_tokens_is_dropped():
     spans = [PhraseSpan(100, 104, "interjection", "wait")]
     assert token_spans([(0, 3), (3, 8)], spans) == []
+
+
+@pytest.fixture(scope="module")
+def byte_level_tokenizer():
+    """The demo's byte-level BPE (Qwen2's split regex, real special tokens), trained on a few traces."""
+    from explorer.demo_lm import train_tokenizer
+    from explorer.synthetic import generate_traces
+
+    texts = [t.record.text for t in generate_traces(300, seed=1)]
+    return train_tokenizer(texts + ["√2 ≈ 1.414, π r² — 🙂 naïve café"], vocab_size=600)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Wait, that's not right.",
+        "<think>\nHmm, the area is πr² ≈ 113.1 cm² 🙂. I made a mistake: it is 36π.\n</think>\n\\boxed{36π}",
+        "x = 3. Let me recalculate",
+        "naïve café: I’m not sure if √2 ≈ 1.41… On second thought, it is.",
+    ],
+)
+def test_token_spans_cover_exactly_the_phrase_with_byte_level_bpe(byte_level_tokenizer, text):
+    encoding = byte_level_tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    assert ids[0] == byte_level_tokenizer.bos_token_id and offsets[0] == (0, 0)
+    spans = label_text(text)
+    assert spans
+    token_ranges = token_spans(offsets, spans)
+    assert len(token_ranges) == len(spans)
+    for span, tokens in zip(spans, token_ranges):
+        covered = byte_level_tokenizer.decode(ids[tokens.start : tokens.end])
+        assert text[span.start : span.end] in covered  # the tokens hold the whole phrase
+        # ...and nothing more than the tokens that touch it: the first and last tokens overlap the span.
+        first, last = offsets[tokens.start], offsets[tokens.end - 1]
+        assert first[0] < span.end and first[1] > span.start
+        assert last[0] < span.end and last[1] > span.start
+    group_ids = token_group_ids(offsets, spans)
+    assert group_ids[0] == NO_GROUP  # BOS is never inside a phrase
+    assert (group_ids != NO_GROUP).sum() == sum(t.end - t.start for t in token_ranges)

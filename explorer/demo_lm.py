@@ -1,0 +1,475 @@
+"""The demo model: a byte-level BPE tokenizer, a miniature Qwen2ForCausalLM, and its CPU training.
+
+The demo stands in for deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B so that every later stage (SAE,
+feature index, app) runs the code path the real model runs:
+
+- the tokenizer is built like the real one: Qwen2's pre-tokenizer split regex then ByteLevel, NFC,
+  the real special-token strings (`<｜begin▁of▁sentence｜>` ...), `<think>`/`</think>` as single
+  added tokens, and a post-processor that prepends BOS;
+- the model is the real architecture class (`Qwen2ForCausalLM`, untied embeddings, grouped-query
+  attention), only tiny;
+- the trained directory is an ordinary Hugging Face directory, and the greedy sample at the end is
+  generated through `explorer.model_loading.load_model`, the loader the real model goes through.
+
+Pure functions only: the command-line stage that calls `train_demo_lm` lives in `precompute/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
+
+logger = logging.getLogger(__name__)
+
+# The special-token strings of deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B (its tokenizer.json). The
+# full-width bars and the "▁" are part of the strings.
+BOS_TOKEN = "<｜begin▁of▁sentence｜>"
+EOS_TOKEN = "<｜end▁of▁sentence｜>"
+USER_TOKEN = "<｜User｜>"
+ASSISTANT_TOKEN = "<｜Assistant｜>"
+
+# Added tokens in the real tokenizer's id order (EOS 151643, User, Assistant, BOS 151646, then `<think>`
+# 151648 and `</think>` 151649), with its `special` flags: BOS and EOS are special (dropped by
+# `decode(skip_special_tokens=True)`); the chat markers and the think tags are not.
+ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    (EOS_TOKEN, True),
+    (USER_TOKEN, False),
+    (ASSISTANT_TOKEN, False),
+    (BOS_TOKEN, True),
+    (THINK_OPEN, False),
+    (THINK_CLOSE, False),
+)
+
+# Qwen2's pre-tokenizer split (the real tokenizer.json): contractions, letter runs with one leading
+# non-letter, single digits, punctuation runs, newlines, spaces.
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+DEFAULT_SAMPLE_PROBLEM = "What is 12 + 7?"
+
+
+# --- tokenizer ------------------------------------------------------------------------------------
+
+
+def _without_added_tokens(texts: Iterable[str]) -> Iterator[str]:
+    """The texts cut at the added-token strings, so BPE does not spend merges on `<think>` pieces."""
+    splitter = re.compile("|".join(re.escape(token) for token, _ in ADDED_TOKENS))
+    for text in texts:
+        for piece in splitter.split(text):
+            if piece:
+                yield piece
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts`, laid out like DeepSeek-R1-Distill-Qwen's tokenizer.
+
+    `vocab_size` counts the added tokens: the BPE gets `vocab_size - 6` entries (fewer if the corpus
+    runs out of merges) and the six added tokens follow, in the real tokenizer's order. Encoding
+    prepends BOS (a `TemplateProcessing` post-processor, as in the real tokenizer.json); EOS doubles as
+    the pad token. All 256 byte symbols are in the vocabulary, so any text round-trips.
+
+    Save it with `save_pretrained` and reload it with `AutoTokenizer.from_pretrained` before handing it
+    to transformer-lens (an in-memory tokenizer lacks `name_or_path`).
+    """
+    n_bpe = vocab_size - len(ADDED_TOKENS)
+    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if n_bpe < len(byte_alphabet):
+        raise ValueError(f"vocab_size must be at least {len(byte_alphabet) + len(ADDED_TOKENS)}, got {vocab_size}")
+
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(vocab_size=n_bpe, initial_alphabet=byte_alphabet, show_progress=False)
+    backend.train_from_iterator(_without_added_tokens(texts), trainer)
+
+    # Added after training, so they take the ids after the BPE vocabulary, as in the real tokenizer.
+    for content, special in ADDED_TOKENS:
+        backend.add_tokens([AddedToken(content, special=special, normalized=False)])
+    bos_id = backend.token_to_id(BOS_TOKEN)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN}:0 $A:0",
+        pair=f"{BOS_TOKEN}:0 $A:0 {BOS_TOKEN}:1 $B:1",
+        special_tokens=[(BOS_TOKEN, bos_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        clean_up_tokenization_spaces=False,
+        model_max_length=model_max_length,
+    )
+
+
+# --- model config ---------------------------------------------------------------------------------
+
+
+def demo_model_config(
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    hidden_size: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 512,
+    rope_theta: float = 10_000.0,
+) -> Qwen2Config:
+    """A miniature of DeepSeek-R1-Distill-Qwen-1.5B's config: the same class and choices (SiLU gated
+    MLP, RMSNorm eps 1e-6, rotary, grouped-query attention, untied embeddings), tiny sizes.
+
+    The vocabulary is exactly the tokenizer's length; BOS/EOS/pad ids come from the tokenizer.
+    """
+    if hidden_size % n_heads or n_heads % n_kv_heads:
+        raise ValueError(
+            "need hidden_size % n_heads == 0 and n_heads % n_kv_heads == 0, "
+            f"got {hidden_size}, {n_heads}, {n_kv_heads}"
+        )
+    return Qwen2Config(
+        architectures=["Qwen2ForCausalLM"],
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=rope_theta,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+
+
+# --- packing --------------------------------------------------------------------------------------
+
+
+def compute_packed_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> np.ndarray:
+    """One token stream: each document as `BOS text EOS`, documents back to back. No padding.
+
+    Attention runs across document boundaries in a packed row; BOS and EOS mark where one ends.
+    """
+    # The Rust backend directly: batched, and no "longer than model_max_length" warnings for
+    # documents that packing will cut anyway.
+    ids = [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if ids and (not ids[0] or ids[0][0] != bos):  # a tokenizer whose post-processor adds no BOS
+        ids = [[bos, *doc] for doc in ids]
+    lengths = np.fromiter((len(doc) + 1 for doc in ids), dtype=np.int64, count=len(ids))
+    stream = np.empty(int(lengths.sum()), dtype=np.int64)  # [n_tokens]
+    ends = np.cumsum(lengths)
+    for doc, end in zip(ids, ends):
+        stream[end - len(doc) - 1 : end - 1] = doc
+        stream[end - 1] = eos
+    return stream
+
+
+def compute_contexts(stream: np.ndarray, context: int) -> torch.Tensor:
+    """The stream cut into rows of `context` tokens (the ragged tail is dropped)."""
+    n_rows = len(stream) // context
+    return torch.from_numpy(stream[: n_rows * context].reshape(n_rows, context))  # [n_rows, context]
+
+
+def _split_documents(n_docs: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n_docs)
+    n_heldout = max(1, round(n_docs * heldout_fraction)) if n_docs > 1 else 0
+    return np.sort(order[n_heldout:]), np.sort(order[:n_heldout])
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainReport:
+    """What one `train_demo_lm` run did. `to_dict()` is what goes into train_report.json."""
+
+    steps: int
+    """Optimizer steps taken."""
+    tokens_seen: int
+    """Training tokens consumed (steps x batch_size x context)."""
+    seconds: float
+    """Wall time of the whole call: tokenizer, packing, training, saving, sample."""
+    train_seconds: float
+    """Wall time of the optimisation loop alone."""
+    stopped_by: str
+    """`steps` or `time_budget`."""
+    loss_curve: list[tuple[int, float]]
+    """(step, training loss) pairs, about 50 of them, the last one the final step."""
+    final_train_loss: float
+    """Mean training loss over the last 10 steps (nats per token)."""
+    heldout_loss: float
+    """Loss on the held-out documents (nats per token); NaN when they fill less than one context."""
+    n_params: int
+    n_vocab: int
+    """The tokenizer's actual size: BPE stops early when the corpus has no more merges to make."""
+    n_train_docs: int
+    n_heldout_docs: int
+    n_train_tokens: int
+    """Tokens in the packed training stream."""
+    sample_prompt: str
+    sample_text: str
+    """The greedy continuation of `sample_prompt` (about 120 tokens), generated by the model as
+    `explorer.model_loading.load_model` loads it from the saved directory."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The arguments of the run."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lr_at(progress: float, lr: float, warmup: float = 0.05, floor: float = 0.1) -> float:
+    """Linear warm-up over the first `warmup` of training, then cosine down to `floor * lr`."""
+    if progress < warmup:
+        return lr * (progress + 1e-3) / warmup
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+    return lr * (floor + (1 - floor) * cosine)
+
+
+def _make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    # Weight decay on matrices only, not on norms and biases.
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _lm_loss(model: Qwen2ForCausalLM, tokens_BT: torch.Tensor) -> torch.Tensor:
+    logits_BTV = model(input_ids=tokens_BT, use_cache=False).logits
+    return F.cross_entropy(logits_BTV[:, :-1].flatten(0, 1), tokens_BT[:, 1:].flatten())
+
+
+@torch.no_grad()
+def compute_heldout_loss(
+    model: Qwen2ForCausalLM, contexts_NT: torch.Tensor, batch_size: int, max_rows: int = 64
+) -> float:
+    """Mean next-token loss over (at most `max_rows` of) the held-out contexts."""
+    if len(contexts_NT) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    rows = contexts_NT[:max_rows]
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        total += _lm_loss(model, batch).item() * len(batch)
+        count += len(batch)
+    model.train(was_training)
+    return total / count
+
+
+def default_sample_prompt(texts: Sequence[str]) -> str:
+    """The prompt part (up to `<think>` and its newline) of the shortest text that has one, so that a
+    ~120-token sample has room to reach `</think>` and the answer; else a template prompt."""
+    marker = THINK_OPEN + "\n"
+    with_prompt = [text for text in texts if text.find(marker) > 0]
+    if not with_prompt:
+        return format_prompt(DEFAULT_SAMPLE_PROBLEM)
+    shortest = min(with_prompt, key=len)
+    return shortest[: shortest.find(marker) + len(marker)]
+
+
+def generate_greedy_sample(model_dir: Path, prompt: str, max_new_tokens: int = 120) -> str:
+    """Load `model_dir` through `load_model` (the real model's loader) and continue `prompt` greedily.
+
+    Returns the prompt followed by the continuation; generation stops early at EOS.
+    """
+    from explorer.model_loading import load_model
+
+    model = load_model(model_dir, device="cpu")
+    tokens = model.to_tokens(prompt)  # [1, n_prompt] with one BOS
+    with torch.no_grad():
+        out = model.generate(
+            tokens,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stop_at_eos=True,
+            eos_token_id=model.tokenizer.eos_token_id,
+            verbose=False,
+        )
+    return model.tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def train_demo_lm(
+    texts: Sequence[str],
+    out_dir: Path,
+    *,
+    vocab_size: int = 2048,
+    hidden_size: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 512,
+    context: int = 256,
+    batch_size: int = 8,
+    steps: int = 1200,
+    lr: float = 3e-3,
+    seed: int = 0,
+    time_budget_s: float = 140.0,
+    heldout_fraction: float = 0.02,
+    sample_prompt: str | None = None,
+    sample_tokens: int = 120,
+    n_threads: int | None = None,
+    progress: bool = True,
+) -> TrainReport:
+    """Train the demo tokenizer and model on `texts` and save them as a Hugging Face directory.
+
+    About 2% of the documents (at least one) are held out, chosen by `seed`, for `heldout_loss`. The
+    rest are packed (`compute_packed_tokens`) into rows of `context` tokens and sampled at random,
+    `batch_size` rows a step, with AdamW and a warm-up + cosine learning rate. Training stops after
+    `steps` steps or `time_budget_s` seconds, whichever comes first; the schedule follows whichever
+    is further along, so a run cut by the clock still ends at a low learning rate.
+
+    Writes `config.json`, `model.safetensors`, `generation_config.json`, `tokenizer.json` and
+    `tokenizer_config.json` into `out_dir` (created if needed; the caller makes it atomic). Then loads
+    that directory with `load_model` and generates the greedy sample.
+
+    With the defaults on 20,000 synthetic traces (`explorer.synthetic.generate_traces`) on a 2-core
+    CPU: about 2.5 minutes in all (140 s of training, ~1,100 steps, 2.3M tokens), a 0.77M-parameter
+    model, held-out loss about 0.52 nats/token, and greedy samples with the trace layout (steps,
+    `</think>`, `\\boxed{}`) but wrong arithmetic.
+    """
+    started = time.perf_counter()
+    config_args = {
+        k: v
+        for k, v in locals().items()
+        if k not in {"texts", "out_dir", "started", "progress", "n_threads"}
+    }
+    if not texts:
+        raise ValueError("train_demo_lm needs at least one text")
+    if context > max_position_embeddings:
+        raise ValueError(f"context {context} exceeds max_position_embeddings {max_position_embeddings}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    previous_threads = torch.get_num_threads()
+    # One intra-op thread per core (18k tokens/s with 2 threads on 2 idle cores, 10k with 1). On a
+    # machine other jobs are loading, fewer threads can be faster: `n_threads`.
+    torch.set_num_threads(n_threads or max(1, os.cpu_count() or 1))
+    try:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+
+        train_idx, heldout_idx = _split_documents(len(texts), heldout_fraction, seed)
+        train_texts = [texts[i] for i in train_idx]
+        heldout_texts = [texts[i] for i in heldout_idx]
+
+        tokenizer = train_tokenizer(train_texts, vocab_size, model_max_length=max_position_embeddings)
+        train_stream = compute_packed_tokens(tokenizer, train_texts)
+        if len(train_stream) < context + 1:
+            raise ValueError(f"the training texts hold {len(train_stream)} tokens, fewer than one context of {context}")
+        train_rows_NT = compute_contexts(train_stream, context)
+        heldout_rows_NT = (
+            compute_contexts(compute_packed_tokens(tokenizer, heldout_texts), context)
+            if heldout_texts
+            else torch.empty(0, context, dtype=torch.long)
+        )
+
+        config = demo_model_config(
+            tokenizer,
+            hidden_size=hidden_size,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+        )
+        model = Qwen2ForCausalLM(config)
+        model.train()
+        n_params = sum(p.numel() for p in model.parameters())
+        optimizer = _make_optimizer(model, lr)
+
+        loss_curve: list[tuple[int, float]] = []
+        recent: list[float] = []
+        log_every = max(1, steps // 50)
+        step, stopped_by = 0, "steps"
+        train_started = time.perf_counter()
+        bar = tqdm(
+            total=steps, desc="train demo LM", unit="step", disable=not progress, dynamic_ncols=True, mininterval=1.0
+        )
+        while step < steps:
+            elapsed = time.perf_counter() - train_started
+            if elapsed >= time_budget_s:
+                stopped_by = "time_budget"
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(max(step / steps, elapsed / time_budget_s), lr)
+            rows = torch.from_numpy(rng.integers(0, len(train_rows_NT), size=batch_size))
+            loss = _lm_loss(model, train_rows_NT[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+
+            loss_value = loss.item()
+            recent = (recent + [loss_value])[-10:]
+            if step % log_every == 0 or step == 1:
+                loss_curve.append((step, round(loss_value, 4)))
+            tokens_per_s = step * batch_size * context / max(time.perf_counter() - train_started, 1e-9)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            bar.update(1)
+        bar.close()
+        train_seconds = time.perf_counter() - train_started
+        if loss_curve and loss_curve[-1][0] != step and recent:
+            loss_curve.append((step, round(recent[-1], 4)))
+
+        heldout_loss = compute_heldout_loss(model, heldout_rows_NT, batch_size)
+        model.eval()
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        logger.info("saved the demo model (%d parameters) to %s", n_params, out_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    # A held-out problem: the sample shows generalisation, not recall.
+    prompt = sample_prompt if sample_prompt is not None else default_sample_prompt(heldout_texts or train_texts)
+    sample = generate_greedy_sample(out_dir, prompt, sample_tokens)
+
+    return TrainReport(
+        steps=step,
+        tokens_seen=step * batch_size * context,
+        seconds=round(time.perf_counter() - started, 2),
+        train_seconds=round(train_seconds, 2),
+        stopped_by=stopped_by,
+        loss_curve=loss_curve,
+        final_train_loss=round(float(np.mean(recent)), 4) if recent else float("nan"),
+        heldout_loss=round(heldout_loss, 4),
+        n_params=n_params,
+        n_vocab=len(tokenizer),
+        n_train_docs=len(train_texts),
+        n_heldout_docs=len(heldout_texts),
+        n_train_tokens=int(len(train_stream)),
+        sample_prompt=prompt,
+        sample_text=sample,
+        config=json.loads(json.dumps(config_args, default=str)),
+    )

@@ -1,0 +1,228 @@
+"""`explorer.demo_lm`: the demo tokenizer, config, packing and a tiny training run."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorer.demo_lm import (
+    ADDED_TOKENS,
+    BOS_TOKEN,
+    EOS_TOKEN,
+    TrainReport,
+    compute_contexts,
+    compute_packed_tokens,
+    default_sample_prompt,
+    demo_model_config,
+    train_demo_lm,
+    train_tokenizer,
+)
+from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
+from tests.hub_fixtures import MINI_TEXTS
+
+UNICODE_TEXTS = [
+    "naïve café — Σ x² ≥ 0",
+    "日本語のテキスト、そして中文。",
+    "emoji 🙂🚀 and a ZWJ family 👩‍👩‍👧",
+    "tabs\tand\r\nwindows newlines\n\n\n   trailing   ",
+    "full-width ｜bars｜ and ▁ lower blocks",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    """The demo tokenizer after a save/reload, as every consumer sees it."""
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(MINI_TEXTS * 4, 400).save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def test_special_tokens_are_single_ids_at_the_end(tokenizer):
+    n_bpe = len(tokenizer) - len(ADDED_TOKENS)
+    for offset, (content, special) in enumerate(ADDED_TOKENS):
+        ids = tokenizer.encode(content, add_special_tokens=False)
+        assert ids == [n_bpe + offset], content
+        assert (content in tokenizer.all_special_tokens) == special, content
+    assert tokenizer.bos_token == BOS_TOKEN and tokenizer.eos_token == EOS_TOKEN
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+
+
+def test_encoding_prepends_one_bos(tokenizer):
+    for text in ["", "x", MINI_TEXTS[0]]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id
+        assert ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_think_tags_round_trip_as_single_tokens(tokenizer):
+    text = format_prompt("What is 3 + 4?") + "3 + 4 = 7.\n" + THINK_CLOSE + "\n\\boxed{7}"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    think_open = tokenizer.convert_tokens_to_ids(THINK_OPEN)
+    think_close = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+    assert ids.count(think_open) == 1 and ids.count(think_close) == 1
+    # `<think>` is not special (as in the real tokenizer): skipping special tokens keeps it.
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+    assert tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("text", UNICODE_TEXTS)
+def test_unicode_round_trips(tokenizer, text: str):
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_text_is_nfc_normalised_like_the_real_tokenizer(tokenizer):
+    decomposed = "cafe\u0301"
+    decoded = tokenizer.decode(tokenizer.encode(decomposed, add_special_tokens=False))
+    assert decoded == unicodedata.normalize("NFC", decomposed) == "caf\u00e9"
+
+
+def test_offsets_tile_ascii_text(tokenizer):
+    text = MINI_TEXTS[0]
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    offsets = encoding["offset_mapping"]
+    assert offsets[0] == (0, 0)  # BOS covers no text
+    assert "".join(text[start:end] for start, end in offsets[1:]) == text
+    assert all(end == next_start for (_, end), (next_start, _) in zip(offsets[1:], offsets[2:]))
+
+
+@pytest.mark.parametrize("text", UNICODE_TEXTS)
+def test_offsets_are_sane_for_multibyte_text(tokenizer, text: str):
+    # Byte-level BPE can split one character over several tokens: those tokens share its offsets.
+    offsets = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+    starts = [start for start, _ in offsets]
+    assert starts == sorted(starts)
+    assert all(0 <= start < end <= len(text) for start, end in offsets)
+    covered = set()
+    for start, end in offsets:
+        covered.update(range(start, end))
+    assert covered == set(range(len(text)))
+
+
+def test_demo_model_config_is_a_miniature_qwen2(tokenizer):
+    config = demo_model_config(tokenizer, hidden_size=64, n_layers=3, n_heads=4, n_kv_heads=2, intermediate_size=256)
+    assert config.model_type == "qwen2" and config.architectures == ["Qwen2ForCausalLM"]
+    assert config.tie_word_embeddings is False
+    assert config.vocab_size == len(tokenizer)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (3, 4, 2)
+    assert config.bos_token_id == tokenizer.bos_token_id and config.eos_token_id == tokenizer.eos_token_id
+    with pytest.raises(ValueError):
+        demo_model_config(tokenizer, hidden_size=64, n_heads=3)
+
+
+def test_packing_joins_documents_with_eos_each_starting_with_bos(tokenizer):
+    texts = ["one", "two three", "four"]
+    stream = compute_packed_tokens(tokenizer, texts).tolist()
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    docs, current = [], []
+    for token in stream:
+        current.append(token)
+        if token == eos:
+            docs.append(current)
+            current = []
+    assert current == [] and len(docs) == 3
+    for doc, text in zip(docs, texts):
+        assert doc[0] == bos and doc[-1] == eos
+        assert tokenizer.decode(doc[1:-1]) == text
+    rows = compute_contexts(compute_packed_tokens(tokenizer, texts), 4)
+    assert rows.shape == (len(stream) // 4, 4)
+    assert rows.flatten().tolist() == stream[: rows.numel()]
+
+
+def test_default_sample_prompt_is_the_prompt_part_of_a_trace():
+    trace = format_prompt("What is 3 + 4?") + "3 + 4 = 7\n</think>\n\\boxed{7}"
+    longer = format_prompt("What is 30 + 40?") + "30 + 40 = 70, and that is the answer\n</think>\n\\boxed{70}"
+    assert default_sample_prompt(["no think tag here", longer, trace]) == format_prompt("What is 3 + 4?")
+    assert default_sample_prompt(["nothing"]).endswith(THINK_OPEN + "\n")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainReport]:
+    out_dir = tmp_path_factory.mktemp("demo-lm") / "model"
+    texts = [text.replace("3 + 4", f"{a} + {b}") for a in range(10) for b in range(6) for text in MINI_TEXTS[:2]]
+    report = train_demo_lm(
+        texts,
+        out_dir,
+        vocab_size=400,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        intermediate_size=256,
+        context=64,
+        batch_size=8,
+        steps=20,
+        lr=3e-3,
+        seed=0,
+        time_budget_s=120,
+        sample_tokens=12,
+        progress=False,
+    )
+    return out_dir, report
+
+
+def test_a_tiny_training_run_lowers_the_loss(trained):
+    _, report = trained
+    first_loss = report.loss_curve[0][1]
+    assert report.steps == 20 and report.stopped_by == "steps"
+    assert report.loss_curve[-1][0] == 20
+    assert report.final_train_loss < first_loss - 1.0
+    assert report.heldout_loss < first_loss
+    assert report.tokens_seen == 20 * 8 * 64
+    assert report.n_params > 0 and report.n_heldout_docs >= 1
+    assert report.sample_text.startswith(report.sample_prompt)
+    json.dumps(report.to_dict())  # train_report.json must serialise
+
+
+def test_the_saved_directory_is_a_complete_hf_model(trained):
+    out_dir, _ = trained
+    expected = ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    for name in expected:
+        assert (out_dir / name).is_file(), name
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["tie_word_embeddings"] is False
+
+
+def test_load_model_loads_it_and_matches_transformers(trained):
+    from transformers import AutoModelForCausalLM
+
+    from explorer.model_loading import load_model
+
+    out_dir, report = trained
+    model = load_model(out_dir, device="cpu")
+    hf_model = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    tokens = model.to_tokens(report.sample_prompt)
+    with torch.no_grad():
+        logits_BTV = model(tokens)
+        hf_logits_BTV = hf_model(tokens).logits
+    torch.testing.assert_close(logits_BTV.log_softmax(-1), hf_logits_BTV.log_softmax(-1), atol=1e-4, rtol=0)
+    # Raw logits differ only by a constant per position (center_unembed).
+    centred_BTV = logits_BTV - logits_BTV.mean(-1, keepdim=True)
+    hf_centred_BTV = hf_logits_BTV - hf_logits_BTV.mean(-1, keepdim=True)
+    torch.testing.assert_close(centred_BTV, hf_centred_BTV, atol=1e-4, rtol=0)
+
+
+def test_training_stops_at_the_time_budget(tmp_path: Path):
+    report = train_demo_lm(
+        MINI_TEXTS * 4,
+        tmp_path / "model",
+        vocab_size=300,
+        hidden_size=32,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=1,
+        intermediate_size=64,
+        context=32,
+        batch_size=2,
+        steps=10**6,
+        time_budget_s=0.5,
+        sample_tokens=2,
+        progress=False,
+    )
+    assert report.stopped_by == "time_budget"
+    assert 0 < report.steps < 10**6
