@@ -53,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     corpus = sub.add_parser("corpus", help="generate or import a corpus and label its backtracking phrases")
     _add_run_args(corpus)
     corpus.add_argument("--n-traces", type=int, help="synthetic: number of traces; import: read at most this many")
-    corpus.add_argument("--seed", type=int, help="synthetic generator seed")
+    corpus.add_argument("--seed", type=int, help="synthetic generator seed, and the balanced sampler's")
+    corpus.add_argument(
+        "--balanced",
+        type=int,
+        metavar="N",
+        help="keep the notebook's balanced sample: N/2 correct traces that backtrack, N/2 that don't",
+    )
     train_lm = sub.add_parser("train-lm", help="train the demo model on the run's corpus (demo profiles only)")
     _add_run_args(train_lm)
     train_lm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
@@ -73,6 +79,8 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         overrides["n_traces"] = args.n_traces
     if getattr(args, "seed", None) is not None:
         overrides["seed"] = args.seed
+    if getattr(args, "balanced", None) is not None:
+        overrides["balanced"] = args.balanced
     if overrides:
         import dataclasses
 

@@ -16,11 +16,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from explorer import artifacts
+from explorer.corpus import CorpusError
 from explorer.correctness import is_correct
 from explorer.label_audit import LabelAgreement, audit_against_source
 from explorer.labels import PhraseSpan, group_counts, has_backtracking, label_text
 from explorer.lexicon import GROUPS, LEXICON, NOTEBOOK_GROUPS
 from explorer.records import TraceRecord
+from explorer.sampling import SamplingError, balanced_sample
 from precompute.atomic import atomic_dir
 from precompute.profiles import CorpusSpec
 from precompute.stages import config_hash, print_config, print_skip, stage_is_current, write_manifest
@@ -47,7 +49,7 @@ class CorpusSummary(NamedTuple):
 
 
 def stage_config(spec: CorpusSpec) -> dict:
-    config = {"source": spec.source, "n_traces": spec.n_traces, "seed": spec.seed}
+    config = {"source": spec.source, "n_traces": spec.n_traces, "seed": spec.seed, "balanced": spec.balanced}
     # A lexicon change invalidates the labels, so it is part of the stage's identity.
     config["lexicon_hash"] = config_hash({g: list(p) for g, p in LEXICON.items()})
     return config
@@ -70,6 +72,24 @@ def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:
     records = load_corpus(spec.source, limit=spec.n_traces or None)
     spans_by_doc = {r.doc_id: label_text(r.text) for r in tqdm(records, desc="labelling", unit="doc")}
     return LabelledCorpus(records, spans_by_doc, {}, exact=False)
+
+
+def balanced_subset(corpus: LabelledCorpus, n: int, seed: int) -> LabelledCorpus:
+    """The notebook's balanced sample of `corpus`: n/2 correct traces that backtrack (six groups), n/2
+    correct traces that don't, no problem twice."""
+    correct = {r.doc_id: bool(_record_is_correct(r)) for r in corpus.records}
+    backtracks = {doc_id: has_backtracking(spans) for doc_id, spans in corpus.spans_by_doc.items()}
+    try:
+        kept = balanced_sample(corpus.records, n, seed=seed, has_backtracking=backtracks, is_correct=correct)
+    except SamplingError as err:
+        raise CorpusError(f"{corpus.records[0].metadata.get('source', 'corpus')}: {err}") from err
+    kept_ids = {r.doc_id for r in kept}
+    return LabelledCorpus(
+        records=kept,
+        spans_by_doc={d: s for d, s in corpus.spans_by_doc.items() if d in kept_ids},
+        error_steps_by_doc={d: s for d, s in corpus.error_steps_by_doc.items() if d in kept_ids},
+        exact=corpus.exact,
+    )
 
 
 def _record_is_correct(record: TraceRecord) -> bool | None:
@@ -180,6 +200,8 @@ def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) ->
     print_config(STAGE, config)
     started = time.time()
     corpus = build_labelled_corpus(spec)
+    if spec.balanced:
+        corpus = balanced_subset(corpus, spec.balanced, spec.seed)
     documents = documents_frame(corpus)
     summary = summarise(corpus, documents)
     with atomic_dir(out_dir) as tmp:

@@ -26,7 +26,10 @@ class CorpusSpec:
     n_traces: int = 20_000
     """Synthetic: how many traces to generate. Imported corpora: the most to read (0 = all)."""
     seed: int = 0
-    """Synthetic generator seed."""
+    """Synthetic generator seed; also the balanced sampler's seed."""
+    balanced: int = 0
+    """Keep only a balanced sample of this many traces (the notebook's sampler: half correct traces that
+    backtrack, half correct traces that don't, unique problems); 0 keeps every trace."""
 
 
 @dataclass(frozen=True)

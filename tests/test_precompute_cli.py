@@ -116,3 +116,19 @@ def test_deepseek_profile_is_the_notebooks_recipe():
     assert sae.normalize_activations == "expected_average_only_in" and sae.dtype == "float32"
     assert (sae.seed, sae.n_checkpoints) == (42, 2)
     assert DEMO.demo_lm is not None
+
+
+def test_balanced_corpus_keeps_half_backtracking_correct_traces(tmp_path):
+    run = tmp_path / "balanced"
+    assert main(["corpus", "--n-traces", "400", "--balanced", "40", "--out", str(run)]) == 0
+    documents = pd.read_parquet(run / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE)
+    assert len(documents) == 40 and documents["is_correct"].all()
+    assert documents["has_backtracking"].sum() == 20
+    assert documents["problem_id"].is_unique
+    phrases = pd.read_parquet(run / artifacts.CORPUS_DIR / artifacts.PHRASES_FILE)
+    assert set(phrases["doc_id"]) <= set(documents["doc_id"])
+
+
+def test_balanced_sample_larger_than_the_corpus_allows_is_a_clear_error(tmp_path, capsys):
+    assert main(["corpus", "--n-traces", "30", "--balanced", "40", "--out", str(tmp_path / "b")]) == 2
+    assert "balanced_sample needs 20 correct traces with backtracking" in capsys.readouterr().err
