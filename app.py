@@ -8,10 +8,7 @@ st.set_page_config(page_title="Backtracking feature explorer", page_icon="↩", 
 st.title("Backtracking feature explorer")
 st.caption("Find the SAE features that carry backtracking (\"Wait, I made a mistake\") in reasoning models.")
 
-run_dir = ui.render_run_picker()
-if run_dir is None:
-    ui.render_empty_state()
-    st.stop()
+run_dir = ui.pick_run_or_stop()
 summary = ui.load_run_summary(run_dir)
 if summary is None:
     st.stop()

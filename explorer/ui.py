@@ -28,6 +28,15 @@ def render_run_picker(root: Path = artifacts.DEFAULT_RUNS_DIR) -> Path | None:
     return runs[names.index(name)]
 
 
+def pick_run_or_stop() -> Path:
+    """The run chosen in the sidebar; with no run at all, explain how to build one and stop the page."""
+    run_dir = render_run_picker()
+    if run_dir is None:
+        render_empty_state()
+        st.stop()
+    return run_dir
+
+
 def render_empty_state() -> None:
     st.info(
         "No run folder was found under `runs/`. Build the embedded demo (about 4 minutes on 2 CPU cores) with\n\n"

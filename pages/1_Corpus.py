@@ -7,10 +7,7 @@ from explorer import ui
 st.set_page_config(page_title="Corpus · Backtracking feature explorer", layout="wide")
 st.title("Corpus")
 
-run_dir = ui.render_run_picker()
-if run_dir is None:
-    ui.render_empty_state()
-    st.stop()
+run_dir = ui.pick_run_or_stop()
 documents = ui.load_documents(run_dir)
 if documents is None:
     st.stop()
