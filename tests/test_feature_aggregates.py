@@ -1,0 +1,504 @@
+"""Feature-index accumulators against brute-force dense computations, and shard merges against a
+single pass (bit for bit)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.feature_aggregates import (
+    ActivationBatch,
+    ActivationStatsAccumulator,
+    ActivationStatsConfig,
+    BacktrackingEvidenceAccumulator,
+    DocumentContrastAccumulator,
+    DocumentContrastConfig,
+    EvidenceConfig,
+    ExactSum,
+    FeatureIndexAccumulators,
+    IndexConfig,
+    IntervalSampleAccumulator,
+    IntervalSampleConfig,
+    LeadLagAccumulator,
+    LeadLagConfig,
+    LogBins,
+    ReasonScoreAccumulator,
+    ReasonScoreConfig,
+    ReasoningVocab,
+    TokenCountAccumulator,
+    TokenCountConfig,
+    TopKAccumulator,
+    TopKConfig,
+    WithinTokenAccumulator,
+    WithinTokenConfig,
+    build_reasoning_vocab,
+    hash_priority,
+    reasoning_positions,
+    validate_batch,
+)
+from explorer.labels import NO_GROUP
+from explorer.lexicon import GROUPS
+
+G = len(GROUPS)
+VOCAB_SIZE = 30
+PAD = 0
+REASON_VOCAB = ReasoningVocab.from_mapping({"wait": [[3]], "let me": [[5, 6]], "hmm": [[7], [8]]})
+CONTROL_TOKENS = (3, 5, 10, 11)
+SMALL_BINS = LogBins(lo_exp=-2, hi_exp=2, per_decade=4)  # few bins: many activations share one
+
+
+# --------------------------------------------------------------------------------------------------
+# A small corpus with planted ties, invalid tokens carrying large activations, and phrases
+# --------------------------------------------------------------------------------------------------
+
+
+class Corpus(NamedTuple):
+    """Dense numpy arrays over all C context windows (the brute-force side)."""
+
+    acts_CTF: np.ndarray
+    token_ids_CT: np.ndarray
+    valid_CT: np.ndarray
+    group_ids_CT: np.ndarray
+    doc_flag_C: np.ndarray
+    context_ids_C: np.ndarray
+    start_CT: np.ndarray
+
+    def batch(self, lo: int, hi: int) -> ActivationBatch:
+        return ActivationBatch(
+            torch.from_numpy(self.acts_CTF[lo:hi].copy()),
+            torch.from_numpy(self.token_ids_CT[lo:hi].copy()),
+            torch.from_numpy(self.valid_CT[lo:hi].copy()),
+            torch.from_numpy(self.group_ids_CT[lo:hi].copy()),
+            torch.from_numpy(self.doc_flag_C[lo:hi].copy()),
+            torch.from_numpy(self.context_ids_C[lo:hi].copy()),
+            torch.from_numpy(self.start_CT[lo:hi].copy()),
+        )
+
+    def batches(self, bounds) -> list[ActivationBatch]:
+        return [self.batch(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def make_corpus(n_contexts: int = 18, T: int = 40, F: int = 12, seed: int = 0) -> Corpus:
+    rng = np.random.default_rng(seed)
+    # Sparse activations over many decades (underflow and overflow bins too), half of them drawn from
+    # a few exact values so that ties are common.
+    fires = rng.random((n_contexts, T, F)) < 0.25
+    continuous = np.exp(rng.normal(0, 2.5, (n_contexts, T, F)))
+    discrete = rng.choice([0.5, 1.0, 2.0, 3.0], (n_contexts, T, F))
+    values = np.where(rng.random((n_contexts, T, F)) < 0.5, continuous, discrete)
+    acts = np.where(fires, values, 0.0).astype(np.float32)
+    acts[:, :, F - 1] = 0.0  # a dead feature
+    # Planted exact ties for the top-k: feature 0 peaks at 50 in two windows (twice in one of them).
+    acts[:, :, 0] = np.minimum(acts[:, :, 0], 20.0)
+    acts[3, 10, 0] = acts[3, 20, 0] = acts[7, 5, 0] = 50.0
+
+    token_ids = rng.integers(1, VOCAB_SIZE, (n_contexts, T))
+    valid = np.ones((n_contexts, T), dtype=bool)
+    valid[:, 0] = False  # BOS
+    for c in range(0, n_contexts, 4):  # some windows end in padding
+        valid[c, T - 5 :] = False
+        token_ids[c, T - 5 :] = PAD
+    # A "let me" (5, 6) that runs into the padding must not match.
+    token_ids[0, T - 6], token_ids[0, T - 5] = 5, 6
+    acts[~valid] = 100.0  # invalid tokens carry large activations: any leak shows
+
+    group_ids = np.full((n_contexts, T), NO_GROUP, dtype=np.int8)
+    start = np.zeros((n_contexts, T), dtype=bool)
+    for c in range(n_contexts):
+        for _ in range(3):
+            s, length = int(rng.integers(1, T - 4)), int(rng.integers(1, 5))
+            group_ids[c, s : s + length] = rng.integers(0, G)
+            start[c, s] = True
+    context_ids = (1000 + 7 * rng.permutation(n_contexts)).astype(np.int64)
+    doc_flag = rng.random(n_contexts) < 0.5
+    return Corpus(acts, token_ids.astype(np.int64), valid, group_ids, doc_flag, context_ids, start)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return make_corpus()
+
+
+SINGLE_BOUNDS = [0, 6, 12, 18]
+SHARD_BOUNDS = [[0, 4, 7], [7, 12], [12, 15, 18]]  # other batch sizes than the single pass
+
+
+def run(make, batches):
+    acc = make()
+    for batch in batches:
+        acc.update(batch)
+    return acc
+
+
+def single_pass(make, corpus: Corpus):
+    """Totals of one pass over `corpus` in batches of 6 windows."""
+    return run(make, corpus.batches(SINGLE_BOUNDS)).finalise()
+
+
+def bin_of(values: np.ndarray, bins: LogBins) -> np.ndarray:
+    """Brute-force bin index: 0 for zero, else 1 + the number of edges <= value."""
+    edges = bins.edges().numpy()
+    return np.where(values > 0, 1 + np.digitize(values.astype(np.float64), edges, right=False), 0)
+
+
+def valid_entries(corpus: Corpus):
+    """(c, t, f, value) of every non-zero activation on a valid token."""
+    c, t, f = np.nonzero((corpus.acts_CTF > 0) & corpus.valid_CT[:, :, None])
+    return c, t, f, corpus.acts_CTF[c, t, f]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_log_bins_layout_and_edges():
+    bins = LogBins()
+    edges = bins.edges()
+    assert bins.n_bins == 8 * 16 + 3 and edges.shape == (8 * 16 + 1,)
+    # Decimal arithmetic gives the exact decade edges.
+    assert edges[0].item() == 1e-4 and edges[16 * 4].item() == 1.0 and edges[-1].item() == 1e4
+    values = torch.tensor([0.0, 1e-7, 1e-4, 1.0, np.nextafter(1.0, 0.0), 9999.0, 1e4, 1e30])
+    idx = bins.index(values)
+    assert idx[0] == 0 and idx[1] == 1 and idx[2] == 2  # zero, underflow, first regular bin
+    assert idx[3] == 2 + 64 and idx[4] == 2 + 63  # lower edges are inclusive
+    assert idx[6] == idx[7] == bins.n_bins - 1  # overflow
+    assert (bins.lower_edges()[idx[3]] == 1.0).item()
+    rng = np.random.default_rng(1)
+    v = np.exp(rng.normal(0, 6, 2000)).astype(np.float32)
+    assert np.array_equal(bins.index(torch.from_numpy(v)).numpy(), bin_of(v, bins))
+
+
+def test_exact_sum_is_independent_of_grouping():
+    values = torch.from_numpy(np.exp(np.random.default_rng(2).normal(0, 3, 5000)).astype(np.float32))
+    index = torch.from_numpy(np.random.default_rng(3).integers(0, 3, 5000))
+    whole = ExactSum((3,), "cpu")
+    whole.add(index, values)
+    parts = [ExactSum((3,), "cpu") for _ in range(4)]
+    for part, chunk in zip(parts, torch.arange(5000).tensor_split(4)):
+        part.add(index[chunk], values[chunk])
+    merged = parts[2]
+    for part in (parts[0], parts[3], parts[1]):
+        merged.merge(part)
+    assert torch.equal(merged.units, whole.units) and torch.equal(merged.frac, whole.frac)
+    exact = np.zeros(3)
+    np.add.at(exact, index.numpy(), values.numpy().astype(np.float64))
+    # Rounding: at most 2**-25 per summand.
+    assert np.all(np.abs(whole.to_float64().numpy() - exact) <= 5000 * 2.0**-25)
+
+
+def test_hash_priority_is_deterministic_and_spread():
+    ctx = torch.arange(200).repeat_interleave(50)
+    pos = torch.arange(50).repeat(200)
+    feat = torch.full_like(ctx, 7)
+    p1, p2 = hash_priority(ctx, pos, feat), hash_priority(ctx.clone(), pos.clone(), feat.clone())
+    assert torch.equal(p1, p2)
+    assert p1.min() >= 0 and p1.max() < 2**31
+    assert p1.unique().numel() > 0.99 * p1.numel()
+    # Roughly uniform: each quarter of the range holds about a quarter of the priorities.
+    quarters = torch.bincount(p1 // 2**29, minlength=4).float() / p1.numel()
+    assert torch.all((quarters - 0.25).abs() < 0.03)
+    assert not torch.equal(p1, hash_priority(ctx, pos, feat + 1))
+
+
+def test_validate_batch_rejects_contract_breaks(corpus):
+    batch = corpus.batch(0, 3)
+    validate_batch(batch)
+    with pytest.raises(ValueError, match="non-negative"):
+        validate_batch(batch._replace(acts_BTF=-batch.acts_BTF))
+    with pytest.raises(ValueError, match="non-negative"):
+        validate_batch(batch._replace(acts_BTF=batch.acts_BTF * np.nan))
+    with pytest.raises(ValueError, match="unique"):
+        validate_batch(batch._replace(context_ids_B=torch.tensor([4, 4, 5])))
+    with pytest.raises(ValueError, match="bool"):
+        validate_batch(batch._replace(valid_BT=batch.valid_BT.long()))
+    with pytest.raises(ValueError, match="features"):
+        TopKAccumulator(TopKConfig(n_features=5)).update(batch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Each accumulator against brute force
+# --------------------------------------------------------------------------------------------------
+
+
+def test_top_k_matches_brute_force(corpus):
+    k, F = 5, corpus.acts_CTF.shape[2]
+    records = single_pass(lambda: TopKAccumulator(TopKConfig(F, k, feature_offset=100)), corpus)
+    expected = []
+    for f in range(F):
+        candidates = []
+        for c in range(len(corpus.context_ids_C)):
+            acts_T = np.where(corpus.valid_CT[c], corpus.acts_CTF[c, :, f], 0.0)
+            if acts_T.max() > 0:
+                candidates.append((-acts_T.max(), corpus.context_ids_C[c], int(np.argmax(acts_T))))
+        for rank, (neg_value, ctx, pos) in enumerate(sorted(candidates)[:k]):
+            expected.append((f + 100, rank, -neg_value, ctx, pos))
+    got = list(zip(*(x.tolist() for x in records)))
+    assert [(f, r, np.float32(v), c, p) for f, r, v, c, p in got] == [
+        (f, r, np.float32(v), c, p) for f, r, v, c, p in expected
+    ]
+    # The planted tie: windows 3 and 7 both peak at 50; the lower context id ranks first, and window
+    # 3 (peak reached twice) is represented by its first position.
+    top0 = [row for row in got if row[0] == 100][:2]
+    tied = sorted([(corpus.context_ids_C[3], 10), (corpus.context_ids_C[7], 5)])
+    assert [(c, p) for _, _, v, c, p in top0] == tied and all(v == 50.0 for _, _, v, _, _ in top0)
+    assert not any(row[0] == 100 + F - 1 for row in got)  # the dead feature has no examples
+
+
+def test_interval_sketch_matches_brute_force(corpus):
+    F, m = corpus.acts_CTF.shape[2], 3
+    config = IntervalSampleConfig(F, SMALL_BINS, m, feature_offset=40)
+    got = single_pass(lambda: IntervalSampleAccumulator(config), corpus)
+    c, t, f, v = valid_entries(corpus)
+    ctx = corpus.context_ids_C[c]
+    prio = hash_priority(torch.from_numpy(ctx), torch.from_numpy(t), torch.from_numpy(f + 40)).numpy()
+    b = bin_of(v, SMALL_BINS)
+    expected = []
+    for key in sorted(set(zip(f.tolist(), b.tolist()))):
+        rows = np.nonzero((f == key[0]) & (b == key[1]))[0]
+        for i in sorted(rows, key=lambda i: (prio[i], ctx[i], t[i]))[:m]:
+            expected.append((int(f[i]) + 40, int(b[i]), int(prio[i]), float(v[i]), int(ctx[i]), int(t[i])))
+    assert list(zip(*(x.tolist() for x in got[:6]))) == expected
+
+
+def test_activation_stats_match_brute_force(corpus):
+    F = corpus.acts_CTF.shape[2]
+    totals = single_pass(lambda: ActivationStatsAccumulator(ActivationStatsConfig(F)), corpus)
+    acts = np.where(corpus.valid_CT[:, :, None], corpus.acts_CTF, 0.0)
+    n_valid = int(corpus.valid_CT.sum())
+    assert totals.n_valid == n_valid
+    assert np.array_equal(totals.active_count_F.numpy(), (acts > 0).sum((0, 1)))
+    assert np.array_equal(totals.max_F.numpy(), acts.max((0, 1)).astype(np.float32))
+    sums = acts.astype(np.float64).sum((0, 1))
+    assert np.allclose(totals.sum_F.numpy(), sums, rtol=0, atol=acts.size * 2.0**-25)
+    assert np.allclose(totals.density_F.numpy(), (acts > 0).sum((0, 1)) / n_valid)
+    assert np.isnan(totals.mean_nonzero_F[F - 1])
+    bins = LogBins()
+    hist = np.zeros((F, bins.n_bins), dtype=np.int64)
+    for f in range(F):
+        hist[f] = np.bincount(bin_of(corpus.acts_CTF[:, :, f][corpus.valid_CT], bins), minlength=bins.n_bins)
+    assert np.array_equal(totals.hist_FB.numpy(), hist)
+    assert (totals.hist_FB.sum(1) == n_valid).all()
+
+
+def test_backtracking_evidence_matches_brute_force(corpus):
+    F = corpus.acts_CTF.shape[2]
+    totals = single_pass(lambda: BacktrackingEvidenceAccumulator(EvidenceConfig(F, SMALL_BINS)), corpus)
+    class_CT = np.where(corpus.group_ids_CT >= 0, corpus.group_ids_CT, G)
+    inside = corpus.valid_CT & (class_CT < G)
+    assert np.allclose(totals.mean_in_any_F.numpy(), corpus.acts_CTF[inside].astype(np.float64).mean(0), atol=1e-7)
+    outside = corpus.valid_CT & (class_CT == G)
+    assert np.allclose(totals.mean_out_F.numpy(), corpus.acts_CTF[outside].astype(np.float64).mean(0), atol=1e-7)
+    for cls in range(G + 1):
+        tokens = corpus.valid_CT & (class_CT == cls)
+        assert totals.count_C[cls] == tokens.sum()
+        sums = corpus.acts_CTF[tokens].astype(np.float64).sum(0)
+        assert np.allclose(totals.sum_FC[:, cls].numpy(), sums, rtol=0, atol=1e-5)
+        for f in range(F):
+            hist = np.bincount(bin_of(corpus.acts_CTF[:, :, f][tokens], SMALL_BINS), minlength=SMALL_BINS.n_bins)
+            assert np.array_equal(totals.hist_FCB[f, cls].numpy(), hist)
+
+
+def brute_reasoning_positions(token_ids, valid, vocab: ReasoningVocab, widen=(1, 2)):
+    """Loop version: mark each matched token, widen it, keep valid tokens."""
+    B, T = token_ids.shape
+    groups = np.zeros((len(vocab.names), B, T), dtype=bool)
+    for r, sequences in enumerate(vocab.sequences):
+        for b in range(B):
+            for s in range(T):
+                for seq in sequences:
+                    L = len(seq)
+                    if s + L <= T and tuple(token_ids[b, s : s + L]) == seq and valid[b, s : s + L].all():
+                        for t_matched in range(s, s + L):
+                            lo, hi = max(0, t_matched - widen[0]), min(T - 1, t_matched + widen[1])
+                            groups[r, b, lo : hi + 1] = True
+    groups &= valid[None]
+    return groups.any(0), groups
+
+
+def test_reasoning_positions_match_brute_force(corpus):
+    tokens, valid = torch.from_numpy(corpus.token_ids_CT), torch.from_numpy(corpus.valid_CT)
+    for widen in [(1, 2), (0, 0), (3, 1)]:
+        got = reasoning_positions(tokens, REASON_VOCAB, valid, widen)
+        mask, groups = brute_reasoning_positions(corpus.token_ids_CT, corpus.valid_CT, REASON_VOCAB, widen)
+        assert np.array_equal(got.mask_BT.numpy(), mask) and np.array_equal(got.group_mask_RBT.numpy(), groups)
+    # "let me" running into padding does not match; a real one at the window's end is cut, not wrapped.
+    T = corpus.token_ids_CT.shape[1]
+    assert not reasoning_positions(tokens[:1], REASON_VOCAB, valid[:1]).group_mask_RBT[1, 0, T - 8 :].any()
+    row = torch.tensor([[5, 6, 1, 1, 1, 1, 5, 6]])
+    hit = reasoning_positions(row, REASON_VOCAB).group_mask_RBT[1, 0].tolist()
+    assert hit == [True, True, True, True, False, True, True, True]
+
+
+def test_build_reasoning_vocab_groups_spellings():
+    table = {"wait": [1], " wait": [2], "Wait": [3], " Wait": [4]}
+    table.update({"let me": [5, 6], " let me": [7, 6], "Let me": [8, 6], " Let me": [9, 6]})
+    vocab = build_reasoning_vocab(lambda s: table[s], ["wait", "let me"])
+    assert vocab.names == ("wait", "let me")
+    assert set(vocab.sequences[0]) == {(1,), (2,), (3,), (4,)} and (7, 6) in vocab.sequences[1]
+
+
+def test_reason_score_sums_match_brute_force(corpus):
+    F = corpus.acts_CTF.shape[2]
+    totals = single_pass(lambda: ReasonScoreAccumulator(ReasonScoreConfig(F, REASON_VOCAB)), corpus)
+    mask, groups = brute_reasoning_positions(corpus.token_ids_CT, corpus.valid_CT, REASON_VOCAB)
+    acts = corpus.acts_CTF.astype(np.float64)
+    negative = corpus.valid_CT & ~mask
+    assert totals.count_pos == mask.sum() and totals.count_neg == negative.sum()
+    assert np.allclose(totals.mean_pos_F.numpy(), acts[mask].mean(0), atol=1e-7)
+    assert np.allclose(totals.mean_neg_F.numpy(), acts[negative].mean(0), atol=1e-7)
+    for r in range(len(REASON_VOCAB.names)):
+        assert totals.count_R[r] == groups[r].sum()
+        assert np.allclose(totals.mean_FR[:, r].numpy(), acts[groups[r]].mean(0), atol=1e-7)
+
+
+def test_lead_lag_sums_match_brute_force(corpus):
+    F, T = corpus.acts_CTF.shape[2], corpus.acts_CTF.shape[1]
+    totals = single_pass(lambda: LeadLagAccumulator(LeadLagConfig(F, -6, 3)), corpus)
+    offsets = list(range(-6, 4))
+    sums, counts = np.zeros((len(offsets), F)), np.zeros(len(offsets), dtype=np.int64)
+    for c, s in zip(*np.nonzero(corpus.start_CT & corpus.valid_CT)):
+        for o, offset in enumerate(offsets):
+            t = s + offset
+            if 0 <= t < T and corpus.valid_CT[c, t]:  # skipped, not wrapped, at the window's edge
+                counts[o] += 1
+                sums[o] += corpus.acts_CTF[c, t]
+    assert np.array_equal(totals.count_O.numpy(), counts)
+    assert np.allclose(totals.sum_OF.numpy(), sums, atol=1e-5)
+    valid_acts = corpus.acts_CTF[corpus.valid_CT].astype(np.float64)
+    assert np.allclose(totals.baseline_mean_F.numpy(), valid_acts.mean(0), atol=1e-7)
+    assert np.allclose(totals.baseline_std_F.numpy(), valid_acts.std(0), rtol=1e-6, atol=1e-6)
+
+
+def test_document_contrast_matches_brute_force(corpus):
+    F = corpus.acts_CTF.shape[2]
+    totals = single_pass(lambda: DocumentContrastAccumulator(DocumentContrastConfig(F)), corpus)
+    acts = np.where(corpus.valid_CT[:, :, None], corpus.acts_CTF, 0.0).astype(np.float64)
+    for cls in (0, 1):
+        windows = corpus.doc_flag_C == bool(cls)
+        tokens = corpus.valid_CT & windows[:, None]
+        assert totals.token_count_C[cls] == tokens.sum() and totals.window_count_C[cls] == windows.sum()
+        assert np.allclose(totals.mean_FC[:, cls].numpy(), acts[tokens].mean(0), atol=1e-7)
+        window_max = acts[windows].max(1)  # [windows, F]
+        assert np.allclose(totals.window_max_mean_FC[:, cls].numpy(), window_max.mean(0), atol=1e-7)
+        assert np.allclose(totals.active_window_share_FC[:, cls].numpy(), (window_max > 0).mean(0))
+
+
+def test_token_counts_and_within_token_histograms_match_brute_force(corpus):
+    F = corpus.acts_CTF.shape[2]
+    counts = single_pass(lambda: TokenCountAccumulator(TokenCountConfig(VOCAB_SIZE)), corpus)
+    within = single_pass(lambda: WithinTokenAccumulator(WithinTokenConfig(F, CONTROL_TOKENS, SMALL_BINS)), corpus)
+    in_GV, out_V = np.zeros((G, VOCAB_SIZE), dtype=np.int64), np.zeros(VOCAB_SIZE, dtype=np.int64)
+    for c, t in zip(*np.nonzero(corpus.valid_CT)):
+        g, tok = corpus.group_ids_CT[c, t], corpus.token_ids_CT[c, t]
+        if g >= 0:
+            in_GV[g, tok] += 1
+        else:
+            out_V[tok] += 1
+    assert np.array_equal(counts.in_GV.numpy(), in_GV) and np.array_equal(counts.out_V.numpy(), out_V)
+    for k, tok in enumerate(CONTROL_TOKENS):
+        for cls in (0, 1):
+            tokens = corpus.valid_CT & (corpus.token_ids_CT == tok) & ((corpus.group_ids_CT >= 0) == bool(cls))
+            for f in range(F):
+                hist = np.bincount(bin_of(corpus.acts_CTF[:, :, f][tokens], SMALL_BINS), minlength=SMALL_BINS.n_bins)
+                assert np.array_equal(within.hist_FKCB[f, k, cls].numpy(), hist)
+
+
+def test_invalid_tokens_change_nothing(corpus):
+    """Whatever sits on invalid tokens (activations, token ids, labels) leaves every state unchanged."""
+    scrambled = corpus._replace(
+        acts_CTF=np.where(corpus.valid_CT[:, :, None], corpus.acts_CTF, 7.5).astype(np.float32),
+        token_ids_CT=np.where(corpus.valid_CT, corpus.token_ids_CT, 3),
+        group_ids_CT=np.where(corpus.valid_CT, corpus.group_ids_CT, 2).astype(np.int8),
+        start_CT=corpus.start_CT | ~corpus.valid_CT,
+    )
+    a = run(lambda: FeatureIndexAccumulators(index_config(corpus)), corpus.batches(SINGLE_BOUNDS))
+    b = run(lambda: FeatureIndexAccumulators(index_config(corpus)), scrambled.batches(SINGLE_BOUNDS))
+    assert_states_equal(a.state_dict(), b.state_dict())
+
+
+# --------------------------------------------------------------------------------------------------
+# Shards merge into exactly the single pass
+# --------------------------------------------------------------------------------------------------
+
+
+def index_config(corpus: Corpus) -> IndexConfig:
+    return IndexConfig(
+        n_features=corpus.acts_CTF.shape[2], vocab_size=VOCAB_SIZE, feature_offset=24, k=4, bins=SMALL_BINS,
+        samples_per_bin=2, reasoning_vocab=REASON_VOCAB, control_token_ids=CONTROL_TOKENS, min_offset=-8, max_offset=3,
+    )
+
+
+ACCUMULATORS = {
+    "top_k": lambda F: TopKAccumulator(TopKConfig(F, k=4)),
+    "samples": lambda F: IntervalSampleAccumulator(IntervalSampleConfig(F, SMALL_BINS, per_bin=2)),
+    "stats": lambda F: ActivationStatsAccumulator(ActivationStatsConfig(F)),
+    "evidence": lambda F: BacktrackingEvidenceAccumulator(EvidenceConfig(F)),
+    "reason": lambda F: ReasonScoreAccumulator(ReasonScoreConfig(F, REASON_VOCAB)),
+    "lead_lag": lambda F: LeadLagAccumulator(LeadLagConfig(F)),
+    "documents": lambda F: DocumentContrastAccumulator(DocumentContrastConfig(F)),
+    "token_counts": lambda F: TokenCountAccumulator(TokenCountConfig(VOCAB_SIZE)),
+    "within_token": lambda F: WithinTokenAccumulator(WithinTokenConfig(F, CONTROL_TOKENS)),
+}
+
+
+def assert_states_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def round_trip(state: dict) -> dict:
+    """Through a shard file: torch.save, then a weights-only load (plain tensors only)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("name", [*ACCUMULATORS, "all"])
+def test_three_shards_merge_into_the_single_pass_in_any_order(corpus, name):
+    F = corpus.acts_CTF.shape[2]
+    if name == "all":
+        make, cls = (lambda: FeatureIndexAccumulators(index_config(corpus))), FeatureIndexAccumulators
+    else:
+        make, cls = (lambda: ACCUMULATORS[name](F)), type(ACCUMULATORS[name](F))
+    single = run(make, corpus.batches(SINGLE_BOUNDS)).state_dict()
+    shards = [round_trip(run(make, corpus.batches(bounds)).state_dict()) for bounds in SHARD_BOUNDS]
+    for order in itertools.permutations(range(3)):
+        merged = cls.from_state_dict(shards[order[0]])
+        for i in order[1:]:
+            merged.merge(cls.from_state_dict(shards[i]))
+        assert_states_equal(merged.state_dict(), single)
+    # A tree of merges too: a + (b + c).
+    tail = cls.from_state_dict(shards[1]).merge(cls.from_state_dict(shards[2]))
+    assert_states_equal(cls.from_state_dict(shards[0]).merge(tail).state_dict(), single)
+
+
+def test_merge_refuses_a_different_configuration(corpus):
+    F = corpus.acts_CTF.shape[2]
+    with pytest.raises(ValueError, match="cannot merge"):
+        TopKAccumulator(TopKConfig(F, k=4)).merge(TopKAccumulator(TopKConfig(F, k=5)))
+    with pytest.raises(ValueError, match="not a"):
+        TopKAccumulator.from_state_dict(ActivationStatsAccumulator(ActivationStatsConfig(F)).state_dict())
+
+
+def test_state_round_trip_keeps_the_configuration(corpus):
+    acc = run(lambda: FeatureIndexAccumulators(index_config(corpus)), corpus.batches(SINGLE_BOUNDS))
+    again = FeatureIndexAccumulators.from_state_dict(round_trip(acc.state_dict()))
+    assert again.config == acc.config
+    assert all(isinstance(v, torch.Tensor) for v in acc.state_dict().values())
+    assert_states_equal(again.state_dict(), acc.state_dict())
+
+
+def test_empty_batch_is_a_no_op(corpus):
+    F = corpus.acts_CTF.shape[2]
+    acc = run(lambda: FeatureIndexAccumulators(index_config(corpus)), corpus.batches(SINGLE_BOUNDS))
+    before = acc.state_dict()
+    acc.update(corpus.batch(0, 0))
+    assert_states_equal(acc.state_dict(), before)
