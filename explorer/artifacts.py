@@ -13,6 +13,11 @@ A run folder (default `runs/<profile>/`) holds:
         config.json, model.safetensors, tokenizer.json, tokenizer_config.json, ...
         train_report.json        loss curve, held-out loss, a greedy sample
         stage.json
+    saes/<sae id>/               stage `train-sae` (or `sae-report --sae SOURCE`): one folder per SAE
+        cfg.json, sae_weights.safetensors, ...   sae_lens's output
+        training_report.json     the report measured on held-out tokens
+        stage.json
+    explorer.duckdb              the run's database (docs/sae.md, docs/schema.md)
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ CORPUS_SUMMARY_FILE = "summary.json"
 
 MODEL_DIR = "model"
 TRAIN_REPORT_FILE = "train_report.json"
+
+SAES_DIR = "saes"
+SAE_TRAINING_REPORT_FILE = "training_report.json"
 
 # Where run folders live; EXPLORER_RUNS_DIR moves them (the app and precompute both read it).
 DEFAULT_RUNS_DIR = Path(os.environ.get("EXPLORER_RUNS_DIR", "runs"))

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 def user_facing_errors() -> tuple[type[BaseException], ...]:
     from explorer.corpus import CorpusError
+    from explorer.database import DatabaseError
     from explorer.model_loading import ModelLoadError
     from explorer.runs import RunFolderError
+    from explorer.sae_loading import SAELoadError
 
-    return (CorpusError, ModelLoadError, RunFolderError)
+    return (CorpusError, DatabaseError, ModelLoadError, RunFolderError, SAELoadError)
 
 
 def is_user_facing(err: BaseException) -> bool:

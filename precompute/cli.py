@@ -1,8 +1,10 @@
 """`python -m precompute`: the offline pipeline's command line.
 
-    corpus     generate or import a corpus and label its backtracking phrases
-    train-lm   train the demo model on the run's corpus (demo profiles)
-    build      every stage in order
+    corpus      generate or import a corpus and label its backtracking phrases
+    train-lm    train the demo model on the run's corpus (demo profiles)
+    train-sae   train an SAE with sae_lens on the run's model and corpus
+    sae-report  measure the run's SAEs on held-out tokens, or import one (--sae)
+    build       every stage in order
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
 is skipped when its output is already current (pass --force to rebuild).
@@ -42,6 +44,11 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
 
 
+def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hook", help="hook to train the SAE on (default: the profile's)")
+    parser.add_argument("--wandb", action="store_true", help="log SAE training to Weights & Biases (off by default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m precompute",
@@ -63,8 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     train_lm = sub.add_parser("train-lm", help="train the demo model on the run's corpus (demo profiles only)")
     _add_run_args(train_lm)
     train_lm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
-    build = sub.add_parser("build", help="run every stage in order: corpus, train-lm")
+    train_sae = sub.add_parser("train-sae", help="train an SAE with sae_lens on the run's model and corpus")
+    _add_run_args(train_sae)
+    _add_sae_training_args(train_sae)
+    report = sub.add_parser(
+        "sae-report",
+        help="measure the run's SAEs on held-out tokens (L0, MSE, explained variance, dead/dense, CE recovered), "
+        "or import one with --sae",
+    )
+    _add_run_args(report)
+    report.add_argument(
+        "--sae",
+        help="import this SAE: a sae_lens output folder, a checkpoint folder <checkpoints>/<run id>/<tokens>/, "
+        "or <release>:<sae id> (online)",
+    )
+    report.add_argument("--sae-id", help="id to file the imported SAE under (default: <hook>-<architecture>-<d_sae>)")
+    report.add_argument("--hook", help="hook the imported SAE must fit (default: its own)")
+    build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae")
     _add_run_args(build)
+    _add_sae_training_args(build)
     return parser
 
 
@@ -126,6 +150,14 @@ def run_command(args: argparse.Namespace) -> None:
                 )
         else:
             run_train_lm_stage(profile.demo_lm, run_dir, force=args.force)
+    if args.command in ("train-sae", "build"):
+        from precompute.train_sae_stage import run_train_sae_stage
+
+        run_train_sae_stage(profile, run_dir, hook=args.hook, wandb=args.wandb, force=args.force)
+    if args.command == "sae-report":
+        from precompute.sae_report_cli import run_sae_report
+
+        run_sae_report(profile, run_dir, sae=args.sae, sae_id=args.sae_id, hook=args.hook, force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_help_lists_the_subcommands():
     result = subprocess.run([sys.executable, "-m", "precompute", "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("corpus", "train-lm", "build"):
+    for command in ("corpus", "train-lm", "train-sae", "sae-report", "build"):
         assert command in result.stdout
 
 
