@@ -97,3 +97,39 @@ def render_labelled_trace(run_dir: Path, doc_id: str) -> None:
     marks += [Mark(int(e.start), int(e.end), ERROR_STEP_COLOUR, "wrong step, corrected later") for e in errors.itertuples()]
     st.markdown(legend_html(), unsafe_allow_html=True)
     st.markdown(highlight_html(text, marks), unsafe_allow_html=True)
+
+
+def load_sae_reports(run_dir: Path) -> pd.DataFrame | None:
+    """The run's SAE training reports as a table (None when the run has no database yet)."""
+    from explorer.database import DatabaseError, database_path, read_sae_training_reports
+
+    path = database_path(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        rows = read_sae_training_reports(path)
+    except DatabaseError as err:
+        st.error(str(err))
+        return None
+    return pd.DataFrame(rows, columns=rows[0]._fields) if rows else None
+
+
+def render_sae_training_curve(run_dir: Path, sae_id: str) -> None:
+    from explorer.database import database_path, read_sae_training_curve
+
+    curve = read_sae_training_curve(database_path(run_dir), sae_id)
+    if not curve:
+        st.caption("No training curve (this SAE was trained elsewhere).")
+        return
+    steps = [p.step for p in curve]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=steps, y=[p.loss for p in curve], name="loss", mode="lines"))
+    fig.add_trace(go.Scatter(x=steps, y=[p.l0 for p in curve], name="L0", mode="lines", yaxis="y2"))
+    fig.update_layout(
+        xaxis_title="step",
+        yaxis=dict(title="loss"),
+        yaxis2=dict(title="L0", overlaying="y", side="right"),
+        height=300,
+        margin=dict(t=20, b=40),
+    )
+    st.plotly_chart(fig, width="stretch")

@@ -66,3 +66,22 @@ def test_corpus_page_marks_phrases_and_follows_the_url(runs_dir, monkeypatch):
     assert "<mark" in html
     at.toggle(key="only_backtracking").set_value(False).run()
     assert not at.exception
+
+
+def test_home_shows_the_sae_report_of_a_real_database(runs_dir, monkeypatch):
+    from explorer.database import Provenance, SAETrainingReportRow, database_path, utc_now, write_sae_training_report
+    from explorer.sae_metrics import TrainingCurvePoint
+
+    run = runs_dir / "demo"
+    row = SAETrainingReportRow(
+        "blocks.0.hook_mlp_out-standard-64", "blocks.0.hook_mlp_out", "standard", 16, 64, None, "tiny", "saes/x",
+        "trained", 1000, 1.0, 500, 5.0, 0.1, 0.9, 0.0, 0.05, 0.1, 1.0, 1.1, 2.0, 0.9, utc_now(),
+    )
+    curve = [TrainingCurvePoint(1, 64, 3.0, 2.0, 1.0, 30.0, 0.5), TrainingCurvePoint(2, 128, 2.0, 1.5, 0.5, 20.0, 0.7)]
+    provenance = Provenance(profile={"name": "demo"}, package_versions={}, corpus_hash="x")
+    write_sae_training_report(database_path(run), row, curve, provenance)
+    at = app_test(REPO / "app.py", runs_dir, monkeypatch)
+    at.run()
+    assert not at.exception
+    assert at.dataframe[-1].value["sae_id"].tolist() == ["blocks.0.hook_mlp_out-standard-64"]
+    assert at.selectbox(key="curve_sae").value == "blocks.0.hook_mlp_out-standard-64"
