@@ -7,7 +7,9 @@
     build       every stage in order
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
-is skipped when its output is already current (pass --force to rebuild).
+is skipped when its output is already current (pass --force to rebuild). A stage command first runs
+the stages it needs (`train-sae` runs `corpus`, and `train-lm` on the demo), skipping those that are
+current.
 """
 
 from __future__ import annotations
@@ -130,30 +132,54 @@ def save_profile(profile: Profile, run_dir: Path) -> None:
     write_text_atomic(run_dir / artifacts.PROFILE_FILE, profile.to_json() + "\n")
 
 
+STAGE_ORDER = ("corpus", "train-lm", "train-sae")
+
+
+def stages_to_run(command: str, profile: Profile) -> list[str]:
+    """The stages a command runs, in order: its own and the ones it needs first.
+
+    A needed stage whose output is current is skipped by the stage itself, so `train-sae --dataset X`
+    imports X first, and on the demo trains the model too, but reruns nothing that is up to date.
+    """
+    if command == "build":
+        target = STAGE_ORDER[-1]
+    elif command in STAGE_ORDER:
+        target = command
+    else:
+        return []
+    if command == "train-lm" and not profile.trains_own_model:
+        raise UserError(
+            f"Profile {profile.name!r} uses the pretrained model {profile.model}; "
+            "train-lm only trains the demo model (use --profile demo)."
+        )
+    stages = STAGE_ORDER[: STAGE_ORDER.index(target) + 1]
+    return [s for s in stages if s != "train-lm" or profile.trains_own_model]
+
+
+def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namespace, force: bool) -> None:
+    if stage == "corpus":
+        from precompute.corpus_stage import run_corpus_stage
+
+        run_corpus_stage(profile.corpus, run_dir, force=force)
+    elif stage == "train-lm":
+        from precompute.train_lm_stage import run_train_lm_stage
+
+        run_train_lm_stage(profile.demo_lm, run_dir, force=force)
+    elif stage == "train-sae":
+        from precompute.train_sae_stage import run_train_sae_stage
+
+        run_train_sae_stage(profile, run_dir, hook=args.hook, wandb=args.wandb, force=force)
+
+
 def run_command(args: argparse.Namespace) -> None:
     profile = resolve_profile(args)
+    stages = stages_to_run(args.command, profile)
     run_dir = resolve_run_dir(args, profile)
     save_profile(profile, run_dir)
     print(f"run folder: {run_dir}   profile: {profile.name}", flush=True)
-    if args.command in ("corpus", "build"):
-        from precompute.corpus_stage import run_corpus_stage
-
-        run_corpus_stage(profile.corpus, run_dir, force=args.force)
-    if args.command in ("train-lm", "build"):
-        from precompute.train_lm_stage import run_train_lm_stage
-
-        if profile.demo_lm is None:
-            if args.command == "train-lm":
-                raise UserError(
-                    f"Profile {profile.name!r} uses the pretrained model {profile.model}; "
-                    "train-lm only trains the demo model (use --profile demo)."
-                )
-        else:
-            run_train_lm_stage(profile.demo_lm, run_dir, force=args.force)
-    if args.command in ("train-sae", "build"):
-        from precompute.train_sae_stage import run_train_sae_stage
-
-        run_train_sae_stage(profile, run_dir, hook=args.hook, wandb=args.wandb, force=args.force)
+    for stage in stages:
+        # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
+        run_stage(stage, profile, run_dir, args, force=args.force and (args.command in (stage, "build")))
     if args.command == "sae-report":
         from precompute.sae_report_cli import run_sae_report
 

@@ -82,9 +82,15 @@ def test_train_lm_refuses_a_pretrained_profile(tmp_path, capsys):
     assert "train-lm only trains the demo model" in capsys.readouterr().err
 
 
-def test_train_lm_without_corpus_says_what_to_run(tmp_path, capsys):
-    assert main(["train-lm", "--out", str(tmp_path / "empty")]) == 2
-    assert "python -m precompute corpus" in capsys.readouterr().err
+def test_a_stage_command_runs_the_stages_it_needs_first():
+    from precompute.cli import stages_to_run
+
+    assert stages_to_run("corpus", DEMO) == ["corpus"]
+    assert stages_to_run("train-lm", DEMO) == ["corpus", "train-lm"]
+    assert stages_to_run("train-sae", DEMO) == ["corpus", "train-lm", "train-sae"]
+    assert stages_to_run("build", DEMO) == ["corpus", "train-lm", "train-sae"]
+    assert stages_to_run("train-sae", DEEPSEEK_R1_DISTILL_QWEN_1_5B) == ["corpus", "train-sae"]
+    assert stages_to_run("sae-report", DEMO) == []
 
 
 def test_atomic_dir_keeps_the_old_output_when_a_stage_fails(tmp_path):
