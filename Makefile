@@ -8,7 +8,9 @@ INSTALLED     := $(VENV)/.installed
 DEMO_RUN      := runs/demo
 PORT          ?= 8501
 
-.PHONY: demo demo-data test install clean-demo
+CHROMIUM      := /usr/bin/chromium
+
+.PHONY: demo demo-data test install browser clean-demo
 
 $(PY):
 	$(PYTHON_SYSTEM) -m venv $(VENV)
@@ -27,7 +29,12 @@ demo: demo-data
 	$(PY) -m streamlit run app.py --server.headless true --server.port $(PORT) \
 		--browser.gatherUsageStats false
 
-test: install
+# Debian's chromium for the real-browser test (root on these machines; otherwise run with sudo).
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test: install browser
 	$(PY) -m pytest
 
 clean-demo:
