@@ -59,4 +59,7 @@ if saes is not None:
     ui.render_sae_training_curve(run_dir, sae_id)
 
 st.subheader("Pages")
-st.markdown("- **Corpus**: read any trace with its labelled backtracking phrases marked.")
+st.markdown(
+    "- **Corpus**: read any trace with its labelled backtracking phrases marked.\n"
+    "- **Live**: type or paste a chain of thought and see each SAE feature's activation on each token."
+)

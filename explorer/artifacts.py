@@ -35,6 +35,8 @@ ERROR_STEPS_FILE = "error_steps.parquet"
 CORPUS_SUMMARY_FILE = "summary.json"
 
 MODEL_DIR = "model"
+DEMO_MODEL = "demo"
+"""A profile whose model is `demo` runs the model that `train-lm` wrote into the run's `model/`."""
 TRAIN_REPORT_FILE = "train_report.json"
 
 SAES_DIR = "saes"

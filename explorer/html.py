@@ -52,3 +52,17 @@ def legend_html() -> str:
     items = [f'<mark style="background:{c}">{html.escape(g)}</mark>' for g, c in GROUP_COLOURS.items()]
     items.append(f'<mark style="background:{ERROR_STEP_COLOUR}">wrong step (synthetic)</mark>')
     return " ".join(items)
+
+
+def activation_html(token_texts: list[str], values: list[float], max_value: float, colour: str = "255, 140, 0") -> str:
+    """Tokens with a background whose opacity is the activation over `max_value`; the value shows on
+    hover. Every token is escaped."""
+    scale = max_value if max_value > 0 else 1.0
+    spans = []
+    for i, (token, value) in enumerate(zip(token_texts, values)):
+        alpha = min(max(value / scale, 0.0), 1.0)
+        spans.append(
+            f'<span style="background: rgba({colour}, {alpha:.3f})" title="token {i}: {value:.3f}">'
+            f"{html.escape(token)}</span>"
+        )
+    return f'<div style="white-space: pre-wrap; font-family: monospace; line-height: 1.7">{"".join(spans)}</div>'

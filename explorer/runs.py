@@ -84,3 +84,18 @@ def read_error_steps(run_dir: Path, doc_id: str) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=["doc_id", "start", "end", "correction_index"])
     return pd.read_parquet(path, filters=[("doc_id", "==", doc_id)])
+
+
+def run_model_source(run_dir: Path, profile: dict[str, Any]) -> str:
+    """What `load_model` should load for this run: its own `model/` for the demo, else the profile's."""
+    if profile["model"] == artifacts.DEMO_MODEL:
+        return str(Path(run_dir) / artifacts.MODEL_DIR)
+    return profile["model"]
+
+
+def list_sae_ids(run_dir: Path) -> list[str]:
+    """The SAEs a run holds (folders under `saes/` with a sae_lens config), sorted."""
+    root = Path(run_dir) / artifacts.SAES_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file())

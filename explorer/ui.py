@@ -91,12 +91,17 @@ def render_labelled_trace(run_dir: Path, doc_id: str) -> None:
         st.warning(f"No document {doc_id!r} in this run.")
         return
     text = match["text"].iloc[0]
-    phrases = read_phrases(run_dir, doc_id)
-    marks = [Mark(int(p.start), int(p.end), GROUP_COLOURS[p.group], f"{p.group}: {p.phrase}") for p in phrases.itertuples()]
+    phrases = list(read_phrases(run_dir, doc_id).itertuples())
     errors = read_error_steps(run_dir, doc_id)
-    marks += [Mark(int(e.start), int(e.end), ERROR_STEP_COLOUR, "wrong step, corrected later") for e in errors.itertuples()]
-    st.markdown(legend_html(), unsafe_allow_html=True)
-    st.markdown(highlight_html(text, marks), unsafe_allow_html=True)
+    wrong_steps = [Mark(int(e.start), int(e.end), ERROR_STEP_COLOUR, "wrong step, corrected later") for e in errors.itertuples()]
+    render_phrases(text, phrases, wrong_steps)
+
+
+def render_phrases(text: str, phrases, extra_marks: list[Mark] = ()) -> None:
+    """`text` with its labelled phrases (anything with start, end, group, phrase) marked, and a legend."""
+    marks = [Mark(int(p.start), int(p.end), GROUP_COLOURS[p.group], f"{p.group}: {p.phrase}") for p in phrases]
+    st.html(legend_html())
+    st.html(highlight_html(text, [*marks, *extra_marks]))
 
 
 def load_sae_reports(run_dir: Path) -> pd.DataFrame | None:
@@ -133,3 +138,53 @@ def render_sae_training_curve(run_dir: Path, sae_id: str) -> None:
         margin=dict(t=20, b=40),
     )
     st.plotly_chart(fig, width="stretch")
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def cached_model(model_source: str, n_ctx: int):
+    """One model per process and source (`st.cache_resource`): every session shares it."""
+    from explorer.model_loading import load_model
+
+    return load_model(model_source, device="auto", n_ctx=n_ctx)
+
+
+@st.cache_resource(show_spinner="Loading the SAE…")
+def cached_sae(sae_dir: str, device: str):
+    from explorer.sae_loading import load_sae
+
+    return load_sae(sae_dir, device=device)
+
+
+def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
+    """The run's model and one of its SAEs, checked against each other; None after showing the error."""
+    from explorer.errors import user_facing_errors
+    from explorer.runs import run_model_source
+    from explorer.sae_loading import check_sae_fits_model
+
+    try:
+        model = cached_model(run_model_source(run_dir, profile), int(profile["n_ctx"]))
+        loaded = cached_sae(str(run_dir / artifacts.SAES_DIR / sae_id), str(model.cfg.device))
+        hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name)
+    except user_facing_errors() as err:
+        st.error(str(err))
+        return None
+    return model, loaded.sae, hook_name
+
+
+def render_sae_picker(run_dir: Path) -> str | None:
+    """A sidebar select box of the run's SAEs (kept in the URL as `?sae=`); None when it has none."""
+    from explorer.runs import list_sae_ids
+
+    ids = list_sae_ids(run_dir)
+    if not ids:
+        st.info(f"This run has no SAE yet: `python -m precompute train-sae --out {run_dir}` trains one.")
+        return None
+    wanted = st.query_params.get("sae")
+    sae_id = st.sidebar.selectbox("SAE", ids, index=ids.index(wanted) if wanted in ids else 0, key="sae_picker")
+    st.query_params["sae"] = sae_id
+    return sae_id
+
+
+def read_document_text(run_dir: Path, doc_id: str) -> str:
+    documents = read_documents(run_dir, columns=["doc_id", "text"])
+    return str(documents.loc[documents["doc_id"] == doc_id, "text"].iloc[0])

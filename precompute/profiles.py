@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from explorer.artifacts import DEMO_MODEL
+
 
 @dataclass(frozen=True)
 class CorpusSpec:
@@ -147,7 +149,6 @@ class Profile:
         return dataclasses.replace(self, corpus=dataclasses.replace(self.corpus, source=str(dataset), n_traces=0))
 
 
-DEMO_MODEL = "demo"
 
 DEMO = Profile(
     name="demo",

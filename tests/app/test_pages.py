@@ -62,7 +62,7 @@ def test_corpus_page_marks_phrases_and_follows_the_url(runs_dir, monkeypatch):
     linked.query_params["doc"] = second
     linked.run()
     assert linked.selectbox(key="doc_id").value == second
-    html = " ".join(m.value for m in at.markdown)
+    html = " ".join(h.proto.body for h in at.get("html"))
     assert "<mark" in html
     at.toggle(key="only_backtracking").set_value(False).run()
     assert not at.exception

@@ -92,6 +92,7 @@ def visit(page, url: str, expected_text: str, screenshot: str) -> None:
         ("/", "With backtracking", "home.png"),
         ("/Corpus", "Only traces with backtracking", "corpus.png"),
         ("/Corpus?doc=synth-000016", "Solve this math problem", "corpus-deep-link.png"),
+        ("/Live", "This run has no SAE yet", "live-without-sae.png"),
     ],
 )
 def test_page_renders_without_exception(server, browser_page, path, expected_text, screenshot):

@@ -1,0 +1,64 @@
+"""Live: type or paste a chain of thought and see each feature's activation on each token."""
+
+import random
+
+import streamlit as st
+
+from explorer import ui
+from explorer.html import activation_html
+from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_live_activations, compute_top_features, wrap_in_prompt
+
+st.set_page_config(page_title="Live · Backtracking feature explorer", layout="wide")
+st.title("Live activations")
+
+run_dir = ui.pick_run_or_stop()
+summary = ui.load_run_summary(run_dir)
+sae_id = ui.render_sae_picker(run_dir)
+if summary is None or sae_id is None:
+    st.stop()
+
+if "live_text" not in st.session_state:
+    st.session_state["live_text"] = EXAMPLE_TRACE
+if st.button("Random trace from the corpus", key="random_trace"):
+    documents = ui.load_documents(run_dir)
+    if documents is not None and len(documents):
+        st.session_state["live_text"] = ui.read_document_text(run_dir, random.choice(documents["doc_id"].tolist()))
+text = st.text_area("Chain of thought", key="live_text", height=220)
+wrap = st.checkbox("Wrap the text in the R1 prompt template (treat it as the problem)", key="wrap_prompt")
+
+loaded = ui.load_model_and_sae(run_dir, summary.profile, sae_id)
+if loaded is None:
+    st.stop()
+model, sae, hook_name = loaded
+try:
+    live = compute_live_activations(model, sae, hook_name, wrap_in_prompt(text) if wrap else text)
+except LiveInputError as hint:
+    st.info(str(hint))
+    st.stop()
+
+st.caption(f"{len(live.token_ids)} tokens on {live.device} in {live.seconds * 1000:.0f} ms · SAE `{sae_id}` at `{hook_name}`")
+if live.truncated:
+    st.warning(f"The text has {live.n_text_tokens:,} tokens; only the first {len(live.token_ids):,} (the model's context) were run.")
+
+top = compute_top_features(live, k=20)
+if not top:
+    st.info("No feature fires on this text.")
+    st.stop()
+left, right = st.columns([2, 1])
+with right:
+    st.subheader("Top features over the text")
+    st.dataframe(
+        {"feature": [f.feature_id for f in top], "max": [round(f.value, 3) for f in top], "tokens active": [f.n_active for f in top]},
+        hide_index=True,
+    )
+with left:
+    feature = st.number_input("Feature", min_value=0, max_value=live.acts_TF.shape[1] - 1, value=top[0].feature_id, key="live_feature")
+    values = live.acts_TF[:, int(feature)].tolist()
+    st.html(activation_html(live.token_texts, values, max(values)))
+    position = st.slider("Token", 0, len(live.token_ids) - 1, value=len(live.token_ids) // 2, key="live_position")
+    st.caption(f"Token {position}: {live.token_texts[position]!r}")
+    at_token = compute_top_features(live, position=position)
+    st.dataframe({"feature": [f.feature_id for f in at_token], "activation": [round(f.value, 3) for f in at_token]}, hide_index=True)
+
+st.subheader("Labelled backtracking phrases")
+ui.render_phrases(wrap_in_prompt(text) if wrap else text, live.phrases)
