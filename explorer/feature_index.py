@@ -1,0 +1,339 @@
+"""The streaming pass of the feature index: corpus -> context windows -> model (stopped at the hook
+layer) -> SAE encode -> `FeatureIndexAccumulators`, batch by batch; then a second, smaller pass that
+fetches the context of every example the index keeps.
+
+Memory is bounded: only one batch's `[B, T, F]` activation tensor exists at a time, on the model's
+device; nothing of size tokens x features reaches the host.
+
+Windows. Each document is tokenised once (BOS only at its real start) and cut into windows of at
+most `context_size` tokens; each window has a global context id, in document order, so ids are the
+same whatever the sharding, and top-k keeps at most one example per window (docs/index-math.md).
+
+The batch plan. Windows are grouped by length into buckets (multiples of `LENGTH_BUCKET` tokens) and
+cut into batches of `batch_size` windows, every batch padded to the shape `[batch_size, bucket]`.
+The plan depends only on the corpus and the batch size, never on the shard: shard i of n takes
+batches i, i + n, ... and the second pass re-forwards the very batches the first pass saw. A window
+is therefore always computed in the same batch, and its activations are bit-identical in a single
+run, in a shard, and in the second pass. That is what makes shard-and-merge equal a single pass bit
+for bit (a CPU or GPU matmul over a differently shaped batch may round differently).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from explorer.feature_aggregates import ActivationBatch, FeatureIndexAccumulators, IndexConfig
+from explorer.labels import NO_GROUP, PhraseSpan, token_group_ids
+from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
+
+LENGTH_BUCKET = 64
+"""Windows are padded up to a multiple of this many tokens (the bucket of their length)."""
+
+
+class IndexInputError(ValueError):
+    """Input the index cannot use (an empty corpus, too few tokens, a bad shard); the message says why."""
+
+
+class Window(NamedTuple):
+    """One context window: tokens `[token_offset, token_offset + len(token_ids))` of one document."""
+
+    context_id: int
+    doc_id: str
+    token_offset: int
+    token_ids: np.ndarray  # [T_w] int64
+    valid: np.ndarray  # [T_w] bool: False on BOS/EOS/special tokens
+    group_ids: np.ndarray  # [T_w] int8
+    phrase_start: np.ndarray  # [T_w] bool
+    doc_has_backtracking: bool
+
+
+@dataclass(frozen=True)
+class CorpusDocument:
+    doc_id: str
+    text: str
+    spans: Sequence[PhraseSpan]
+    has_backtracking: bool
+
+
+def make_windows(tokenizer, documents: Sequence[CorpusDocument], context_size: int) -> list[Window]:
+    """Tokenise every document and cut it into windows of at most `context_size` tokens.
+
+    Context ids are assigned in document order, so they are the same whatever the sharding.
+    """
+    special_ids = set(tokenizer.all_special_ids)
+    bos = tokenizer.bos_token_id
+    notebook_idx = [GROUPS.index(g) for g in NOTEBOOK_GROUPS]
+    windows: list[Window] = []
+    for doc in documents:
+        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        groups = token_group_ids(list(enc["offset_mapping"]), doc.spans)
+        if bos is not None:  # BOS only at the document's real start
+            ids = np.concatenate([[bos], ids]).astype(np.int64)
+            groups = np.concatenate([[NO_GROUP], groups]).astype(np.int8)
+        valid = np.array([int(t) not in special_ids for t in ids], dtype=bool)
+        in_bt = np.isin(groups, notebook_idx)
+        # A phrase start: a backtracking token whose predecessor is not in the same phrase group.
+        prev = np.concatenate([[NO_GROUP], groups[:-1]])
+        start = in_bt & (groups != prev)
+        for offset in range(0, len(ids), context_size):
+            sl = slice(offset, offset + context_size)
+            windows.append(
+                Window(len(windows), doc.doc_id, offset, ids[sl], valid[sl], groups[sl], start[sl], doc.has_backtracking)
+            )
+    return windows
+
+
+def limit_tokens(windows: Sequence[Window], max_tokens: int | None) -> tuple[list[Window], str | None]:
+    """The first windows (in context order) holding at least `max_tokens` tokens, and a notice when
+    the corpus has fewer tokens than asked. `None` or 0 keeps everything."""
+    available = sum(len(w.token_ids) for w in windows)
+    if not max_tokens:
+        return list(windows), None
+    if max_tokens >= available:
+        return list(windows), f"--tokens {max_tokens:,} is more than the corpus has: using all {available:,} tokens"
+    kept, total = [], 0
+    for w in windows:
+        if total >= max_tokens:
+            break
+        kept.append(w)
+        total += len(w.token_ids)
+    return kept, None
+
+
+# --- the batch plan ---------------------------------------------------------------------------------
+
+
+class PlannedBatch(NamedTuple):
+    index: int
+    length: int
+    """Padded length T of every row."""
+    windows: tuple[int, ...]
+    """Positions (in the window list) of the real rows; rows beyond them are padding."""
+
+
+def plan_batches(windows: Sequence[Window], batch_size: int) -> list[PlannedBatch]:
+    """Fixed-shape batches: windows bucketed by length, in context order within a bucket."""
+    if batch_size < 1:
+        raise IndexInputError(f"batch size must be at least 1, not {batch_size}")
+    buckets: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        length = -(-len(w.token_ids) // LENGTH_BUCKET) * LENGTH_BUCKET
+        buckets.setdefault(length, []).append(i)
+    plan: list[PlannedBatch] = []
+    for length in sorted(buckets):
+        members = buckets[length]
+        for start in range(0, len(members), batch_size):
+            plan.append(PlannedBatch(len(plan), length, tuple(members[start : start + batch_size])))
+    return plan
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"i/n"` -> (i, n), with 0 <= i < n."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise IndexInputError(f"--shard takes i/n, for example 0/4, not {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise IndexInputError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def shard_batches(plan: Sequence[PlannedBatch], shard: tuple[int, int]) -> list[PlannedBatch]:
+    i, n = shard
+    return list(plan[i::n])
+
+
+class BatchTensors(NamedTuple):
+    ids_BT: Tensor
+    valid_BT: Tensor
+    group_BT: Tensor
+    start_BT: Tensor
+    n_real: int
+
+
+def batch_tensors(windows: Sequence[Window], batch: PlannedBatch, batch_size: int, pad_id: int) -> BatchTensors:
+    B, T = batch_size, batch.length
+    ids_BT = torch.full((B, T), pad_id, dtype=torch.long)
+    valid_BT = torch.zeros(B, T, dtype=torch.bool)
+    group_BT = torch.full((B, T), NO_GROUP, dtype=torch.int8)
+    start_BT = torch.zeros(B, T, dtype=torch.bool)
+    for b, i in enumerate(batch.windows):
+        w = windows[i]
+        n = len(w.token_ids)
+        ids_BT[b, :n] = torch.from_numpy(w.token_ids)
+        valid_BT[b, :n] = torch.from_numpy(w.valid)
+        group_BT[b, :n] = torch.from_numpy(w.group_ids)
+        start_BT[b, :n] = torch.from_numpy(w.phrase_start)
+    return BatchTensors(ids_BT, valid_BT, group_BT, start_BT, len(batch.windows))
+
+
+@torch.no_grad()
+def encode_windows(model, sae, hook_name: str, layer: int, ids_BT: Tensor) -> Tensor:
+    """SAE activations `[B, T, F]` at `hook_name`, with the forward stopped after `layer`.
+
+    Padding sits at the end of each row and attention is causal, so it does not change real tokens.
+    """
+    _, cache = model.run_with_cache(ids_BT, names_filter=hook_name, stop_at_layer=layer + 1)
+    resid_BTD = cache[hook_name]
+    return sae.encode(resid_BTD.to(sae.W_enc.dtype)).float().clamp_min(0)
+
+
+def _pad_id(model) -> int:
+    tokenizer = getattr(model, "tokenizer", None)
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None) if tokenizer is not None else None
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _forward_batches(
+    model, sae, hook_name: str, layer: int, windows: Sequence[Window], batches: Sequence[PlannedBatch],
+    batch_size: int, *, desc: str, progress: bool,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[PlannedBatch, BatchTensors, Tensor]]:
+    device = next(model.parameters()).device
+    pad_id = _pad_id(model)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(len(windows[i].token_ids) for b in batches for i in b.windows)
+        bar = tqdm(total=total, unit="tok", unit_scale=True, desc=desc, smoothing=0.1)
+    try:
+        for batch in batches:
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
+            tensors = batch_tensors(windows, batch, batch_size, pad_id)
+            acts_BTF = encode_windows(model, sae, hook_name, layer, tensors.ids_BT.to(device))
+            yield batch, tensors, acts_BTF
+            if bar is not None:
+                bar.update(sum(len(windows[i].token_ids) for i in batch.windows))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class PassResult(NamedTuple):
+    accumulators: FeatureIndexAccumulators
+    n_tokens: int
+    n_windows: int
+    seconds: float
+
+
+def stream_index(
+    model, sae, hook_name: str, layer: int, windows: Sequence[Window], config: IndexConfig,
+    *, batch_size: int = 8, shard: tuple[int, int] = (0, 1), max_tokens: int | None = None, progress: bool = True,
+) -> tuple[FeatureIndexAccumulators, int]:
+    """Feed the windows of shard `(i, n)` through the model and SAE into the accumulators.
+    Returns the accumulators and the number of tokens seen. (`run_index_pass` with the defaults.)"""
+    windows, notice = limit_tokens(windows, max_tokens)
+    if notice:
+        print(notice, flush=True)
+    result = run_index_pass(model, sae, hook_name, layer, windows, config, batch_size=batch_size, shard=shard, progress=progress)
+    return result.accumulators, result.n_tokens
+
+
+def run_index_pass(
+    model, sae, hook_name: str, layer: int, windows: Sequence[Window], config: IndexConfig,
+    *, batch_size: int = 8, shard: tuple[int, int] = (0, 1), progress: bool = True,
+) -> PassResult:
+    """The first pass over the batches of shard `(i, n)` of the plan of `windows`."""
+    if not windows:
+        raise IndexInputError("the corpus is empty: no context windows to index")
+    device = next(model.parameters()).device
+    acc = FeatureIndexAccumulators(config, device)
+    mine = shard_batches(plan_batches(windows, batch_size), shard)
+    n_tokens = n_windows = 0
+    t0 = time.perf_counter()
+    for batch, t, acts_BTF in _forward_batches(
+        model, sae, hook_name, layer, windows, mine, batch_size, desc=f"index {shard[0]}/{shard[1]}", progress=progress
+    ):
+        n = t.n_real
+        rows = [windows[i] for i in batch.windows]
+        acc.update(
+            ActivationBatch(
+                acts_BTF=acts_BTF[:n],
+                token_ids_BT=t.ids_BT[:n],
+                valid_BT=t.valid_BT[:n],
+                group_ids_BT=t.group_BT[:n],
+                doc_has_backtracking_B=torch.tensor([w.doc_has_backtracking for w in rows], dtype=torch.bool),
+                context_ids_B=torch.tensor([w.context_id for w in rows], dtype=torch.long),
+                phrase_start_mask_BT=t.start_BT[:n],
+            ).to(device)
+        )
+        n_tokens += sum(len(w.token_ids) for w in rows)
+        n_windows += n
+    return PassResult(acc, n_tokens, n_windows, time.perf_counter() - t0)
+
+
+# --- the second pass: the context of each kept example ---------------------------------------------
+
+
+class ExampleContexts(NamedTuple):
+    """For each requested (feature, context_id, position): the tokens around it and the feature's
+    activation on each of them (0 on special tokens, which the index leaves out)."""
+
+    first_position_N: np.ndarray
+    """Position in the window of each context's first token."""
+    token_ids: list[list[int]]
+    activations: list[list[float]]
+
+
+def fetch_example_contexts(
+    model, sae, hook_name: str, layer: int, windows: Sequence[Window],
+    feature_N: Tensor, context_id_N: Tensor, position_N: Tensor,
+    *, before: int, after: int, batch_size: int = 8, progress: bool = True,
+) -> ExampleContexts:
+    """Re-forward the planned batches that hold a requested window and read each example's context.
+
+    The same batches as the first pass, so every value equals the one the first pass saw, bit for bit.
+    """
+    N = int(feature_N.numel())
+    first = np.zeros(N, dtype=np.int64)
+    tokens: list[list[int]] = [[] for _ in range(N)]
+    acts: list[list[float]] = [[] for _ in range(N)]
+    if N == 0:
+        return ExampleContexts(first, tokens, acts)
+    window_of_context = {w.context_id: i for i, w in enumerate(windows)}
+    plan = plan_batches(windows, batch_size)
+    batch_of_window = {i: (b.index, row) for b in plan for row, i in enumerate(b.windows)}
+    requests: dict[int, list[int]] = {}
+    context_np, position_np, feature_np = context_id_N.cpu().numpy(), position_N.cpu().numpy(), feature_N.cpu().numpy()
+    for n in range(N):
+        cid = int(context_np[n])
+        if cid not in window_of_context:
+            raise IndexInputError(f"example context {cid} is not in this corpus: was the index built on another one?")
+        requests.setdefault(batch_of_window[window_of_context[cid]][0], []).append(n)
+    needed = [plan[b] for b in sorted(requests)]
+    offsets = torch.arange(-before, after + 1)
+    for batch, t, acts_BTF in _forward_batches(
+        model, sae, hook_name, layer, windows, needed, batch_size, desc="example contexts", progress=progress
+    ):
+        idx = np.asarray(requests[batch.index])
+        rows = torch.tensor([batch_of_window[window_of_context[int(context_np[n])]][1] for n in idx])
+        pos_R = torch.from_numpy(position_np[idx].astype(np.int64))
+        feat_R = torch.from_numpy(feature_np[idx].astype(np.int64))
+        lengths_R = torch.tensor([len(windows[batch.windows[int(r)]].token_ids) for r in rows])
+        grid_RL = pos_R[:, None] + offsets[None, :]
+        inside_RL = (grid_RL >= 0) & (grid_RL < lengths_R[:, None])
+        safe_RL = grid_RL.clamp(0, batch.length - 1)
+        device = acts_BTF.device
+        values_RL = acts_BTF[rows[:, None].to(device), safe_RL.to(device), feat_R[:, None].to(device)].cpu()
+        valid_RL = t.valid_BT[rows[:, None], safe_RL]
+        values_RL = torch.where(valid_RL, values_RL, torch.zeros_like(values_RL)).numpy()
+        ids_RL = t.ids_BT[rows[:, None], safe_RL].numpy()
+        inside_RL, grid_RL = inside_RL.numpy(), grid_RL.numpy()
+        for r, n in enumerate(idx.tolist()):
+            keep = inside_RL[r]
+            first[n] = grid_RL[r][keep][0]
+            tokens[n] = ids_RL[r][keep].tolist()
+            acts[n] = values_RL[r][keep].tolist()
+    return ExampleContexts(first, tokens, acts)
