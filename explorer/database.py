@@ -1,6 +1,8 @@
-"""The run's DuckDB file, `runs/<run>/explorer.duckdb`: the only module that runs SQL against it.
+"""The run's DuckDB file, `runs/<run>/explorer.duckdb`: opening, atomic writes, the schema version,
+and the SAE tables. `explorer.feature_db` reads and writes the feature index's tables and
+`explorer.steering_store` the steering results; no other code runs SQL.
 
-Tables (docs/sae.md shows them with example queries):
+Tables (docs/schema.md lists them all, with example queries):
 
 - `schema_info`: one row. `schema_version`, when the file was created and last written (UTC), and the
   provenance of what it holds: the profile (JSON), package versions (JSON), the corpus hash and the
@@ -33,10 +35,12 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import duckdb
 
+from explorer.feature_schema import FEATURE_TABLES
 from explorer.sae_metrics import TrainingCurvePoint
 
 DATABASE_FILE = "explorer.duckdb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: SAE training reports. 2: the feature index's tables (explorer.feature_schema)."""
 
 _SCHEMA = (
     """
@@ -90,6 +94,7 @@ _SCHEMA = (
         PRIMARY KEY (sae_id, step)
     )
     """,
+    *FEATURE_TABLES,
 )
 
 

@@ -4,7 +4,9 @@
     train-lm    train the demo model on the run's corpus (demo profiles)
     train-sae   train an SAE with sae_lens on the run's model and corpus
     sae-report  measure the run's SAEs on held-out tokens, or import one (--sae)
-    build       every stage in order
+    index       the feature index of an SAE: every feature's dashboard data and backtracking scores
+    merge       combine the partials of `index --shard i/n` into the index
+    build       every stage in order: corpus, train-lm (demo), train-sae, index
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
 is skipped when its output is already current (pass --force to rebuild). A stage command first runs
@@ -40,6 +42,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
+        "--run",
+        dest="out",
         type=Path,
         help="run folder (default: runs/<profile>, or runs/<profile>-<dataset name> with --dataset)",
     )
@@ -88,10 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--sae-id", help="id to file the imported SAE under (default: <hook>-<architecture>-<d_sae>)")
     report.add_argument("--hook", help="hook the imported SAE must fit (default: its own)")
-    build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae")
+    index = sub.add_parser(
+        "index",
+        help="the feature index of an SAE: top examples, quantile samples, histograms, logit lens, "
+        "neighbours and backtracking scores of every feature, into the run's DuckDB file",
+    )
+    _add_run_args(index)
+    _add_sae_training_args(index)
+    _add_index_args(index)
+    index.add_argument("--shard", help="i/n: index only shard i of n and write a partial (combine with `merge`)")
+    merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
+    _add_run_args(merge)
+    merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
+    build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
     _add_run_args(build)
     _add_sae_training_args(build)
+    _add_index_args(build)
     return parser
+
+
+def _add_index_args(parser: argparse.ArgumentParser) -> None:
+    if not any("--sae" in action.option_strings for action in parser._actions):
+        parser.add_argument("--sae", help="SAE id to index (default: the run's first SAE)")
+    parser.add_argument(
+        "--tokens", type=int, help="index at most this many tokens of the corpus (default: the profile's index.n_tokens)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="context windows per forward pass (default: 8)")
 
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
@@ -132,7 +158,7 @@ def save_profile(profile: Profile, run_dir: Path) -> None:
     write_text_atomic(run_dir / artifacts.PROFILE_FILE, profile.to_json() + "\n")
 
 
-STAGE_ORDER = ("corpus", "train-lm", "train-sae")
+STAGE_ORDER = ("corpus", "train-lm", "train-sae", "index")
 
 
 def stages_to_run(command: str, profile: Profile) -> list[str]:
@@ -169,6 +195,18 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
         from precompute.train_sae_stage import run_train_sae_stage
 
         run_train_sae_stage(profile, run_dir, hook=args.hook, wandb=args.wandb, force=force)
+    elif stage == "index":
+        from explorer.feature_index import parse_shard
+        from precompute.index_stage import index_is_current, run_index
+
+        shard = parse_shard(args.shard) if getattr(args, "shard", None) else (0, 1)
+        explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
+        if not force and not explicit and index_is_current(profile, run_dir):
+            print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus); pass --force to rebuild",
+                  flush=True)
+            return
+        run_index(profile, run_dir, sae_id=getattr(args, "sae", None), max_tokens=getattr(args, "tokens", None),
+                  batch_size=getattr(args, "batch_size", 8), shard=shard)
 
 
 def run_command(args: argparse.Namespace) -> None:
@@ -180,6 +218,10 @@ def run_command(args: argparse.Namespace) -> None:
     for stage in stages:
         # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
         run_stage(stage, profile, run_dir, args, force=args.force and (args.command in (stage, "build")))
+    if args.command == "merge":
+        from precompute.index_stage import merge_partials
+
+        merge_partials(profile, run_dir, sae_id=args.sae)
     if args.command == "sae-report":
         from precompute.sae_report_cli import run_sae_report
 

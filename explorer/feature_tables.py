@@ -1,0 +1,282 @@
+"""Turn the feature index's totals into the rows of its DuckDB tables (pandas DataFrames).
+
+No SQL and no model here: `explorer.feature_index` supplies the totals and the example contexts,
+`explorer.feature_scores` the scores, `explorer.feature_db` writes the frames. Column meanings:
+docs/schema.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from explorer.feature_aggregates import IndexTotals, TokenCountTotals
+from explorer.feature_index import ExampleContexts, Window
+from explorer.feature_scores import (
+    IntervalSelection,
+    LogitLens,
+    NearestFeatures,
+    compute_backtracking_auroc,
+    compute_document_contrast,
+    compute_lead_lag,
+    compute_reason_score,
+    compute_token_baseline,
+    compute_token_control,
+    compute_within_token_auroc,
+    promotes_tokens,
+)
+from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
+
+WAIT_LIKE_WORDS = ("Wait", "wait", "Hmm", "hmm", "Actually", "actually", "Alternatively", "alternatively")
+"""Tokens whose promotion by a feature's logit lens marks a 'Wait-like' feature."""
+
+TOKEN_DETECTOR_WITHIN_AUROC = 0.6
+"""A feature is flagged a plain token detector when it does not beat the token-identity ceiling and
+separates phrase from non-phrase uses of the same tokens no better than this (or cannot be tested)."""
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _float_or_none(x: np.ndarray) -> np.ndarray:
+    """float64 with NaN kept: DuckDB stores NaN, the read API turns it into None."""
+    return np.asarray(x, dtype=np.float64)
+
+
+def wait_like_token_ids(tokenizer) -> list[int]:
+    """Single-token spellings of WAIT_LIKE_WORDS, with and without a leading space."""
+    ids = set()
+    for word in WAIT_LIKE_WORDS:
+        for text in (word, " " + word):
+            encoded = tokenizer.encode(text, add_special_tokens=False)
+            if len(encoded) == 1:
+                ids.add(int(encoded[0]))
+    return sorted(ids)
+
+
+def count_tokens(windows: Sequence[Window], vocab_size: int) -> TokenCountTotals:
+    """Token counts inside each phrase group and outside all of them, from the windows alone (no model):
+    the pre-pass that picks the within-token control tokens before the streaming pass starts."""
+    in_GV = np.zeros((len(GROUPS), vocab_size), dtype=np.int64)
+    out_V = np.zeros(vocab_size, dtype=np.int64)
+    for w in windows:
+        ids, groups = w.token_ids[w.valid], w.group_ids[w.valid]
+        inside = groups >= 0
+        np.add.at(out_V, ids[~inside], 1)
+        np.add.at(in_GV, (groups[inside].astype(np.int64), ids[inside]), 1)
+    return TokenCountTotals(torch.from_numpy(in_GV), torch.from_numpy(out_V))
+
+
+def context_rows(sae_id: str, windows: Sequence[Window]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "sae_id": sae_id,
+        "context_id": np.array([w.context_id for w in windows], dtype=np.int64),
+        "doc_id": [w.doc_id for w in windows],
+        "token_offset": np.array([w.token_offset for w in windows], dtype=np.int32),
+        "n_tokens": np.array([len(w.token_ids) for w in windows], dtype=np.int32),
+        "has_backtracking": np.array([w.doc_has_backtracking for w in windows], dtype=bool),
+    })
+
+
+def vocabulary_rows(tokenizer, vocab_size: int) -> pd.DataFrame:
+    """Each token id's text as it reads in context (byte-level BPE decoded), for tables and search."""
+    ids = list(range(vocab_size))
+    n_real = len(tokenizer)
+    texts = [tokenizer.decode([i]) if i < n_real else f"<unused {i}>" for i in ids]
+    return pd.DataFrame({"token_id": np.array(ids, dtype=np.int32), "token": texts})
+
+
+def activation_stats_rows(sae_id: str, totals: IndexTotals) -> tuple[pd.DataFrame, pd.DataFrame]:
+    s = totals.stats
+    F = s.max_F.shape[0]
+    stats = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": np.arange(F, dtype=np.int32),
+        "density": _np(s.density_F).astype(np.float64),
+        "active_count": _np(s.active_count_F).astype(np.int64),
+        "max_activation": _np(s.max_F).astype(np.float64),
+        "mean_nonzero": _float_or_none(_np(s.mean_nonzero_F)),
+        "activation_sum": _np(s.sum_F).astype(np.float64),
+    })
+    hist = _np(s.hist_FB)
+    f_idx, b_idx = np.nonzero(hist)
+    lower, upper = _np(s.bins.lower_edges()), _np(s.bins.upper_edges())
+    histograms = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": f_idx.astype(np.int32),
+        "bin": b_idx.astype(np.int32),
+        "lower": lower[b_idx],
+        "upper": upper[b_idx],
+        "count": hist[f_idx, b_idx].astype(np.int64),
+    })
+    return stats, histograms
+
+
+def example_rows(sae_id: str, totals: IndexTotals, contexts: ExampleContexts) -> pd.DataFrame:
+    ex = totals.examples
+    return pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": _np(ex.feature_N).astype(np.int32),
+        "rank": _np(ex.rank_N).astype(np.int32),
+        "activation": _np(ex.value_N).astype(np.float64),
+        "context_id": _np(ex.context_id_N).astype(np.int64),
+        "position": _np(ex.position_N).astype(np.int32),
+        "first_position": contexts.first_position_N.astype(np.int32),
+        "token_ids": contexts.token_ids,
+        "activations": contexts.activations,
+    })
+
+
+def interval_sample_rows(sae_id: str, selection: IntervalSelection, contexts: ExampleContexts) -> pd.DataFrame:
+    s, b = selection.samples, selection.bounds
+    bounds = pd.DataFrame({
+        "feature_id": _np(b.feature_N).astype(np.int32),
+        "interval_index": _np(b.interval_N).astype(np.int32),
+        "interval_lower": _np(b.lower_N).astype(np.float64),
+        "interval_upper": _np(b.upper_N).astype(np.float64),
+        "interval_count": _np(b.count_N).astype(np.int64),
+    })
+    samples = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": _np(s.feature_N).astype(np.int32),
+        "interval_index": _np(s.interval_N).astype(np.int32),
+        "rank": _np(s.rank_N).astype(np.int32),
+        "activation": _np(s.value_N).astype(np.float64),
+        "context_id": _np(s.context_id_N).astype(np.int64),
+        "position": _np(s.position_N).astype(np.int32),
+        "first_position": contexts.first_position_N.astype(np.int32),
+        "token_ids": contexts.token_ids,
+        "activations": contexts.activations,
+    })
+    merged = samples.merge(bounds, on=["feature_id", "interval_index"], how="left", validate="many_to_one")
+    columns = ["sae_id", "feature_id", "interval_index", "rank", "interval_lower", "interval_upper", "interval_count",
+               "activation", "context_id", "position", "first_position", "token_ids", "activations"]
+    return merged[columns]
+
+
+def logit_lens_rows(sae_id: str, lens: LogitLens) -> pd.DataFrame:
+    frames = []
+    for direction, ids_FK, logits_FK in (
+        ("top", lens.top_token_ids_FK, lens.top_logits_FK),
+        ("bottom", lens.bottom_token_ids_FK, lens.bottom_logits_FK),
+    ):
+        F, K = ids_FK.shape
+        frames.append(pd.DataFrame({
+            "sae_id": sae_id,
+            "feature_id": np.repeat(np.arange(F, dtype=np.int32), K),
+            "direction": direction,
+            "rank": np.tile(np.arange(K, dtype=np.int32), F),
+            "token_id": _np(ids_FK).reshape(-1).astype(np.int32),
+            "logit": _np(logits_FK).reshape(-1).astype(np.float64),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def neighbour_rows(sae_id: str, nearest: NearestFeatures) -> pd.DataFrame:
+    F, K = nearest.feature_ids_FK.shape
+    return pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": np.repeat(np.arange(F, dtype=np.int32), K),
+        "rank": np.tile(np.arange(K, dtype=np.int32), F),
+        "neighbour_id": _np(nearest.feature_ids_FK).reshape(-1).astype(np.int32),
+        "cosine": _np(nearest.cosine_FK).reshape(-1).astype(np.float64),
+    })
+
+
+class ScoreTables(dict):
+    """`feature_backtracking_scores`, `feature_group_auroc`, `feature_lead_lag`,
+    `feature_reason_word_shares` frames, plus the corpus-level token baseline under `run_facts`."""
+
+
+def score_rows(
+    sae_id: str, totals: IndexTotals, lens: LogitLens, wait_token_ids: Sequence[int], reason_alpha: float = 0.7
+) -> ScoreTables:
+    F = totals.stats.max_F.shape[0]
+    features = np.arange(F, dtype=np.int32)
+    auroc = compute_backtracking_auroc(totals.evidence)
+    reason = compute_reason_score(totals.reason, alpha=reason_alpha)
+    lead = compute_lead_lag(totals.lead_lag)
+    docs = compute_document_contrast(totals.documents)
+    baseline = compute_token_baseline(totals.token_counts, NOTEBOOK_GROUPS)
+    within = compute_within_token_auroc(totals.within_token)
+    control = compute_token_control(auroc.notebook_F.auroc, baseline, within)
+    promotion = promotes_tokens(lens, wait_token_ids)
+    evidence = totals.evidence
+    mean_FC = evidence.mean_FC
+    in_notebook = torch.tensor([g in NOTEBOOK_GROUPS for g in GROUPS] + [False], device=mean_FC.device)
+    count_C = evidence.count_C.to(torch.float64)
+    in_sum = evidence.sum_FC[:, in_notebook].sum(1)
+    in_count = count_C[in_notebook].sum()
+    mean_in = in_sum / in_count if in_count > 0 else torch.full((F,), math.nan, dtype=torch.float64)
+    margin_identity = _np(control.margin_over_identity_F)
+    within_auroc = _np(control.within_token_auroc_F)
+    detector = ~(margin_identity > 0) & ~(within_auroc > TOKEN_DETECTOR_WITHIN_AUROC)
+    scores = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": features,
+        "auroc": _np(auroc.any_F.auroc), "auroc_error_bound": _np(auroc.any_F.error_bound),
+        "auroc_notebook": _np(auroc.notebook_F.auroc), "auroc_notebook_error_bound": _np(auroc.notebook_F.error_bound),
+        "mean_in_phrases": _np(mean_in), "mean_outside": _np(mean_FC[:, -1]),
+        "reason_score": _np(reason.score_F), "reason_entropy": _np(reason.entropy_F),
+        "leads_score": _np(lead.leads_score_F), "lead_share": _np(lead.lead_share_F),
+        "lead_pre_mean": _np(lead.pre_mean_F), "lead_peak_offset": _np(lead.peak_offset_F).astype(np.int32),
+        "baseline_mean": _np(totals.lead_lag.baseline_mean_F), "baseline_std": _np(totals.lead_lag.baseline_std_F),
+        "doc_mean_with": _np(docs.mean_with_F), "doc_mean_without": _np(docs.mean_without_F),
+        "doc_mean_delta": _np(docs.mean_delta_F), "doc_window_max_delta": _np(docs.window_max_delta_F),
+        "doc_active_share_with": _np(docs.active_share_with_F), "doc_active_share_without": _np(docs.active_share_without_F),
+        "promotes_wait": _np(promotion.promotes_F).astype(bool),
+        "wait_logit_rank": pd.array(np.where(_np(promotion.best_rank_F) >= 0, _np(promotion.best_rank_F), -1), dtype="Int32"),
+        "margin_over_best_token": _np(control.margin_over_best_token_F),
+        "margin_over_identity": margin_identity,
+        "within_token_auroc": within_auroc,
+        "is_token_detector": detector,
+    })
+    scores.loc[scores["wait_logit_rank"] < 0, "wait_logit_rank"] = pd.NA
+    G = len(GROUPS)
+    group = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": np.repeat(features, G),
+        "group_name": np.tile(np.array(GROUPS, dtype=object), F),
+        "auroc": _np(auroc.group_FG.auroc).reshape(-1),
+        "error_bound": _np(auroc.group_FG.error_bound).reshape(-1),
+        "mean_activation": _np(mean_FC[:, :G]).reshape(-1),
+    })
+    offsets = _np(totals.lead_lag.offsets_O).astype(np.int32)
+    O = len(offsets)
+    lead_lag = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": np.tile(features, O),
+        "relative_position": np.repeat(offsets, F),
+        "mean_activation": _np(totals.lead_lag.mean_OF).reshape(-1),
+        "delta": _np(lead.delta_OF).reshape(-1),
+        "n_targets": np.repeat(_np(totals.lead_lag.count_O).astype(np.int64), F),
+    }).sort_values(["feature_id", "relative_position"], ignore_index=True)
+    words = totals.reason.group_names
+    R = len(words)
+    shares = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": np.repeat(features, R),
+        "word": np.tile(np.array(words, dtype=object), F),
+        "mean_activation": _np(totals.reason.mean_FR).reshape(-1),
+        "share": _np(reason.group_share_FR).reshape(-1),
+    })
+    out = ScoreTables(
+        feature_backtracking_scores=scores,
+        feature_group_auroc=group,
+        feature_lead_lag=lead_lag,
+        feature_reason_word_shares=shares,
+    )
+    out.run_facts = {
+        "best_token_id": baseline.best_token_id if baseline.best_token_id >= 0 else None,
+        "best_token_auroc": None if math.isnan(baseline.best_token_auroc) else baseline.best_token_auroc,
+        "identity_auroc": None if math.isnan(baseline.identity_auroc) else baseline.identity_auroc,
+        "control_token_ids": [int(i) for i in _np(totals.within_token.token_ids_K)],
+        "reason_words": list(words),
+    }
+    return out

@@ -1,0 +1,321 @@
+"""Stages `index` and `merge`: the feature index of one SAE, written into the run's DuckDB file.
+
+    index [--sae ID] [--tokens N] [--batch-size B]     one pass, then the tables (atomic)
+    index --shard i/n                                  one shard's partial: index_partials/<sae>/shard-i-of-n.pt
+    merge [--sae ID]                                   combine the n partials, then the tables
+
+A single run is the merge of one shard, so both paths share `finish_index`: finalise the totals,
+compute the scores, fetch every kept example's context (a second, smaller pass), compute the
+weight-only views, and write every table in one atomic transaction. The merged database equals a
+single run's (tests/test_index_stage.py). docs/scaling.md says how to run shards on several GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from explorer.database import database_path
+from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, build_reasoning_vocab
+from explorer.feature_index import (
+    CorpusDocument,
+    IndexInputError,
+    Window,
+    fetch_example_contexts,
+    limit_tokens,
+    make_windows,
+    run_index_pass,
+)
+from explorer.labels import PhraseSpan
+from explorer.runs import RunFolderError, list_sae_ids, read_documents, read_phrases
+from precompute.atomic import atomic_file
+from precompute.profiles import Profile
+from precompute.stages import package_versions, print_config
+
+STAGE = "index"
+PARTIALS_DIR = "index_partials"
+N_INTERVALS = 10
+PER_INTERVAL = 4
+LOGIT_LENS_K = 10
+NEIGHBOURS_K = 10
+N_CONTROL_TOKENS = 16
+
+
+class IndexInputs(NamedTuple):
+    model: Any
+    sae: Any
+    sae_id: str
+    hook_name: str
+    layer: int
+    windows: list[Window]
+    n_documents: int
+    config: IndexConfig
+    corpus_hash: str
+
+
+def choose_sae_id(run_dir: Path, sae_id: str | None) -> str:
+    available = list_sae_ids(run_dir)
+    if sae_id is None:
+        if not available:
+            raise RunFolderError(f"No SAE in {run_dir}: run `python -m precompute train-sae --out {run_dir}` first.")
+        return available[0]
+    if sae_id not in available:
+        raise RunFolderError(
+            f"No SAE {sae_id!r} in {run_dir}/saes (have: {', '.join(available) or 'none'}). "
+            "Train one with `train-sae` or import one with `sae-report --sae SOURCE`."
+        )
+    return sae_id
+
+
+def corpus_documents(run_dir: Path) -> list[CorpusDocument]:
+    docs = read_documents(run_dir, columns=["doc_id", "text", "has_backtracking"])
+    phrases = read_phrases(run_dir)
+    spans: dict[str, list[PhraseSpan]] = {}
+    for row in phrases.itertuples(index=False):
+        spans.setdefault(row.doc_id, []).append(PhraseSpan(int(row.start), int(row.end), row.group, row.phrase))
+    return [
+        CorpusDocument(doc_id, text, sorted(spans.get(doc_id, [])), bool(flag))
+        for doc_id, text, flag in zip(docs["doc_id"], docs["text"], docs["has_backtracking"])
+    ]
+
+
+def load_inputs(profile: Profile, run_dir: Path, sae_id: str | None, max_tokens: int | None) -> IndexInputs:
+    """Model, SAE (checked against the model), the corpus's windows and the pass configuration."""
+    from explorer.feature_scores import top_phrase_token_ids
+    from explorer.feature_tables import count_tokens
+    from explorer.sae_loading import check_sae_fits_model, load_sae, stop_layer_for_hook
+    from precompute.train_sae_stage import corpus_content_hash, load_run_model, sae_dir
+
+    sae_id = choose_sae_id(run_dir, sae_id)
+    documents = corpus_documents(run_dir)
+    if not documents:
+        raise IndexInputError(f"The corpus of {run_dir} is empty: nothing to index.")
+    model = load_run_model(profile, run_dir)
+    loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device))
+    hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.hook_name, model_name=profile.model)
+    layer = stop_layer_for_hook(hook_name)
+    if layer is None:
+        raise IndexInputError(f"Cannot tell which layer {hook_name!r} belongs to; the index needs a blocks.<n>. hook.")
+    windows = make_windows(model.tokenizer, documents, profile.n_ctx)
+    windows, notice = limit_tokens(windows, max_tokens)
+    if notice:
+        print(f"  {notice}", flush=True)
+    n_valid = int(sum(w.valid.sum() for w in windows))
+    k = profile.index.top_k
+    if n_valid == 0:
+        raise IndexInputError(f"The corpus of {run_dir} has no text tokens to index.")
+    if len(windows) < k:
+        raise IndexInputError(
+            f"The corpus gives {len(windows)} context windows ({n_valid:,} text tokens), fewer than top-k = {k}: "
+            "every feature needs k windows to choose its examples from. Use a larger corpus or --tokens, "
+            "or a smaller index.top_k in the profile."
+        )
+    vocab_size = model.cfg.d_vocab
+    controls = top_phrase_token_ids(count_tokens(windows, vocab_size), N_CONTROL_TOKENS)
+    config = IndexConfig(
+        n_features=loaded.d_sae,
+        vocab_size=vocab_size,
+        k=k,
+        reasoning_vocab=build_reasoning_vocab(lambda s: model.tokenizer.encode(s, add_special_tokens=False)),
+        control_token_ids=controls,
+        min_offset=-profile.index.context_before,
+        max_offset=profile.index.context_after,
+    )
+    return IndexInputs(
+        model, loaded.sae, sae_id, hook_name, layer, windows, len({w.doc_id for w in windows}), config,
+        corpus_content_hash(run_dir),
+    )
+
+
+def stage_settings(profile: Profile, inputs: IndexInputs, batch_size: int, n_shards: int) -> dict[str, Any]:
+    return {
+        "sae_id": inputs.sae_id,
+        "hook_name": inputs.hook_name,
+        "d_sae": inputs.config.n_features,
+        "windows": len(inputs.windows),
+        "tokens": sum(len(w.token_ids) for w in inputs.windows),
+        "context_size": profile.n_ctx,
+        "top_k": inputs.config.k,
+        "context": f"{profile.index.context_before} before, {profile.index.context_after} after",
+        "batch_size": batch_size,
+        "shards": n_shards,
+        "device": str(next(inputs.model.parameters()).device),
+        "corpus_hash": inputs.corpus_hash,
+    }
+
+
+def partial_path(run_dir: Path, sae_id: str, shard: tuple[int, int]) -> Path:
+    return Path(run_dir) / PARTIALS_DIR / sae_id / f"shard-{shard[0]}-of-{shard[1]}.pt"
+
+
+def run_index(
+    profile: Profile, run_dir: Path, *, sae_id: str | None = None, max_tokens: int | None = None,
+    batch_size: int = 8, shard: tuple[int, int] = (0, 1), progress: bool = True,
+) -> Path:
+    """Index one SAE (or one shard of it). Returns the database (or the partial) written."""
+    run_dir = Path(run_dir)
+    max_tokens = max_tokens if max_tokens is not None else (profile.index.n_tokens or None)
+    inputs = load_inputs(profile, run_dir, sae_id, max_tokens)
+    print_config(STAGE, stage_settings(profile, inputs, batch_size, shard[1]))
+    result = run_index_pass(
+        inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows, inputs.config,
+        batch_size=batch_size, shard=shard, progress=progress,
+    )
+    print(
+        f"  pass: {result.n_tokens:,} tokens in {result.seconds:.1f}s "
+        f"({result.n_tokens / max(result.seconds, 1e-9):,.0f} tokens/s)", flush=True,
+    )
+    meta = {
+        "sae_id": inputs.sae_id, "shard": list(shard), "n_tokens": result.n_tokens, "n_windows": result.n_windows,
+        "seconds": result.seconds, "batch_size": batch_size, "corpus_hash": inputs.corpus_hash,
+        "n_corpus_windows": len(inputs.windows), "max_tokens": max_tokens,
+    }
+    if shard[1] > 1:
+        path = partial_path(run_dir, inputs.sae_id, shard)
+        with atomic_file(path) as tmp:
+            torch.save({"meta": meta, "state": {k: v.cpu() for k, v in result.accumulators.state_dict().items()}}, tmp)
+        print(f"  wrote shard {shard[0]}/{shard[1]} to {path}; combine with `python -m precompute merge`", flush=True)
+        return path
+    return finish_index(profile, run_dir, inputs, result.accumulators, [meta], progress=progress)
+
+
+def merge_partials(profile: Profile, run_dir: Path, *, sae_id: str | None = None, progress: bool = True) -> Path:
+    """Combine every shard partial of `sae_id` and write the tables, as a single run would."""
+    run_dir = Path(run_dir)
+    sae_id = choose_sae_id(run_dir, sae_id)
+    folder = Path(run_dir) / PARTIALS_DIR / sae_id
+    paths = sorted(folder.glob("shard-*-of-*.pt")) if folder.is_dir() else []
+    if not paths:
+        raise RunFolderError(f"No shard partials in {folder}: run `python -m precompute index --shard i/n` first.")
+    parts = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    metas = [p["meta"] for p in parts]
+    n = metas[0]["shard"][1]
+    have = sorted(m["shard"][0] for m in metas if m["shard"][1] == n)
+    if len(metas) != n or have != list(range(n)):
+        raise RunFolderError(
+            f"{folder} holds shards {[tuple(m['shard']) for m in metas]}; a merge needs exactly shards 0..{n - 1} of {n}."
+        )
+    if len({(m["corpus_hash"], m["batch_size"], m["n_corpus_windows"]) for m in metas}) != 1:
+        raise RunFolderError(f"The partials in {folder} were built from different corpora, batch sizes or --tokens.")
+    inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"])
+    if len(inputs.windows) != metas[0]["n_corpus_windows"] or metas[0]["corpus_hash"] != inputs.corpus_hash:
+        raise RunFolderError(f"The partials in {folder} were built from another corpus than {run_dir}'s.")
+    merged = FeatureIndexAccumulators.from_state_dict(parts[0]["state"])
+    for part in parts[1:]:
+        merged.merge(FeatureIndexAccumulators.from_state_dict(part["state"]))
+    if merged.config != inputs.config:
+        raise RunFolderError(f"The partials in {folder} were built with another index configuration.")
+    print(f"== merge == {len(parts)} shards of {sae_id}", flush=True)
+    device = next(inputs.model.parameters()).device
+    merged = FeatureIndexAccumulators.from_state_dict(merged.state_dict(), device)
+    return finish_index(profile, run_dir, inputs, merged, metas, batch_size=metas[0]["batch_size"], progress=progress)
+
+
+def finish_index(
+    profile: Profile, run_dir: Path, inputs: IndexInputs, accumulators: FeatureIndexAccumulators,
+    metas: list[dict[str, Any]], *, batch_size: int | None = None, progress: bool = True,
+) -> Path:
+    """Finalise the totals and write every table of the SAE's index in one atomic transaction."""
+    from explorer import feature_tables as tables
+    from explorer.database import utc_now
+    from explorer.feature_db import write_feature_index
+    from explorer.feature_scores import logit_lens, nearest_features, select_interval_samples
+    from precompute.train_sae_stage import provenance
+
+    started = time.perf_counter()
+    batch_size = batch_size or metas[0]["batch_size"]
+    totals = accumulators.finalise()
+    selection = select_interval_samples(totals.samples, totals.stats, N_INTERVALS, PER_INTERVAL, scheme="quantile")
+    ex, sm = totals.examples, selection.samples
+    contexts = fetch_example_contexts(
+        inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows,
+        torch.cat([ex.feature_N.cpu(), sm.feature_N.cpu()]),
+        torch.cat([ex.context_id_N.cpu(), sm.context_id_N.cpu()]),
+        torch.cat([ex.position_N.cpu(), sm.position_N.cpu()]),
+        before=profile.index.context_before, after=profile.index.context_after, batch_size=batch_size,
+        progress=progress,
+    )
+    n_ex = int(ex.feature_N.numel())
+    ex_contexts = type(contexts)(contexts.first_position_N[:n_ex], contexts.token_ids[:n_ex], contexts.activations[:n_ex])
+    sm_contexts = type(contexts)(contexts.first_position_N[n_ex:], contexts.token_ids[n_ex:], contexts.activations[n_ex:])
+    with torch.no_grad():
+        lens = logit_lens(inputs.sae.W_dec.detach().float(), inputs.model.W_U.detach().float(), k=LOGIT_LENS_K)
+        nearest = nearest_features(inputs.sae.W_dec.detach(), k=NEIGHBOURS_K)
+    tokenizer = inputs.model.tokenizer
+    wait_ids = tables.wait_like_token_ids(tokenizer)
+    sae_id = inputs.sae_id
+    stats, histograms = tables.activation_stats_rows(sae_id, totals)
+    scores = tables.score_rows(sae_id, totals, lens, wait_ids)
+    frames = {
+        "index_contexts": tables.context_rows(sae_id, inputs.windows),
+        "feature_activation_stats": stats,
+        "feature_histograms": histograms,
+        "feature_top_examples": tables.example_rows(sae_id, totals, ex_contexts),
+        "feature_interval_samples": tables.interval_sample_rows(sae_id, selection, sm_contexts),
+        "feature_logit_lens": tables.logit_lens_rows(sae_id, lens),
+        "feature_neighbours": tables.neighbour_rows(sae_id, nearest),
+        **scores,
+    }
+    n_tokens = sum(m["n_tokens"] for m in metas)
+    pass_seconds = max(m["seconds"] for m in metas)  # shards run side by side
+    seconds = pass_seconds + time.perf_counter() - started
+    run_row = {
+        "sae_id": sae_id,
+        "hook_name": inputs.hook_name,
+        "d_sae": inputs.config.n_features,
+        "n_tokens": n_tokens,
+        "n_valid_tokens": int(totals.stats.n_valid),
+        "n_windows": sum(m["n_windows"] for m in metas),
+        "n_documents": inputs.n_documents,
+        "n_shards": len(metas),
+        "context_size": profile.n_ctx,
+        "top_k": inputs.config.k,
+        "context_before": profile.index.context_before,
+        "context_after": profile.index.context_after,
+        "corpus_hash": inputs.corpus_hash,
+        "config_json": json.dumps(
+            {"index": inputs.config.to_dict(), "batch_size": batch_size, "intervals": N_INTERVALS,
+             "per_interval": PER_INTERVAL, "interval_scheme": "quantile", "versions": package_versions()},
+            sort_keys=True, default=str,
+        ),
+        **scores.run_facts,
+        "wait_token_ids": wait_ids,
+        "device": str(next(inputs.model.parameters()).device),
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(n_tokens / max(pass_seconds, 1e-9), 1),
+        "built_at": utc_now(),
+    }
+    vocabulary = tables.vocabulary_rows(tokenizer, inputs.model.cfg.d_vocab)
+    db_path = database_path(run_dir)
+    write_feature_index(db_path, sae_id, run_row, frames, vocabulary, provenance(profile, run_dir))
+    print(
+        f"  wrote the index of {sae_id} ({inputs.config.n_features:,} features, {n_tokens:,} tokens) to {db_path} "
+        f"in {seconds:.1f}s", flush=True,
+    )
+    return db_path
+
+
+def index_is_current(profile: Profile, run_dir: Path) -> bool:
+    """`build` skips the index when the database already holds one for every SAE of the run, built
+    from the current corpus."""
+    from explorer.feature_db import read_index_runs
+    from precompute.train_sae_stage import corpus_content_hash
+
+    db_path = database_path(run_dir)
+    sae_ids = list_sae_ids(run_dir)
+    if not db_path.is_file() or not sae_ids:
+        return False
+    try:
+        runs = read_index_runs(db_path)
+    except Exception:
+        return False
+    if runs.empty:
+        return False
+    corpus_hash = corpus_content_hash(run_dir)
+    have = {row.sae_id for row in runs.itertuples() if row.corpus_hash == corpus_hash}
+    return set(sae_ids) <= have
+

@@ -1,0 +1,221 @@
+"""The `index` and `merge` stages end to end on a miniature run (a tiny Qwen2, a random SAE, a small
+synthetic corpus): the DuckDB tables against brute force, shard-and-merge against a single run, the
+read API, and the bad inputs that must fail with a message and leave the database as it was."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+
+from explorer import artifacts
+from explorer.database import DatabaseError, database_path
+from explorer.feature_db import (
+    NoIndexError,
+    UnknownFeatureError,
+    find_features_by_example_token,
+    find_features_by_logit_token,
+    read_candidates,
+    read_feature_card,
+    read_index_run,
+    read_lead_lag_profiles,
+    read_vocabulary,
+)
+from explorer.feature_index import IndexInputError, encode_windows, make_windows
+from explorer.feature_schema import FEATURE_TABLE_NAMES
+from explorer.model_loading import load_model
+from precompute.corpus_stage import run_corpus_stage
+from precompute.index_stage import corpus_documents, merge_partials, run_index
+from precompute.profiles import CorpusSpec, IndexSpec, Profile
+from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
+
+HOOK, LAYER, D_SAE, SAE_ID = "blocks.1.hook_resid_post", 1, 48, "mini-sae"
+INDEX = IndexSpec(top_k=5, context_before=6, context_after=3)
+TIMING_COLUMNS = {"seconds", "tokens_per_second", "built_at", "n_shards", "config_json"}
+
+
+def _save_random_sae(folder, d_in: int, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=D_SAE))
+    with torch.no_grad():
+        sae.W_enc.normal_()
+        sae.b_enc.fill_(-1.0)  # sparse-ish: most features off on most tokens
+    sae.save_model(folder)
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
+    run_dir = tmp_path_factory.mktemp("index-run")
+    corpus = CorpusSpec(source="synthetic", n_traces=24, seed=0)
+    run_corpus_stage(corpus, run_dir)
+    profile = Profile(name="mini", model=str(mini_qwen2_dir), hook_name=HOOK, n_ctx=64, corpus=corpus, index=INDEX)
+    _save_random_sae(run_dir / artifacts.SAES_DIR / SAE_ID, d_in=64)
+    run_index(profile, run_dir, batch_size=4, progress=False)
+    return profile, run_dir
+
+
+@pytest.fixture(scope="module")
+def dense(mini_run):
+    """Brute force: every window through the model and SAE on its own, as dense [T, F] matrices."""
+    profile, run_dir = mini_run
+    model = load_model(profile.model, device="cpu")
+    from explorer.sae_loading import load_sae
+
+    sae = load_sae(run_dir / artifacts.SAES_DIR / SAE_ID).sae
+    windows = make_windows(model.tokenizer, corpus_documents(run_dir), profile.n_ctx)
+    acts = []
+    for w in windows:
+        a_TF = encode_windows(model, sae, HOOK, LAYER, torch.from_numpy(w.token_ids)[None])[0]
+        a_TF[~torch.from_numpy(w.valid)] = 0
+        acts.append(a_TF)
+    return windows, acts
+
+
+def _table(con, table: str) -> list[tuple]:
+    columns = [c[0] for c in con.execute(f"DESCRIBE {table}").fetchall() if c[0] not in TIMING_COLUMNS]
+    return con.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY ALL").fetchall()
+
+
+def test_top_examples_and_stats_equal_brute_force(mini_run, dense):
+    profile, run_dir = mini_run
+    windows, acts = dense
+    db = database_path(run_dir)
+    window_max_WF = torch.stack([a.max(0).values for a in acts])
+    expected_FK = window_max_WF.topk(INDEX.top_k, dim=0).values.T
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT feature_id, rank, activation, context_id, position, first_position, token_ids, activations "
+        "FROM feature_top_examples WHERE sae_id = ? ORDER BY feature_id, rank", [SAE_ID]
+    ).fetchall()
+    got_FK = torch.zeros_like(expected_FK)
+    by_context = {w.context_id: (w, a) for w, a in zip(windows, acts)}
+    for feature, rank, value, context, position, first, token_ids, context_acts in rows:
+        got_FK[feature, rank] = value
+        w, a_TF = by_context[context]
+        assert value == pytest.approx(float(a_TF[position, feature]), abs=1e-5)
+        assert value == pytest.approx(float(a_TF[:, feature].max()), abs=1e-5)  # the window's maximum
+        assert first == max(0, position - INDEX.context_before)
+        assert token_ids == w.token_ids[first : position + INDEX.context_after + 1].tolist()
+        assert context_acts[position - first] == pytest.approx(value, abs=1e-6)
+        np.testing.assert_allclose(context_acts, a_TF[first : position + INDEX.context_after + 1, feature], atol=1e-5)
+    fired = expected_FK > 0
+    torch.testing.assert_close(got_FK[fired], expected_FK[fired], atol=1e-5, rtol=1e-5)
+
+    all_TF = torch.cat(acts)
+    valid = np.concatenate([w.valid for w in windows])
+    stats = con.execute(
+        "SELECT feature_id, max_activation, active_count, density FROM feature_activation_stats WHERE sae_id = ? "
+        "ORDER BY feature_id", [SAE_ID]
+    ).fetchall()
+    valid_TF = all_TF[torch.from_numpy(valid)]
+    for feature, max_activation, active_count, density in stats:
+        assert max_activation == pytest.approx(float(valid_TF[:, feature].max()), abs=1e-5)
+        assert active_count == int((valid_TF[:, feature] > 0).sum())
+        assert density == pytest.approx(active_count / valid.sum())
+    run = read_index_run(db, SAE_ID)
+    assert run["n_tokens"] == sum(len(w.token_ids) for w in windows) and run["n_valid_tokens"] == int(valid.sum())
+    con.close()
+
+
+def test_shards_merge_into_the_single_run(mini_run, tmp_path):
+    profile, run_dir = mini_run
+    sharded = tmp_path / "sharded"
+    shutil.copytree(run_dir, sharded, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    for i in range(3):
+        run_index(profile, sharded, batch_size=4, shard=(i, 3), progress=False)
+    assert not database_path(sharded).exists()  # a shard writes only its partial
+    merge_partials(profile, sharded, progress=False)
+    single = duckdb.connect(str(database_path(run_dir)), read_only=True)
+    merged = duckdb.connect(str(database_path(sharded)), read_only=True)
+    for table in (*FEATURE_TABLE_NAMES, "vocabulary"):
+        assert _table(merged, table) == _table(single, table), table
+    assert merged.execute("SELECT n_shards FROM feature_index_runs").fetchone()[0] == 3
+    single.close()
+    merged.close()
+
+
+def test_a_missing_shard_is_refused(mini_run, tmp_path):
+    profile, run_dir = mini_run
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    run_index(profile, partial, batch_size=4, shard=(0, 2), progress=False)
+    with pytest.raises(Exception, match="exactly shards 0..1"):
+        merge_partials(profile, partial, progress=False)
+
+
+def test_the_read_api(mini_run):
+    profile, run_dir = mini_run
+    db = database_path(run_dir)
+    ranked = read_candidates(db, SAE_ID, "auroc_notebook", limit=10)
+    assert list(ranked["score"]) == sorted(ranked["score"], reverse=True) and len(ranked) == 10
+    by_group = read_candidates(db, SAE_ID, group="correction", limit=5)
+    assert list(by_group["score"]) == sorted(by_group["score"], reverse=True)
+    dense_only = read_candidates(db, SAE_ID, "reason_score", min_density=0.2, hide_token_detectors=True, limit=D_SAE)
+    assert (dense_only["density"] >= 0.2).all() and not dense_only["is_token_detector"].any()
+    feature = int(ranked["feature_id"][0])
+    card = read_feature_card(db, SAE_ID, feature)
+    assert len(card.top_examples) == INDEX.top_k and card.top_examples["activation"].is_monotonic_decreasing
+    assert card.histogram["count"].sum() == read_index_run(db, SAE_ID)["n_valid_tokens"]
+    assert set(card.logit_lens["direction"]) == {"top", "bottom"} and card.logit_lens["token"].notna().all()
+    assert len(card.neighbours) == 10 and feature not in set(card.neighbours["neighbour_id"])
+    assert list(card.lead_lag["relative_position"]) == list(range(-INDEX.context_before, INDEX.context_after + 1))
+    assert len(card.group_auroc) == 7 and len(card.reason_word_shares) == 10
+    assert (card.interval_samples["activation"] >= card.interval_samples["interval_lower"] - 1e-9).all()
+    profiles = read_lead_lag_profiles(db, SAE_ID, [feature, 0])
+    assert set(profiles["feature_id"]) == {feature, 0}
+
+    vocabulary = read_vocabulary(db)
+    top_token = card.logit_lens[card.logit_lens["direction"] == "top"].iloc[0]
+    assert vocabulary[int(top_token["token_id"])] == top_token["token"]
+    found = find_features_by_logit_token(db, SAE_ID, top_token["token"])
+    assert feature in set(found["feature_id"])
+    example = card.top_examples.iloc[0]
+    peak = vocabulary[int(example["token_ids"][example["position"] - example["first_position"]])]
+    assert feature in set(find_features_by_example_token(db, SAE_ID, peak, limit=D_SAE)["feature_id"])
+
+    with pytest.raises(UnknownFeatureError, match="ids run from 0 to 47"):
+        read_feature_card(db, SAE_ID, D_SAE)
+    with pytest.raises(UnknownFeatureError, match="not a feature id"):
+        read_feature_card(db, SAE_ID, "seven")
+    with pytest.raises(NoIndexError, match="precompute index"):
+        read_feature_card(db, "other-sae", 0)
+
+
+def test_bad_inputs_fail_clearly_and_leave_the_database(mini_run, tmp_path, capsys):
+    profile, run_dir = mini_run
+    work = tmp_path / "work"
+    shutil.copytree(run_dir, work)
+    db = database_path(work)
+    before = db.read_bytes()
+
+    run_index(profile, work, batch_size=4, max_tokens=10**9, progress=False)
+    assert "more than the corpus has: using all" in capsys.readouterr().out
+
+    with pytest.raises(IndexInputError, match="fewer than top-k"):
+        run_index(profile, work, max_tokens=50, progress=False)
+
+    _save_random_sae(work / artifacts.SAES_DIR / "wrong-width", d_in=32)
+    with pytest.raises(Exception, match="d_in mismatch"):
+        run_index(profile, work, sae_id="wrong-width", progress=False)
+    with pytest.raises(Exception, match="No SAE 'missing'"):
+        run_index(profile, work, sae_id="missing", progress=False)
+
+    from explorer.feature_aggregates import IndexConfig
+    from explorer.feature_index import run_index_pass
+
+    with pytest.raises(IndexInputError, match="corpus is empty"):
+        run_index_pass(load_model(profile.model, device="cpu"), None, HOOK, LAYER, [], IndexConfig(D_SAE, 512))
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE schema_info SET schema_version = 1")
+    con.close()
+    old = db.read_bytes()
+    with pytest.raises(DatabaseError, match="schema version 1"):
+        run_index(profile, work, batch_size=4, progress=False)
+    assert db.read_bytes() == old  # nothing half-written
+    with pytest.raises(DatabaseError, match="schema version 1"):
+        read_candidates(db, SAE_ID)
+    assert before  # the original run's file was only copied, never touched
