@@ -98,6 +98,16 @@ _SCHEMA = (
 )
 
 
+def all_table_statements() -> tuple[str, ...]:
+    """The CREATE TABLE statements of every table the file can hold (docs/schema.md lists them): the
+    core and feature tables, and the steering tables that `explorer.steering_store` adds."""
+    try:
+        from explorer.steering_store import STEERING_TABLES
+    except ImportError:
+        STEERING_TABLES = ()
+    return (*_SCHEMA, *STEERING_TABLES)
+
+
 class DatabaseError(RuntimeError):
     """The run's DuckDB file is missing, unreadable or from another schema; the message says what to do."""
 
