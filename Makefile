@@ -16,8 +16,9 @@ $(PY):
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 
 # Reinstall only when a requirements file changes.
-$(INSTALLED): requirements.txt requirements-dev.txt | $(PY)
+$(INSTALLED): requirements.txt requirements-dev.txt requirements-sae-vis.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-sae-vis.txt
 	touch $@
 
 install: $(INSTALLED)

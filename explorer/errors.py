@@ -6,11 +6,17 @@ from __future__ import annotations
 def user_facing_errors() -> tuple[type[BaseException], ...]:
     from explorer.corpus import CorpusError
     from explorer.database import DatabaseError
+    from explorer.feature_db import NoIndexError, UnknownFeatureError
+    from explorer.feature_index import IndexInputError
     from explorer.model_loading import ModelLoadError
     from explorer.runs import RunFolderError
     from explorer.sae_loading import SAELoadError
+    from explorer.sae_vis_export import SaeVisExportError
 
-    return (CorpusError, DatabaseError, ModelLoadError, RunFolderError, SAELoadError)
+    return (
+        CorpusError, DatabaseError, ModelLoadError, RunFolderError, SAELoadError, IndexInputError, NoIndexError,
+        UnknownFeatureError, SaeVisExportError,
+    )
 
 
 def is_user_facing(err: BaseException) -> bool:

@@ -6,6 +6,7 @@
     sae-report  measure the run's SAEs on held-out tokens, or import one (--sae)
     index       the feature index of an SAE: every feature's dashboard data and backtracking scores
     merge       combine the partials of `index --shard i/n` into the index
+    export-sae-vis  sae_vis's feature-centric HTML dashboards of chosen features
     build       every stage in order: corpus, train-lm (demo), train-sae, index
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
     _add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
+    from precompute import export_sae_vis_cli
+
+    export_sae_vis_cli.add_parser(sub)
     build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
     _add_run_args(build)
     _add_sae_training_args(build)
@@ -231,7 +235,12 @@ def run_command(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run_command(args)
+        if args.command == "export-sae-vis":
+            from precompute import export_sae_vis_cli
+
+            export_sae_vis_cli.run(args)
+        else:
+            run_command(args)
     except KeyboardInterrupt:
         print("\ninterrupted: nothing half-written was kept", file=sys.stderr)
         return 130
