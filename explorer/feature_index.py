@@ -20,9 +20,10 @@ for bit (a CPU or GPU matmul over a differently shaped batch may round different
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -134,8 +135,13 @@ def plan_batches(windows: Sequence[Window], batch_size: int) -> list[PlannedBatc
     return plan
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """`"i/n"` -> (i, n), with 0 <= i < n."""
+def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """`"i/n"` -> (i, n), with 0 <= i < n. `"auto"` reads RANK and WORLD_SIZE, as torchrun sets them."""
+    if text == "auto":
+        env = os.environ if environ is None else environ
+        if "RANK" not in env or "WORLD_SIZE" not in env:
+            raise IndexInputError("--shard auto reads RANK and WORLD_SIZE (set by torchrun); neither is set")
+        text = f"{env['RANK']}/{env['WORLD_SIZE']}"
     try:
         i, n = (int(part) for part in text.split("/"))
     except ValueError:

@@ -18,6 +18,7 @@ current.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -101,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(index)
     _add_sae_training_args(index)
     _add_index_args(index)
-    index.add_argument("--shard", help="i/n: index only shard i of n and write a partial (combine with `merge`)")
+    index.add_argument(
+        "--shard",
+        help="i/n: index only shard i of n and write a partial (combine with `merge`); `auto` takes i and n "
+        "from torchrun's RANK and WORLD_SIZE (one GPU per process, by LOCAL_RANK)",
+    )
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
     _add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
@@ -204,6 +209,11 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
         from precompute.index_stage import index_is_current, run_index
 
         shard = parse_shard(args.shard) if getattr(args, "shard", None) else (0, 1)
+        if getattr(args, "shard", None) == "auto" and "LOCAL_RANK" in os.environ:
+            import torch
+
+            if torch.cuda.is_available():  # one GPU per torchrun process
+                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
         if not force and not explicit and index_is_current(profile, run_dir):
             print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus); pass --force to rebuild",

@@ -67,3 +67,17 @@ def test_max_tokens_stops_early(mini_qwen2_dir):  # noqa: F811
     model, sae, windows, config = _setup(mini_qwen2_dir)
     _, n_tokens = stream_index(model, sae, HOOK, LAYER, windows, config, max_tokens=10, progress=False)
     assert 10 <= n_tokens < sum(len(w.token_ids) for w in windows)
+
+
+def test_parse_shard():
+    import pytest
+
+    from explorer.feature_index import IndexInputError, parse_shard
+
+    assert parse_shard("1/4") == (1, 4)
+    assert parse_shard("auto", {"RANK": "2", "WORLD_SIZE": "8"}) == (2, 8)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(IndexInputError):
+            parse_shard(bad)
+    with pytest.raises(IndexInputError, match="torchrun"):
+        parse_shard("auto", {})
