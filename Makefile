@@ -35,7 +35,8 @@ browser: $(CHROMIUM)
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: install browser
+# The planted-feature check and the app tests run on the demo, so the tests build it first.
+test: install browser demo-data
 	$(PY) -m pytest
 
 clean-demo:

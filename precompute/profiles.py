@@ -175,7 +175,9 @@ DEMO = Profile(
         seed=42,
         n_batches_for_norm_estimate=50,
     ),
-    index=IndexSpec(top_k=32, context_before=32, context_after=8),
+    # 400k tokens (about 2,300 traces, 900 of them backtracking): every feature's statistics settle,
+    # and the pass plus the context pass take about a minute on 2 cores.
+    index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=400_000),
 )
 
 DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
