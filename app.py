@@ -3,6 +3,8 @@
 import streamlit as st
 
 from explorer import ui
+from explorer.database import DatabaseError, database_path
+from explorer.feature_db import read_index_runs
 
 st.set_page_config(page_title="Backtracking feature explorer", page_icon="↩", layout="wide")
 st.title("Backtracking feature explorer")
@@ -58,8 +60,28 @@ if saes is not None:
     sae_id = st.selectbox("Training curve of", saes["sae_id"].tolist(), key="curve_sae")
     ui.render_sae_training_curve(run_dir, sae_id)
 
+st.subheader("Feature index")
+try:
+    index_runs = read_index_runs(database_path(run_dir)) if database_path(run_dir).is_file() else None
+except DatabaseError as err:
+    st.error(str(err))
+    index_runs = None
+if index_runs is None or index_runs.empty:
+    st.info(f"No feature index yet: build it with `python -m precompute index --out {run_dir}` (or `make demo-data`).")
+else:
+    st.caption(
+        "Every feature of each SAE, indexed in one streaming pass: top examples, quantile samples, histograms, "
+        "logit lens, nearest features and backtracking scores (docs/schema.md)."
+    )
+    columns = ["sae_id", "d_sae", "n_tokens", "n_documents", "n_windows", "top_k", "device", "seconds", "tokens_per_second", "built_at"]
+    st.dataframe(index_runs[columns], hide_index=True)
+
 st.subheader("Pages")
 st.markdown(
     "- **Corpus**: read any trace with its labelled backtracking phrases marked.\n"
-    "- **Live**: type or paste a chain of thought and see each SAE feature's activation on each token."
+    "- **Live**: type or paste a chain of thought and see each SAE feature's activation on each token.\n"
+    "- **Features**: find a feature (by id, by a token it promotes or fires on, or by a text) and read its card: "
+    "examples, histogram, logit lens, neighbours and backtracking evidence.\n"
+    "- **Candidates**: features ranked by a backtracking score, with their lead-lag profiles.\n"
+    "- **Steering**: add or clamp a feature while the model generates, and count how often it backtracks."
 )

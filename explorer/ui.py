@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -23,6 +24,8 @@ def render_run_picker(root: Path = artifacts.DEFAULT_RUNS_DIR) -> Path | None:
     names = [r.name for r in runs]
     wanted = st.query_params.get(RUN_PARAM)
     index = names.index(wanted) if wanted in names else (names.index("demo") if "demo" in names else 0)
+    if wanted is not None and wanted not in names and "run_picker" not in st.session_state:
+        st.warning(f"The link names run {wanted!r}, which is not under `{root}`; showing {names[index]!r} instead.")
     name = st.sidebar.selectbox("Run", names, index=index, key="run_picker")
     st.query_params[RUN_PARAM] = name
     return runs[names.index(name)]
@@ -164,7 +167,8 @@ def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
     try:
         model = cached_model(run_model_source(run_dir, profile), int(profile["n_ctx"]))
         loaded = cached_sae(str(run_dir / artifacts.SAES_DIR / sae_id), str(model.cfg.device))
-        hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name)
+        # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
+        hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.get("hook_name"))
     except user_facing_errors() as err:
         st.error(str(err))
         return None
@@ -180,6 +184,8 @@ def render_sae_picker(run_dir: Path) -> str | None:
         st.info(f"This run has no SAE yet: `python -m precompute train-sae --out {run_dir}` trains one.")
         return None
     wanted = st.query_params.get("sae")
+    if wanted is not None and wanted not in ids and "sae_picker" not in st.session_state:
+        st.warning(f"The link names SAE {wanted!r}, which this run does not have; showing {ids[0]!r} instead.")
     sae_id = st.sidebar.selectbox("SAE", ids, index=ids.index(wanted) if wanted in ids else 0, key="sae_picker")
     st.query_params["sae"] = sae_id
     return sae_id
@@ -188,3 +194,459 @@ def render_sae_picker(run_dir: Path) -> str | None:
 def read_document_text(run_dir: Path, doc_id: str) -> str:
     documents = read_documents(run_dir, columns=["doc_id", "text"])
     return str(documents.loc[documents["doc_id"] == doc_id, "text"].iloc[0])
+
+
+# --- the feature index: a cached read-only connection, cached reads, and the card's sections -------
+
+FEATURE_KEY = "feature_id"
+"""Session key of the Features page's feature id (a number input; links set it through `?feature=`)."""
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _read_only_connection(db_path: str, stamp: tuple[int, int]):
+    """One read-only connection per version of the file, shared by every session (a cursor per
+    query). A stage rewrites the file by replacing it, which changes the stamp: the next read opens
+    the new file."""
+    from explorer.database import open_read_only
+
+    return open_read_only(Path(db_path))
+
+
+class FeatureDB(NamedTuple):
+    """The run's database as the cached reads key it: its path and (mtime_ns, size)."""
+
+    path: str
+    stamp: tuple[int, int]
+
+    @property
+    def con(self):
+        return _read_only_connection(self.path, self.stamp)
+
+
+def _shown(call, *args, **kwargs):
+    """`call(*args, **kwargs)`, or None after showing its error as a message (never a traceback)."""
+    import duckdb
+
+    from explorer.database import DatabaseError
+    from explorer.feature_db import NoIndexError, UnknownFeatureError
+
+    try:
+        return call(*args, **kwargs)
+    except UnknownFeatureError as err:
+        st.error(str(err))
+    except NoIndexError as err:
+        st.info(str(err))
+    except DatabaseError as err:
+        st.error(str(err))
+    except duckdb.Error as err:
+        st.error(f"The run's database could not be read ({type(err).__name__}: {err}). Rebuild it with "
+                 "`python -m precompute build --force`.")
+    return None
+
+
+def open_feature_db(run_dir: Path, *, quiet: bool = False) -> FeatureDB | None:
+    """The run's database for the cached reads below; None after saying why (unless `quiet`)."""
+    from explorer.database import database_path
+
+    path = database_path(run_dir)
+    if not path.is_file():
+        if not quiet:
+            st.info(
+                f"This run has no database yet, so no feature index. Build one with "
+                f"`python -m precompute build --out {run_dir}` (the demo: `make demo-data`), or index an SAE "
+                f"with `python -m precompute index --out {run_dir}`."
+            )
+        return None
+    stat = path.stat()
+    db = FeatureDB(str(path), (stat.st_mtime_ns, stat.st_size))
+    if quiet:
+        try:
+            db.con
+        except Exception:  # noqa: BLE001 - quiet callers (Live's score column) just go without
+            return None
+        return db
+    return db if _shown(lambda: db.con) is not None else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_index_run(db: FeatureDB, sae_id: str) -> dict:
+    from explorer.feature_db import read_index_run
+
+    return read_index_run(db.con, sae_id)
+
+
+def load_index_run(db: FeatureDB, sae_id: str) -> dict | None:
+    """What the index pass of `sae_id` covered (feature_index_runs), or None after saying how to build it."""
+    return _shown(_cached_index_run, db, sae_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cached_vocabulary(db: FeatureDB) -> list[str]:
+    from explorer.feature_db import read_vocabulary
+
+    return read_vocabulary(db.con)
+
+
+def load_vocabulary(db: FeatureDB) -> list[str]:
+    return _shown(_cached_vocabulary, db) or []
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached_card(db: FeatureDB, sae_id: str, feature_id: int):
+    from explorer.feature_db import read_feature_card
+
+    return read_feature_card(db.con, sae_id, feature_id)
+
+
+def load_feature_card(db: FeatureDB, sae_id: str, feature_id: int):
+    """The feature's card (explorer.feature_db.FeatureCard), or None after a clear message."""
+    return _shown(_cached_card, db, sae_id, int(feature_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _cached_candidates(db: FeatureDB, sae_id: str, score: str, group: str | None, min_density: float,
+                       hide_token_detectors: bool, limit: int) -> pd.DataFrame:
+    from explorer.feature_db import read_candidates
+
+    return read_candidates(db.con, sae_id, score, group=group, min_density=min_density,
+                           hide_token_detectors=hide_token_detectors, limit=limit)
+
+
+def load_candidates(db: FeatureDB, sae_id: str, score: str, group: str | None = None, *, min_density: float = 0.0,
+                    hide_token_detectors: bool = False, limit: int = 100) -> pd.DataFrame | None:
+    return _shown(_cached_candidates, db, sae_id, score, group, float(min_density), bool(hide_token_detectors), int(limit))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _cached_profiles(db: FeatureDB, sae_id: str, feature_ids: tuple[int, ...]) -> pd.DataFrame:
+    from explorer.feature_db import read_lead_lag_profiles
+
+    return read_lead_lag_profiles(db.con, sae_id, list(feature_ids))
+
+
+def load_lead_lag_profiles(db: FeatureDB, sae_id: str, feature_ids) -> pd.DataFrame | None:
+    return _shown(_cached_profiles, db, sae_id, tuple(int(f) for f in feature_ids))
+
+
+def load_feature_scores(run_dir: Path, sae_id: str, feature_ids) -> pd.DataFrame:
+    """Backtracking scores of a few features (the Live page's table); empty when the run has no
+    database or no index for `sae_id`."""
+    import duckdb
+
+    from explorer.database import DatabaseError
+    from explorer.feature_db import read_feature_scores
+
+    db = open_feature_db(run_dir, quiet=True)
+    if db is None:
+        return pd.DataFrame()
+    try:
+        return read_feature_scores(db.con, sae_id, [int(f) for f in feature_ids])
+    except (DatabaseError, duckdb.Error):
+        return pd.DataFrame()
+
+
+def load_causal_effects(db: FeatureDB, sae_id: str) -> pd.DataFrame | None:
+    """Steering results per feature (feature_id, causal_effect, steering_verdict) when the steering
+    store exists and holds some for `sae_id`; None otherwise. The store is optional (issue 6)."""
+    try:
+        from explorer.steering_store import read_causal_effects
+    except ImportError:
+        return None
+    try:
+        effects = read_causal_effects(db.con, sae_id)
+    except Exception:  # noqa: BLE001 - a column we can go without must never break the page
+        return None
+    if not effects:
+        return None
+    return pd.DataFrame(
+        {
+            "feature_id": list(effects),
+            "causal_effect": [e.label() for e in effects.values()],
+            "steering_verdict": [e.verdict for e in effects.values()],
+        }
+    )
+
+
+# --- finding a feature ------------------------------------------------------------------------------
+
+
+def _open_picked(pick_key: str) -> None:
+    picked = st.session_state.get(pick_key)
+    if picked is not None:
+        st.session_state[FEATURE_KEY] = int(picked)
+
+
+def _render_found(found: pd.DataFrame | None, run: str, sae_id: str, pick_key: str, label) -> None:
+    """Search results with a link per card, and a select box that opens one here."""
+    from explorer.feature_views import card_href
+
+    if found is None:
+        return
+    if found.empty:
+        st.caption("No feature found.")
+        return
+    table = found.copy()
+    table.insert(1, "card", [card_href(run, sae_id, f) for f in table["feature_id"]])
+    st.dataframe(table, hide_index=True, column_config={"card": st.column_config.LinkColumn("card", display_text="open")})
+    ids = [int(f) for f in found["feature_id"]]
+    labels = {int(r.feature_id): label(r) for r in found.itertuples(index=False)}
+    st.selectbox("Open the card of", ids, index=None, format_func=lambda f: labels[f], key=pick_key,
+                 on_change=_open_picked, args=(pick_key,), placeholder="pick a feature")
+
+
+def render_feature_finder(db: FeatureDB, run_dir: Path, sae_id: str, d_sae: int) -> int | None:
+    """The feature id to show: typed, taken from the link (`?feature=`), or picked from a search by
+    logit-lens token, by top-example token, or by the features that fire on a text."""
+    from explorer.feature_db import find_features_by_example_token, find_features_by_logit_token
+    from explorer.feature_views import parse_feature_id
+
+    wanted = st.query_params.get("feature")
+    if FEATURE_KEY not in st.session_state:
+        st.session_state[FEATURE_KEY] = parse_feature_id(wanted)
+    if wanted is not None and parse_feature_id(wanted) is None and st.session_state[FEATURE_KEY] is None:
+        st.error(f"The link's feature {wanted!r} is not a feature id: ids are whole numbers from 0 to {d_sae - 1}.")
+    feature = st.number_input(f"Feature id (0 to {d_sae - 1})", value=None, step=1, key=FEATURE_KEY,
+                              placeholder="type an id, or find a feature below")
+    run = run_dir.name
+    with st.expander("Find a feature", expanded=feature is None):
+        by_logit, by_example, by_text = st.tabs(["By logit-lens token", "By top-example token", "Fires on a text"])
+        with by_logit:
+            token = st.text_input("A token the feature promotes (its logit lens), e.g. Wait", key="find_logit_token")
+            if token.strip():
+                found = _shown(find_features_by_logit_token, db.con, sae_id, token)
+                _render_found(found, run, sae_id, "pick_logit", lambda r: f"{r.feature_id} (rank {r.rank + 1}, logit {r.logit:.3f})")
+        with by_example:
+            token = st.text_input("A token the feature peaks on in its top examples, e.g. Wait", key="find_example_token")
+            if token.strip():
+                found = _shown(find_features_by_example_token, db.con, sae_id, token)
+                _render_found(found, run, sae_id, "pick_example",
+                              lambda r: f"{r.feature_id} ({r.n_examples} examples, max {r.max_activation:.3f})")
+        with by_text:
+            _render_fires_on_text(run_dir, sae_id)
+    return int(feature) if feature is not None else None
+
+
+def _render_fires_on_text(run_dir: Path, sae_id: str) -> None:
+    text = st.text_area("Text", key="find_text", height=120,
+                        placeholder="Paste a chain of thought; the model and SAE run on it live.")
+    if st.button("Find the features that fire", key="find_text_run"):
+        from explorer.live import LiveInputError, compute_live_activations, compute_top_features
+
+        summary = load_run_summary(run_dir)
+        loaded = load_model_and_sae(run_dir, summary.profile, sae_id) if summary is not None else None
+        if loaded is not None:
+            try:
+                live = compute_live_activations(*loaded, text)
+            except LiveInputError as hint:
+                st.info(str(hint))
+            else:
+                top = compute_top_features(live, k=20)
+                st.session_state["find_text_found"] = (text, pd.DataFrame(
+                    {"feature_id": [f.feature_id for f in top], "max_activation": [round(f.value, 3) for f in top],
+                     "tokens_active": [f.n_active for f in top]}
+                ))
+    found = st.session_state.get("find_text_found")
+    if found is not None and found[0] == text:
+        _render_found(found[1], run_dir.name, sae_id, "pick_text",
+                      lambda r: f"{r.feature_id} (max {r.max_activation:.3f} on {r.tokens_active} tokens)")
+
+
+# --- the card -----------------------------------------------------------------------------------------
+
+
+def render_card_header(card, run: str, index_run: dict) -> None:
+    from explorer.feature_views import card_href
+
+    s, stats = card.scores, card.stats
+    st.subheader(f"Feature {card.feature_id}")
+    st.markdown(f"[Link to this card]({card_href(run, card.sae_id, card.feature_id)}) · SAE `{card.sae_id}` at "
+                f"`{index_run['hook_name']}` · {index_run['n_valid_tokens']:,} tokens indexed")
+    cols = st.columns(6)
+    cols[0].metric("Density", f"{stats['density']:.3%}", help="share of valid tokens where it fires")
+    cols[1].metric("Max activation", f"{stats['max_activation']:.3f}")
+    if s:
+        cols[2].metric("AUROC (backtracking)", f"{s['auroc_notebook']:.3f}", help="the notebook's six groups; 0.5 = chance")
+        cols[3].metric("ReasonScore", f"{s['reason_score']:.4f}")
+        cols[4].metric("Leads (SDs)", f"{s['leads_score']:+.2f}", help="rise over offsets -8..-1 before a phrase")
+        cols[5].metric("Token detector", "yes" if s["is_token_detector"] else "no")
+
+
+TOP_EXAMPLES_SHOWN = 12
+"""Top examples shown before the "more" expander."""
+
+
+def render_top_examples(card, vocabulary: list[str], run: str) -> None:
+    from explorer.feature_views import example_rows
+    from explorer.html import examples_html
+
+    st.markdown("**Top examples** (hover a token for its activation; the peak is outlined)")
+    if card.top_examples.empty:
+        st.caption("This feature never fired on the indexed tokens.")
+        return
+    rows = example_rows(card.top_examples, vocabulary, run, card.sae_id, card.feature_id)
+    max_activation = float(card.stats["max_activation"])
+    st.html(examples_html(rows[:TOP_EXAMPLES_SHOWN], max_activation))
+    if len(rows) > TOP_EXAMPLES_SHOWN:
+        with st.expander(f"{len(rows) - TOP_EXAMPLES_SHOWN} more top examples"):
+            st.html(examples_html(rows[TOP_EXAMPLES_SHOWN:], max_activation))
+
+
+def render_interval_samples(card, vocabulary: list[str], run: str) -> None:
+    from explorer.feature_views import example_rows, interval_groups
+    from explorer.html import examples_html
+
+    with st.expander("Quantile samples: examples from each activation interval, not only the top"):
+        if card.interval_samples.empty:
+            st.caption("No samples: the feature never fired.")
+        for heading, rows in interval_groups(card.interval_samples):
+            st.caption(heading)
+            st.html(examples_html(example_rows(rows, vocabulary, run, card.sae_id, card.feature_id),
+                                  float(card.stats["max_activation"])))
+
+
+def render_distribution_and_lens(card, run: str) -> None:
+    from explorer.feature_views import histogram_figure, logit_lens_tables, neighbours_table
+
+    st.plotly_chart(histogram_figure(card.histogram), width="stretch", key="card_histogram")
+    promoted, suppressed = logit_lens_tables(card.logit_lens)
+    left, right = st.columns(2)
+    left.markdown("**Promotes** (logit lens)")
+    left.dataframe(promoted, hide_index=True)
+    right.markdown("**Suppresses**")
+    right.dataframe(suppressed, hide_index=True)
+    st.markdown("**Nearest features** (decoder cosine)")
+    st.dataframe(neighbours_table(card.neighbours, run, card.sae_id), hide_index=True,
+                 column_config={"card": st.column_config.LinkColumn("card", display_text="open")})
+
+
+def render_backtracking_evidence(card, index_run: dict) -> None:
+    from explorer.feature_views import evidence_table, group_auroc_figure, lead_lag_figure, word_shares_figure
+
+    st.subheader("Backtracking evidence")
+    if not card.scores:
+        st.info("This index has no backtracking scores for this feature.")
+        return
+    left, right = st.columns([3, 2])
+    left.plotly_chart(lead_lag_figure(card.lead_lag, card.scores.get("baseline_mean")), width="stretch", key="card_lead_lag")
+    right.plotly_chart(group_auroc_figure(card.group_auroc), width="stretch", key="card_group_auroc")
+    left, right = st.columns([3, 2])
+    left.table(evidence_table(card.scores, index_run).set_index("evidence"))
+    right.plotly_chart(word_shares_figure(card.reason_word_shares), width="stretch", key="card_word_shares")
+
+
+def render_sae_vis_export(run_dir: Path, sae_id: str, card) -> None:
+    """A button that builds sae-vis's dashboard of this feature (the model runs: seconds to minutes),
+    then a download button for its HTML."""
+    key = (run_dir.name, sae_id, card.feature_id)
+    if st.button("Build the sae_vis dashboard (HTML)", key="sae_vis_build"):
+        html_text = _build_sae_vis(run_dir, sae_id, card)
+        if html_text is not None:
+            st.session_state["sae_vis_html"] = (key, html_text)
+    built = st.session_state.get("sae_vis_html")
+    if built is not None and built[0] == key:
+        st.download_button("Download the sae_vis dashboard", data=built[1], mime="text/html", key="sae_vis_download",
+                           file_name=f"sae_vis_{sae_id}_{card.feature_id}.html")
+
+
+SAE_VIS_ROW_LEN, SAE_VIS_ROWS = 128, 64
+
+
+def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
+    try:
+        from explorer import sae_vis_export
+    except ImportError:
+        st.info("The sae_vis export (explorer.sae_vis_export) is not part of this install.")
+        return None
+    try:
+        sae_vis_export.require_sae_vis()
+    except sae_vis_export.SaeVisExportError as err:
+        st.info(str(err))
+        return None
+    summary = load_run_summary(run_dir)
+    loaded = load_model_and_sae(run_dir, summary.profile, sae_id) if summary is not None else None
+    documents = load_documents(run_dir)
+    if loaded is None or documents is None:
+        return None
+    from explorer.feature_views import compute_sae_vis_tokens
+
+    model, sae, hook_name = loaded
+    # The feature's own documents first, so its top examples are among sae-vis's tokens.
+    first = list(dict.fromkeys(card.top_examples["doc_id"])) if not card.top_examples.empty else []
+    order = first + [d for d in documents["doc_id"] if d not in set(first)]
+    texts = read_documents(run_dir, columns=["doc_id", "text"]).set_index("doc_id").loc[order[: 2 * SAE_VIS_ROWS], "text"]
+    row_len = min(SAE_VIS_ROW_LEN, int(summary.profile["n_ctx"]))
+    try:
+        with st.spinner("Running sae_vis on the model…"):
+            tokens_BT = compute_sae_vis_tokens(model.tokenizer, list(texts), row_len, SAE_VIS_ROWS)
+            return sae_vis_export.export_feature_dashboards(model, sae, hook_name, tokens_BT, [card.feature_id])
+    except Exception as err:  # noqa: BLE001 - an optional third-party export: say what failed, no traceback
+        st.error(f"sae_vis could not build the dashboard: {type(err).__name__}: {err}")
+        return None
+
+
+# --- the Live page: links from a card, and the top features with their scores ------------------------
+
+
+class LiveLink(NamedTuple):
+    """A card's "open in Live" link (`?doc=...&feature=...&token=...`), resolved."""
+
+    doc_id: str
+    text: str
+    feature: int | None
+    token: int | None
+    """The example's token, as a position in the document (BOS is 0)."""
+
+
+LIVE_LINK_PARAMS = ("doc", "feature", "token")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_document_text(run_dir: str, mtime: float, doc_id: str) -> str | None:
+    documents = read_documents(Path(run_dir), columns=["doc_id", "text"])
+    match = documents.loc[documents["doc_id"] == doc_id, "text"]
+    return None if match.empty else str(match.iloc[0])
+
+
+def read_live_link(run_dir: Path) -> LiveLink | None:
+    """The Live page's link, or None without one; a stale link (a document this run lacks) gets a
+    warning and leaves the URL."""
+    from explorer.feature_views import parse_feature_id
+
+    doc_id = st.query_params.get("doc")
+    if doc_id is None:
+        return None
+    try:
+        mtime = (run_dir / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE).stat().st_mtime
+        text = _cached_document_text(str(run_dir), mtime, doc_id)
+    except (RunFolderError, OSError):
+        text = None
+    if text is None:
+        st.warning(f"The link's document {doc_id!r} is not in this run's corpus (a stale link?); showing the example trace.")
+        drop_live_link()
+        return None
+    return LiveLink(doc_id, text, parse_feature_id(st.query_params.get("feature")),
+                    parse_feature_id(st.query_params.get("token")))
+
+
+def drop_live_link() -> None:
+    """Take the link's parameters out of the URL (the text box no longer holds the linked document)."""
+    for name in LIVE_LINK_PARAMS:
+        if name in st.query_params:
+            del st.query_params[name]
+
+
+def render_live_top_features(run_dir: Path, sae_id: str, top) -> None:
+    """The top features over the text with their backtracking scores (when the SAE is indexed) and a
+    link to each card."""
+    from explorer.feature_views import live_features_table
+
+    scores = load_feature_scores(run_dir, sae_id, [f.feature_id for f in top])
+    table = live_features_table(top, scores, run_dir.name, sae_id)
+    st.dataframe(table, hide_index=True, key="live_top_features",
+                 column_config={"card": st.column_config.LinkColumn("card", display_text="open card"),
+                                "auroc_notebook": st.column_config.NumberColumn("AUROC", format="%.3f"),
+                                "reason_score": st.column_config.NumberColumn("ReasonScore", format="%.4f"),
+                                "leads_score": st.column_config.NumberColumn("leads", format="%+.2f"),
+                                "density": st.column_config.NumberColumn(format="%.4f")})
+    if scores.empty:
+        st.caption("No backtracking scores: this SAE has no feature index yet (`python -m precompute index`).")

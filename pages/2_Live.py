@@ -17,13 +17,17 @@ sae_id = ui.render_sae_picker(run_dir)
 if summary is None or sae_id is None:
     st.stop()
 
+link = ui.read_live_link(run_dir)  # a card's "open in Live": ?doc=...&feature=...&token=...
 if "live_text" not in st.session_state:
-    st.session_state["live_text"] = EXAMPLE_TRACE
+    st.session_state["live_text"] = link.text if link is not None else EXAMPLE_TRACE
 if st.button("Random trace from the corpus", key="random_trace"):
     documents = ui.load_documents(run_dir)
     if documents is not None and len(documents):
         st.session_state["live_text"] = ui.read_document_text(run_dir, random.choice(documents["doc_id"].tolist()))
 text = st.text_area("Chain of thought", key="live_text", height=220)
+if link is not None and text != link.text:
+    ui.drop_live_link()
+    link = None
 wrap = st.checkbox("Wrap the text in the R1 prompt template (treat it as the problem)", key="wrap_prompt")
 
 loaded = ui.load_model_and_sae(run_dir, summary.profile, sae_id)
@@ -47,15 +51,20 @@ if not top:
 left, right = st.columns([2, 1])
 with right:
     st.subheader("Top features over the text")
-    st.dataframe(
-        {"feature": [f.feature_id for f in top], "max": [round(f.value, 3) for f in top], "tokens active": [f.n_active for f in top]},
-        hide_index=True,
-    )
+    ui.render_live_top_features(run_dir, sae_id, top)
 with left:
-    feature = st.number_input("Feature", min_value=0, max_value=live.acts_TF.shape[1] - 1, value=top[0].feature_id, key="live_feature")
+    d_sae, n_tokens = live.acts_TF.shape[1], len(live.token_ids)
+    linked_feature = link.feature if link is not None and link.feature is not None and 0 <= link.feature < d_sae else None
+    feature = st.number_input("Feature", min_value=0, max_value=d_sae - 1, key="live_feature",
+                              value=linked_feature if linked_feature is not None else top[0].feature_id)
     values = live.acts_TF[:, int(feature)].tolist()
     st.html(activation_html(live.token_texts, values, max(values)))
-    position = st.slider("Token", 0, len(live.token_ids) - 1, value=len(live.token_ids) // 2, key="live_position")
+    linked_token = link.token if link is not None and link.token is not None else None
+    if linked_token is not None and not 0 <= linked_token < n_tokens:
+        st.info(f"The linked example is at token {linked_token:,} of the document; Live runs its first {n_tokens:,} tokens.")
+        linked_token = None
+    position = st.slider("Token", 0, n_tokens - 1, key="live_position",
+                         value=linked_token if linked_token is not None else n_tokens // 2)
     st.caption(f"Token {position}: {live.token_texts[position]!r}")
     at_token = compute_top_features(live, position=position)
     st.dataframe({"feature": [f.feature_id for f in at_token], "activation": [round(f.value, 3) for f in at_token]}, hide_index=True)

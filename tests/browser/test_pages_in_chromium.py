@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from precompute.cli import main
+from tests.app.indexed_runs import SAE_ID, indexed_runs_root
+from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,9 +42,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def indexed_run(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
+    """A tiny model, SAE and feature index (tests/app/indexed_runs.py)."""
+    return indexed_runs_root(tmp_path_factory, mini_qwen2_dir) / "mini"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, indexed_run):
+    """The app on a runs folder holding `demo` (a corpus only) and `mini` (the indexed run)."""
     runs = tmp_path_factory.mktemp("runs")
     assert main(["corpus", "--n-traces", "200", "--out", str(runs / "demo")]) == 0
+    shutil.copytree(indexed_run, runs / "mini")
     port = free_port()
     env = {**os.environ, "EXPLORER_RUNS_DIR": str(runs)}
     command = [
@@ -93,6 +103,10 @@ def visit(page, url: str, expected_text: str, screenshot: str) -> None:
         ("/Corpus", "Only traces with backtracking", "corpus.png"),
         ("/Corpus?doc=synth-000016", "Solve this math problem", "corpus-deep-link.png"),
         ("/Live", "This run has no SAE yet", "live-without-sae.png"),
+        ("/Features", "This run has no SAE yet", "features-without-sae.png"),
+        ("/Features?run=mini", "Type a feature id", "features.png"),
+        ("/Candidates?run=mini", "Lead-lag profiles of the top features", "candidates.png"),
+        ("/Features?run=mini&feature=100000", "does not exist", "features-unknown-id.png"),
     ],
 )
 def test_page_renders_without_exception(server, browser_page, path, expected_text, screenshot):
@@ -108,3 +122,19 @@ def test_deep_link_opens_the_linked_trace_with_marked_phrases(server, browser_pa
     marks = browser_page.locator("mark")
     assert marks.count() > 7  # the legend's 8 marks plus the trace's phrases
     assert "synth-000016" in browser_page.url
+
+
+def test_a_card_link_opens_the_card_and_its_example_in_live(server, browser_page, indexed_run):
+    from explorer.database import database_path
+    from explorer.feature_db import read_candidates
+
+    db = database_path(indexed_run)
+    feature = int(read_candidates(db, SAE_ID, min_density=1e-9, limit=1)["feature_id"][0])
+    visit(browser_page, f"{server}/Features?run=mini&sae={SAE_ID}&feature={feature}", "Backtracking evidence", "feature-card.png")
+    assert browser_page.get_by_text(f"Feature {feature}", exact=True).count() == 1
+    assert browser_page.locator("span[title]").count() > 0  # per-token values on hover
+    live_link = browser_page.get_by_text("open in Live").first
+    href = live_link.get_attribute("href")
+    assert href.startswith("Live?") and f"feature={feature}" in href
+    visit(browser_page, f"{server}/{href}", "Top features over the text", "live-from-card.png")
+    assert f"feature={feature}" in browser_page.url
