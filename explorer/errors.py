@@ -12,10 +12,11 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from explorer.runs import RunFolderError
     from explorer.sae_loading import SAELoadError
     from explorer.sae_vis_export import SaeVisExportError
+    from explorer.steering import SteeringInputError
 
     return (
         CorpusError, DatabaseError, ModelLoadError, RunFolderError, SAELoadError, IndexInputError, NoIndexError,
-        UnknownFeatureError, SaeVisExportError,
+        UnknownFeatureError, SaeVisExportError, SteeringInputError,
     )
 
 

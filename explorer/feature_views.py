@@ -21,6 +21,7 @@ from explorer.lexicon import GROUPS
 
 FEATURES_PAGE = "Features"
 LIVE_PAGE = "Live"
+STEERING_PAGE = "Steering"
 LEAD_WINDOW = (-8, -1)
 """Offsets the leads score averages over (explorer.feature_scores.compute_lead_lag)."""
 GROUP_SCORE_PREFIX = "group:"
@@ -33,6 +34,11 @@ GROUP_SCORE_PREFIX = "group:"
 def card_href(run: str, sae_id: str, feature_id: int) -> str:
     """A relative link that opens a feature's card."""
     return f"{FEATURES_PAGE}?{urlencode({'run': run, 'sae': sae_id, 'feature': int(feature_id)})}"
+
+
+def steer_href(run: str, sae_id: str, feature_id: int) -> str:
+    """A relative link that opens the Steering page with this feature chosen."""
+    return f"{STEERING_PAGE}?{urlencode({'run': run, 'sae': sae_id, 'feature': int(feature_id)})}"
 
 
 def live_href(run: str, sae_id: str, doc_id: str, feature_id: int, token: int) -> str:
@@ -182,9 +188,10 @@ def candidates_table(
     feature_id, causal_effect, ...) after the score when steering results exist."""
     table = candidates.copy()
     table.insert(1, "card", [card_href(run, sae_id, f) for f in table["feature_id"]])
+    table.insert(2, "steer", [steer_href(run, sae_id, f) for f in table["feature_id"]])
     if effects is not None and not effects.empty:
         table = table.merge(effects, on="feature_id", how="left")
-        order = ["feature_id", "card", "score", *[c for c in effects.columns if c != "feature_id"]]
+        order = ["feature_id", "card", "steer", "score", *[c for c in effects.columns if c != "feature_id"]]
         table = table[order + [c for c in table.columns if c not in order]]
     return table
 

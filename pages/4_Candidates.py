@@ -43,6 +43,7 @@ table = candidates_table(candidates, run_dir.name, sae_id, ui.load_causal_effect
 st.caption(f"{len(table):,} features of {int(index_run['d_sae']):,}, best first by {choices[ranking]}.")
 st.dataframe(table, hide_index=True, key="candidates_table",
              column_config={"card": st.column_config.LinkColumn("card", display_text="open card"),
+                            "steer": st.column_config.LinkColumn("steer", display_text="steer it"),
                             "score": st.column_config.NumberColumn(format="%.4f")})
 st.download_button("Download as CSV", data=table.to_csv(index=False), file_name=f"candidates_{sae_id}_{ranking}.csv",
                    mime="text/csv", key="candidates_csv")

@@ -7,6 +7,7 @@
     index       the feature index of an SAE: every feature's dashboard data and backtracking scores
     merge       combine the partials of `index --shard i/n` into the index
     export-sae-vis  sae_vis's feature-centric HTML dashboards of chosen features
+    steer       generate with a feature added or clamped, and count backtracking against a baseline
     build       every stage in order: corpus, train-lm (demo), train-sae, index
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
@@ -110,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
     _add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
-    from precompute import export_sae_vis_cli
+    from precompute import export_sae_vis_cli, steer_cli
 
     export_sae_vis_cli.add_parser(sub)
+    steer_cli.add_parser(sub)
     build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
     _add_run_args(build)
     _add_sae_training_args(build)
@@ -249,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             from precompute import export_sae_vis_cli
 
             export_sae_vis_cli.run(args)
+        elif args.command == "steer":  # reads the run's saved profile; writes no profile.json
+            from precompute import steer_cli
+
+            steer_cli.run(args)
         else:
             run_command(args)
     except KeyboardInterrupt:

@@ -96,7 +96,8 @@ def test_candidates_table_links_rows_and_adds_steering_columns():
     candidates = pd.DataFrame({"feature_id": [5, 9], "score": [0.9, 0.8], "density": [0.01, 0.02]})
     effects = pd.DataFrame({"feature_id": [9], "causal_effect": ["+3.0/1k [+1.0, +5.0] at +8"], "steering_verdict": ["raises"]})
     table = fv.candidates_table(candidates, "demo", "s", effects)
-    assert list(table.columns) == ["feature_id", "card", "score", "causal_effect", "steering_verdict", "density"]
+    assert list(table.columns) == ["feature_id", "card", "steer", "score", "causal_effect", "steering_verdict", "density"]
     assert table["card"].tolist() == ["Features?run=demo&sae=s&feature=5", "Features?run=demo&sae=s&feature=9"]
+    assert table["steer"].tolist() == ["Steering?run=demo&sae=s&feature=5", "Steering?run=demo&sae=s&feature=9"]
     assert pd.isna(table.loc[0, "causal_effect"]) and table.loc[1, "steering_verdict"] == "raises"
     assert "causal_effect" not in fv.candidates_table(candidates, "demo", "s", None).columns
