@@ -4,6 +4,7 @@ read API, and the bad inputs that must fail with a message and leave the databas
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import duckdb
@@ -219,3 +220,12 @@ def test_bad_inputs_fail_clearly_and_leave_the_database(mini_run, tmp_path, caps
     with pytest.raises(DatabaseError, match="schema version 1"):
         read_candidates(db, SAE_ID)
     assert before  # the original run's file was only copied, never touched
+
+
+def test_build_skips_a_current_index_and_redoes_a_changed_one(mini_run):
+    from precompute.index_stage import index_is_current
+
+    profile, run_dir = mini_run
+    assert index_is_current(profile, run_dir)
+    for index in (dataclasses.replace(INDEX, n_tokens=1000), dataclasses.replace(INDEX, top_k=6)):
+        assert not index_is_current(dataclasses.replace(profile, index=index), run_dir)
