@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,13 +41,60 @@ def pick_run_or_stop() -> Path:
     return run_dir
 
 
+BUILD_DEMO_KEY = "build_demo"
+"""Key of the empty state's "Build the demo now" button."""
+BUILD_LOG_LINES = 25
+"""Output lines the build's progress box shows (the last ones)."""
+
+
 def render_empty_state() -> None:
+    """No run yet: how to build one, and a button that builds the demo here with its output shown."""
+    runs_dir = Path(artifacts.DEFAULT_RUNS_DIR)
     st.info(
-        "No run folder was found under `runs/`. Build the embedded demo (about 4 minutes on 2 CPU cores) with\n\n"
-        "```\nmake demo-data\n```\n\nor a run of your own with\n\n"
+        f"No run folder was found under `{runs_dir}/`. Build the embedded demo (about 4 minutes on 2 CPU cores) "
+        "and start the app with\n\n"
+        "```\nmake demo\n```\n\n(`make demo-data` builds it without starting the app), or a run of your own with\n\n"
         "```\npython -m precompute build --profile demo --dataset my_traces.json\n```\n\n"
-        "then reload this page."
+        "then reload this page. Or build the demo from here:"
     )
+    if st.button("Build the demo now", key=BUILD_DEMO_KEY, type="primary",
+                 help=f"runs `python -m precompute build --profile demo --out {runs_dir / 'demo'}`"):
+        if _build_demo(runs_dir):
+            st.rerun()
+
+
+def _build_demo(runs_dir: Path) -> bool:
+    """Run the demo build, its output streamed into a status box; True when it succeeded. A failure
+    shows the tail of the output as an error (never a traceback)."""
+    from explorer import build_runner
+
+    if not build_runner.BUILD_LOCK.acquire(blocking=False):
+        st.warning("A build is already running (started from another browser tab); reload this page when it is done.")
+        return False
+    command = build_runner.demo_build_command(runs_dir.resolve())
+    stream = build_runner.CommandStream(command, cwd=Path(__file__).resolve().parents[1], tail_lines=BUILD_LOG_LINES)
+    try:
+        with st.status("Building the demo (a few minutes)…", expanded=True) as status:
+            st.caption(f"`python {' '.join(command[1:])}`")
+            log = st.empty()
+            last_shown = 0.0
+            for line in stream:
+                now = time.monotonic()
+                if now - last_shown > 0.25:  # a code block per line would flood the browser with deltas
+                    log.code("\n".join(stream.tail), language=None)
+                    last_shown = now
+            log.code("\n".join(stream.tail), language=None)
+            ok = stream.returncode == 0
+            status.update(label="The demo is built." if ok else f"The build failed (exit code {stream.returncode}).",
+                          state="complete" if ok else "error", expanded=not ok)
+    finally:  # a rerun or a page change stops the script mid-build: stop the build with it
+        stream.close()
+        build_runner.BUILD_LOCK.release()
+    if not ok:
+        tail = "\n".join(stream.tail) or "(no output)"
+        st.error(f"The demo build failed (exit code {stream.returncode}). The last lines of its output:\n\n"
+                 f"```\n{tail}\n```\n\nRun `make demo-data` in a terminal to see it all.")
+    return ok
 
 
 @st.cache_data(show_spinner=False)
@@ -161,6 +209,7 @@ def cached_sae(sae_dir: str, device: str):
 def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
     """The run's model and one of its SAEs, checked against each other; None after showing the error."""
     from explorer.errors import user_facing_errors
+    from explorer.live import _MODEL_LOCK
     from explorer.runs import run_model_source
     from explorer.sae_loading import check_sae_fits_model
 
@@ -168,7 +217,10 @@ def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
         model = cached_model(run_model_source(run_dir, profile), int(profile["n_ctx"]))
         loaded = cached_sae(str(run_dir / artifacts.SAES_DIR / sae_id), str(model.cfg.device))
         # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
-        hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.get("hook_name"))
+        # The check runs the shared model (a 2-token forward pass with a cache hook): under the lock, or
+        # another session's live run would read this pass's activations (the concurrency browser test).
+        with _MODEL_LOCK:
+            hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.get("hook_name"))
     except user_facing_errors() as err:
         st.error(str(err))
         return None
@@ -568,6 +620,7 @@ def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
     if loaded is None or documents is None:
         return None
     from explorer.feature_views import compute_sae_vis_tokens
+    from explorer.live import _MODEL_LOCK
 
     model, sae, hook_name = loaded
     # The feature's own documents first, so its top examples are among sae-vis's tokens.
@@ -578,7 +631,8 @@ def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
     try:
         with st.spinner("Running sae_vis on the model…"):
             tokens_BT = compute_sae_vis_tokens(model.tokenizer, list(texts), row_len, SAE_VIS_ROWS)
-            return sae_vis_export.export_feature_dashboards(model, sae, hook_name, tokens_BT, [card.feature_id])
+            with _MODEL_LOCK:  # the model is shared by every session (st.cache_resource)
+                return sae_vis_export.export_feature_dashboards(model, sae, hook_name, tokens_BT, [card.feature_id])
     except Exception as err:  # noqa: BLE001 - an optional third-party export: say what failed, no traceback
         st.error(f"sae_vis could not build the dashboard: {type(err).__name__}: {err}")
         return None

@@ -4,41 +4,20 @@ headless Chromium, check that no Streamlit exception element shows, and save a s
 Screenshots go to `test-artifacts/screenshots/` (git-ignored) so a person can look at them.
 """
 
-import os
+import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from precompute.cli import main
-from tests.app.indexed_runs import SAE_ID, indexed_runs_root
+from tests.app.indexed_runs import HOOK, SAE_ID, indexed_runs_root
+from tests.browser.streamlit_browser import HAVE_CHROMIUM, REPO, chromium_browser, open_page, serve_app, settle
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-# Flags that let Chromium run as root on a closed network (stack-notes.md).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (`make browser`)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.skipif(not HAVE_CHROMIUM, reason="Debian's chromium is not installed (`make browser`)")
 
 
 @pytest.fixture(scope="module")
@@ -53,45 +32,25 @@ def server(tmp_path_factory, indexed_run):
     runs = tmp_path_factory.mktemp("runs")
     assert main(["corpus", "--n-traces", "200", "--out", str(runs / "demo")]) == 0
     shutil.copytree(indexed_run, runs / "mini")
-    port = free_port()
-    env = {**os.environ, "EXPLORER_RUNS_DIR": str(runs)}
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-        "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-    ]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not answer /_stcore/health within 60 s")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    with serve_app(runs) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def browser_page():
-    from playwright.sync_api import sync_playwright
+def browser():
+    with chromium_browser() as browser:
+        yield browser
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        yield page
-        browser.close()
+
+@pytest.fixture(scope="module")
+def browser_page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    yield page
+    page.close()
 
 
 def visit(page, url: str, expected_text: str, screenshot: str) -> None:
-    page.goto(url)
-    page.get_by_text(expected_text, exact=False).first.wait_for(timeout=60_000)
-    page.wait_for_load_state("networkidle")
-    assert page.locator("[data-testid='stException']").count() == 0
+    open_page(page, url, expected_text)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / screenshot), full_page=True)
 
@@ -138,3 +97,55 @@ def test_a_card_link_opens_the_card_and_its_example_in_live(server, browser_page
     assert href.startswith("Live?") and f"feature={feature}" in href
     visit(browser_page, f"{server}/{href}", "Top features over the text", "live-from-card.png")
     assert f"feature={feature}" in browser_page.url
+
+
+def test_two_sessions_running_live_at_once_each_get_their_own_result(server, browser, indexed_run):
+    """Two browser sessions open Live on different traces at the same time (the server runs their
+    scripts in two threads; `explorer.live._MODEL_LOCK` serialises the model calls): each page shows
+    its own trace's token count, top feature and per-token values, as a direct computation gives them."""
+    from explorer import artifacts
+    from explorer.live import compute_live_activations, compute_top_features
+    from explorer.model_loading import load_model
+    from explorer.runs import read_documents, read_run_summary
+    from explorer.sae_loading import load_sae
+
+    profile = read_run_summary(indexed_run).profile
+    model = load_model(profile["model"], device="cpu", n_ctx=int(profile["n_ctx"]))
+    sae = load_sae(indexed_run / artifacts.SAES_DIR / SAE_ID).sae
+    documents = read_documents(indexed_run, columns=["doc_id", "text"])
+    expected = {}
+    for doc_id, text in zip(documents["doc_id"], documents["text"]):
+        live = compute_live_activations(model, sae, HOOK, text)
+        top = compute_top_features(live, k=1)[0].feature_id
+        if not expected or (len(expected) == 1 and top not in {e[1] for e in expected.values()}):
+            expected[doc_id] = (len(live.token_ids), top, live.acts_TF[:, top].tolist())
+        if len(expected) == 2:
+            break
+    if len(expected) < 2:  # every trace has the same top feature: still two different texts
+        doc_id = documents["doc_id"].iloc[1]
+        live = compute_live_activations(model, sae, HOOK, documents["text"].iloc[1])
+        top = compute_top_features(live, k=1)[0].feature_id
+        expected[doc_id] = (len(live.token_ids), top, live.acts_TF[:, top].tolist())
+
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1400}) for _ in expected]
+    try:
+        pages = [context.new_page() for context in contexts]
+        for page, doc_id in zip(pages, expected):  # both start before either is waited for
+            page.goto(f"{server}/Live?run=mini&sae={SAE_ID}&doc={doc_id}", wait_until="commit")
+        for page, (doc_id, (n_tokens, feature, values)) in zip(pages, expected.items()):
+            try:
+                page.get_by_text("Top features over the text").first.wait_for(timeout=60_000)
+                settle(page)
+            finally:
+                page.screenshot(path=str(SCREENSHOTS / f"live-concurrent-{doc_id}.png"), full_page=True)
+            assert page.locator("[data-testid='stException']").count() == 0
+            caption = page.get_by_text(re.compile(r"^\d+ tokens on ")).first.inner_text()
+            assert int(caption.split()[0]) == n_tokens, (doc_id, caption)
+            assert int(page.get_by_label("Feature", exact=True).input_value()) == feature, doc_id
+            titles = page.locator("span[title^='token ']").evaluate_all("spans => spans.map(s => s.title)")
+            shown = [float(t.split(": ")[1]) for t in titles]
+            assert len(shown) == n_tokens
+            assert shown == pytest.approx(values, abs=1.5e-3), doc_id
+    finally:
+        for context in contexts:
+            context.close()
