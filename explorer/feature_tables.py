@@ -118,18 +118,25 @@ def activation_stats_rows(sae_id: str, totals: IndexTotals) -> tuple[pd.DataFram
     return stats, histograms
 
 
+def _example_columns(value_N, context_id_N, position_N, contexts: ExampleContexts) -> dict:
+    """The columns every kept example has: its value, where it is, and its context."""
+    return {
+        "activation": _np(value_N).astype(np.float64),
+        "context_id": _np(context_id_N).astype(np.int64),
+        "position": _np(position_N).astype(np.int32),
+        "first_position": contexts.first_position_N.astype(np.int32),
+        "token_ids": contexts.token_ids,
+        "activations": contexts.activations,
+    }
+
+
 def example_rows(sae_id: str, totals: IndexTotals, contexts: ExampleContexts) -> pd.DataFrame:
     ex = totals.examples
     return pd.DataFrame({
         "sae_id": sae_id,
         "feature_id": _np(ex.feature_N).astype(np.int32),
         "rank": _np(ex.rank_N).astype(np.int32),
-        "activation": _np(ex.value_N).astype(np.float64),
-        "context_id": _np(ex.context_id_N).astype(np.int64),
-        "position": _np(ex.position_N).astype(np.int32),
-        "first_position": contexts.first_position_N.astype(np.int32),
-        "token_ids": contexts.token_ids,
-        "activations": contexts.activations,
+        **_example_columns(ex.value_N, ex.context_id_N, ex.position_N, contexts),
     })
 
 
@@ -147,12 +154,7 @@ def interval_sample_rows(sae_id: str, selection: IntervalSelection, contexts: Ex
         "feature_id": _np(s.feature_N).astype(np.int32),
         "interval_index": _np(s.interval_N).astype(np.int32),
         "rank": _np(s.rank_N).astype(np.int32),
-        "activation": _np(s.value_N).astype(np.float64),
-        "context_id": _np(s.context_id_N).astype(np.int64),
-        "position": _np(s.position_N).astype(np.int32),
-        "first_position": contexts.first_position_N.astype(np.int32),
-        "token_ids": contexts.token_ids,
-        "activations": contexts.activations,
+        **_example_columns(s.value_N, s.context_id_N, s.position_N, contexts),
     })
     merged = samples.merge(bounds, on=["feature_id", "interval_index"], how="left", validate="many_to_one")
     columns = ["sae_id", "feature_id", "interval_index", "rank", "interval_lower", "interval_upper", "interval_count",

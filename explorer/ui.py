@@ -332,6 +332,20 @@ def load_index_run(db: FeatureDB, sae_id: str) -> dict | None:
     return _shown(_cached_index_run, db, sae_id)
 
 
+def pick_indexed_sae_or_stop() -> tuple[Path, str, FeatureDB, dict]:
+    """The sidebar's run and SAE, the run's database and the SAE's index; the page stops (after saying
+    why) when any of them is missing."""
+    run_dir = pick_run_or_stop()
+    sae_id = render_sae_picker(run_dir)
+    if sae_id is None:
+        st.stop()
+    db = open_feature_db(run_dir)
+    index_run = load_index_run(db, sae_id) if db is not None else None
+    if index_run is None:
+        st.stop()
+    return run_dir, sae_id, db, index_run
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cached_vocabulary(db: FeatureDB) -> list[str]:
     from explorer.feature_db import read_vocabulary

@@ -8,14 +8,7 @@ from explorer import ui
 st.set_page_config(page_title="Features · Backtracking feature explorer", layout="wide")
 st.title("Feature browser")
 
-run_dir = ui.pick_run_or_stop()
-sae_id = ui.render_sae_picker(run_dir)
-if sae_id is None:
-    st.stop()
-db = ui.open_feature_db(run_dir)
-index_run = ui.load_index_run(db, sae_id) if db is not None else None
-if index_run is None:
-    st.stop()
+run_dir, sae_id, db, index_run = ui.pick_indexed_sae_or_stop()
 
 feature_id = ui.render_feature_finder(db, run_dir, sae_id, int(index_run["d_sae"]))
 if feature_id is None:

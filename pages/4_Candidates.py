@@ -9,14 +9,7 @@ from explorer.feature_views import candidates_table, lead_lag_grid, ranking_choi
 st.set_page_config(page_title="Candidates · Backtracking feature explorer", layout="wide")
 st.title("Backtracking candidates")
 
-run_dir = ui.pick_run_or_stop()
-sae_id = ui.render_sae_picker(run_dir)
-if sae_id is None:
-    st.stop()
-db = ui.open_feature_db(run_dir)
-index_run = ui.load_index_run(db, sae_id) if db is not None else None
-if index_run is None:
-    st.stop()
+run_dir, sae_id, db, index_run = ui.pick_indexed_sae_or_stop()
 
 choices = ranking_choices()
 keys = list(choices)
