@@ -129,6 +129,7 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
         "--tokens", type=int, help="index at most this many tokens of the corpus (default: the profile's index.n_tokens)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="context windows per forward pass (default: 8)")
+    parser.add_argument("--top-k", type=int, help="top examples kept per feature (default: the profile's index.top_k, 32)")
 
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
@@ -148,6 +149,12 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         import dataclasses
 
         profile = dataclasses.replace(profile, corpus=dataclasses.replace(profile.corpus, **overrides))
+    if getattr(args, "top_k", None) is not None:
+        import dataclasses
+
+        if args.top_k < 1:
+            raise UserError(f"--top-k must be at least 1, not {args.top_k}")
+        profile = dataclasses.replace(profile, index=dataclasses.replace(profile.index, top_k=args.top_k))
     if getattr(args, "steps", None) is not None and profile.demo_lm is not None:
         import dataclasses
 

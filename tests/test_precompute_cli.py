@@ -140,3 +140,12 @@ def test_balanced_corpus_keeps_half_backtracking_correct_traces(tmp_path):
 def test_balanced_sample_larger_than_the_corpus_allows_is_a_clear_error(tmp_path, capsys):
     assert main(["corpus", "--n-traces", "30", "--balanced", "40", "--out", str(tmp_path / "b")]) == 2
     assert "balanced_sample needs 20 correct traces with backtracking" in capsys.readouterr().err
+
+
+def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys):
+    from precompute.cli import build_parser, main, resolve_profile
+
+    args = build_parser().parse_args(["index", "--top-k", "8", "--out", str(tmp_path / "run")])
+    assert resolve_profile(args).index.top_k == 8
+    assert main(["index", "--top-k", "0", "--out", str(tmp_path / "run")]) == 2
+    assert "--top-k must be at least 1" in capsys.readouterr().err
