@@ -77,7 +77,7 @@ class LoadedSAE(NamedTuple):
 
 def make_sae_id(hook_name: str, architecture: str, d_sae: int, k: int | None = None) -> str:
     """The id of a trained SAE: `<hook>-<architecture>[k]-<d_sae>`."""
-    arch = f"{architecture}{k}" if architecture == "topk" and k is not None else architecture
+    arch = f"{architecture}{k}" if k is not None and "topk" in architecture else architecture
     return validate_sae_id(f"{hook_name}-{arch}-{d_sae}")
 
 
@@ -145,13 +145,37 @@ def _load_folder(path: Path, *, device: str, dtype: str | None, norm_scaling_fac
         with warnings.catch_warnings():
             # "non-empty model_from_pretrained_kwargs": sae_lens's advice for models it loads itself.
             warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs.*")
-            sae = SAE.load_from_disk(path, device=device, dtype=dtype)
+            if raw_cfg.get("architecture") in TRAINING_ONLY_ARCHITECTURES:
+                sae = _load_training_checkpoint_as_inference(path, device=device, dtype=dtype)
+            else:
+                sae = SAE.load_from_disk(path, device=device, dtype=dtype)
     except (KeyError, ValueError, TypeError, OSError) as err:
         raise SAELoadError(f"sae_lens could not load the SAE in {path}: {type(err).__name__}: {err}") from err
     is_checkpoint = _is_checkpoint(path)
     notes = _fold_checkpoint_normalisation(sae, path, raw_cfg, norm_scaling_factor) if is_checkpoint else ()
     sae.eval()
     return _describe(sae, str(path.resolve()), "checkpoint" if is_checkpoint else "folder", notes)
+
+
+TRAINING_ONLY_ARCHITECTURES = ("batchtopk", "matryoshka_batchtopk")
+"""Architectures sae_lens saves as JumpReLU SAEs at the end of training; their intermediate checkpoints
+keep the training form, which has no inference class."""
+
+
+def _load_training_checkpoint_as_inference(path: Path, *, device: str, dtype: str | None) -> SAE:
+    """A BatchTopK/Matryoshka checkpoint as the JumpReLU SAE sae_lens would have saved at that point.
+
+    sae_lens's own conversion (`save_inference_model`: the batch top-k threshold becomes a per-feature
+    JumpReLU threshold) into a temporary folder, then the ordinary loader.
+    """
+    import tempfile
+
+    from sae_lens import SAE, TrainingSAE
+
+    training_sae = TrainingSAE.load_from_disk(path, device=device, dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="sae-inference-") as tmp:
+        training_sae.save_inference_model(tmp)
+        return SAE.load_from_disk(tmp, device=device, dtype=dtype)
 
 
 def _is_checkpoint(path: Path) -> bool:

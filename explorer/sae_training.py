@@ -217,7 +217,13 @@ def build_runner_config(
     Builds no model: `d_in` is the hook's width. Checkpoints go to `<output_path>/checkpoints/<run id>/
     <tokens>/`; with `output_path=None` nothing is written (a dry config).
     """
-    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig
+    from sae_lens import (
+        LanguageModelSAERunnerConfig,
+        LoggingConfig,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAEConfig,
+    )
 
     if not recipe.scale_sparsity_penalty_by_decoder_norm:
         # sae_lens 6's standard SAE always weights the L1 penalty by decoder norms; there is no switch.
@@ -245,8 +251,21 @@ def build_runner_config(
         if recipe.k is None:
             raise ValueError("a topk recipe needs k (active features per token)")
         sae_cfg = TopKTrainingSAEConfig(**common, k=recipe.k)
+    elif recipe.architecture == "matryoshka_batchtopk":
+        widths = list(recipe.matryoshka_widths)
+        if recipe.k is None or not widths:
+            raise ValueError("a matryoshka_batchtopk recipe needs k and matryoshka_widths")
+        if widths[-1] != d_sae or any(a >= b for a, b in zip(widths, widths[1:])):
+            raise ValueError(
+                f"matryoshka_widths must increase and end at the dictionary size {d_sae} "
+                f"(d_in {d_in} x expansion {recipe.expansion_factor}), got {widths}"
+            )
+        # Saved as a JumpReLU SAE whose threshold is the batch top-k threshold learnt in training.
+        sae_cfg = MatryoshkaBatchTopKTrainingSAEConfig(**common, k=recipe.k, matryoshka_widths=widths)
     else:
-        raise ValueError(f"unknown SAE architecture {recipe.architecture!r}; use 'standard' or 'topk'")
+        raise ValueError(
+            f"unknown SAE architecture {recipe.architecture!r}; use 'standard', 'topk' or 'matryoshka_batchtopk'"
+        )
 
     exclude = list(special_token_ids) if not isinstance(special_token_ids, bool) else special_token_ids
     return LanguageModelSAERunnerConfig(

@@ -4,6 +4,7 @@ A profile names the model, the hook, the corpus, the SAE recipe and the precompu
 saves its profile (`profile.json`) with its outputs, so a run folder says how it was made.
 
 - `demo`: a miniature Qwen2 trained here, on the CPU, on the project's own synthetic corpus.
+- `demo-matryoshka`: the same, with a Matryoshka BatchTopK SAE on the residual stream instead.
 - `deepseek-r1-distill-qwen-1.5b`: the original notebook's recipe, field for field
   (see docs/profiles.md for where each number comes from).
 """
@@ -59,11 +60,17 @@ class SAERecipe:
     """An SAE training recipe, in the notebook's terms. `explorer.sae_training.build_runner_config` maps it
     onto sae_lens 6 (docs/sae.md)."""
 
-    architecture: Literal["standard", "topk"] = "standard"
+    architecture: Literal["standard", "topk", "matryoshka_batchtopk"] = "standard"
     expansion_factor: int = 16
     l1_coefficient: float = 4.0
+    """Standard only: the L1 sparsity penalty."""
     k: int | None = None
-    """TopK only: active features per token."""
+    """TopK and Matryoshka BatchTopK: active features per token (on average over a batch for BatchTopK)."""
+    matryoshka_widths: tuple[int, ...] = ()
+    """Matryoshka only: the nested dictionary sizes, increasing; the last is the whole dictionary
+    (`d_in * expansion_factor`). Each prefix of features is trained to reconstruct the input alone, which
+    keeps general features (one that fires across a whole phrase) from being absorbed into token-specific
+    ones (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka SAEs")."""
     lr: float = 3e-5
     lr_scheduler_name: str = "cosineannealingwarmrestarts"
     lr_warm_up_fraction: float = 0.05
@@ -134,7 +141,9 @@ class Profile:
         data = dict(data)
         data["corpus"] = CorpusSpec(**data.get("corpus", {}))
         data["demo_lm"] = DemoLMSpec(**data["demo_lm"]) if data.get("demo_lm") else None
-        data["sae"] = SAERecipe(**data.get("sae", {}))
+        sae = dict(data.get("sae", {}))
+        sae["matryoshka_widths"] = tuple(sae.get("matryoshka_widths", ()))  # a JSON list
+        data["sae"] = SAERecipe(**sae)
         data["index"] = IndexSpec(**data.get("index", {}))
         return cls(**data)
 
@@ -180,6 +189,18 @@ DEMO = Profile(
     index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=400_000),
 )
 
+DEMO_MATRYOSHKA = dataclasses.replace(
+    DEMO,
+    name="demo-matryoshka",
+    # The residual stream after the last block carries the "inside a correction" context; a Matryoshka
+    # BatchTopK SAE keeps it as one feature where the standard SAE splits it by token (docs/sae.md,
+    # "The planted feature and feature absorption"). Same corpus, model, steps and index as `demo`.
+    hook_name="blocks.1.hook_resid_post",
+    sae=dataclasses.replace(
+        DEMO.sae, architecture="matryoshka_batchtopk", k=16, matryoshka_widths=(16, 64, 256, 1024)
+    ),
+)
+
 DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
     name="deepseek-r1-distill-qwen-1.5b",
     model="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
@@ -191,7 +212,7 @@ DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
     index=IndexSpec(top_k=32, context_before=32, context_after=8),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEEPSEEK_R1_DISTILL_QWEN_1_5B)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEMO_MATRYOSHKA, DEEPSEEK_R1_DISTILL_QWEN_1_5B)}
 
 
 def get_profile(name: str) -> Profile:

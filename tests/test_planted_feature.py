@@ -7,10 +7,13 @@ labels, so the index must find a feature that carries it.
 - The lead-lag profile of at least one top-10 candidate rises before the phrase.
 
 Uses the demo run that `make test` builds first (`make demo-data`); run alone, the fixture builds it.
+`PLANTED_RUN=runs/demo-matryoshka pytest tests/test_planted_feature.py` checks another built run instead
+(`python -m precompute build --profile demo-matryoshka`).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +32,7 @@ from explorer.sae_loading import load_sae
 from explorer.synthetic import generate_traces
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "runs" / "demo"
+DEMO = Path(os.environ.get("PLANTED_RUN", REPO / "runs" / "demo")).resolve()
 HELD_OUT_SEED = 20261127
 N_HELD_OUT = 300
 
@@ -37,6 +40,8 @@ N_HELD_OUT = 300
 @pytest.fixture(scope="module")
 def demo():
     db = database_path(DEMO)
+    if (not db.is_file() or read_index_runs(db).empty) and DEMO != REPO / "runs" / "demo":
+        pytest.fail(f"{DEMO} holds no index: build it first (python -m precompute build --profile ... --out {DEMO})")
     if not db.is_file() or read_index_runs(db).empty:
         subprocess.run(
             [sys.executable, "-m", "precompute", "build", "--profile", "demo", "--out", str(DEMO)],
@@ -64,7 +69,8 @@ def brute_force_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     "0.65. The model carries the signal (a linear probe on the same hook separates phrase tokens at 0.997), "
     "but every SAE tried (standard and TopK, 32 to 1,024 features, mlp_out and resid_post of both layers) "
     "splits phrases by token: phrases average 3.8 tokens over 81 token ids, so one feature covers part of "
-    "each phrase and the best reached 0.76. Strengthening the demo LM or corpus is the next step (the "
+    "each phrase and the best reached 0.76. A Matryoshka SAE on resid_post (profile demo-matryoshka) "
+    "reached 0.78 (docs/sae.md). Strengthening the demo LM or corpus is the next step (the "
     "issue's note). The demo model trains to a time budget, so a build elsewhere may differ: an XPASS here means the check passed on that build.",
 )
 def test_top_candidate_separates_held_out_backtracking_tokens(demo):
@@ -92,7 +98,8 @@ def test_top_candidate_separates_held_out_backtracking_tokens(demo):
     "(leads scores of at most 0.03 baseline SDs). In the synthetic corpus nothing in the text tells a wrong "
     "step from a right one, so only structural cues (a line break before a correction) precede a phrase; feature "
     "356, which fires on the token before a phrase (leads 0.51) and steers backtracking causally, ranks low by "
-    "AUROC. Making the corpus's wrong steps detectable is the next step. An XPASS means it passed on this build.",
+    "AUROC. On the demo-matryoshka build this check passes (feature 38, leads 0.30). Making the corpus's wrong "
+    "steps detectable is the next step. An XPASS means it passed on this build.",
 )
 def test_a_top_ten_candidate_rises_before_the_phrase(demo):
     db, sae_id, *_ = demo

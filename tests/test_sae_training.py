@@ -21,7 +21,7 @@ from sae_lens import (
 from explorer import artifacts
 from explorer.database import database_path, read_sae_ids, read_sae_training_curve, read_sae_training_report
 from explorer.model_loading import load_model
-from explorer.sae_loading import check_sae_fits_model, load_sae
+from explorer.sae_loading import check_sae_fits_model, load_sae, make_sae_id
 from explorer.sae_training import (
     CHECKPOINTS_DIR,
     as_pretokenized_dataset,
@@ -32,7 +32,7 @@ from explorer.sae_training import (
     train_sae,
 )
 from precompute.corpus_stage import run_corpus_stage
-from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, CorpusSpec, Profile, SAERecipe
+from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_MATRYOSHKA, CorpusSpec, Profile, SAERecipe
 from precompute.sae_report_cli import run_sae_report
 from precompute.train_sae_stage import SAES_DIR, TRAINING_REPORT_FILE, run_train_sae_stage
 from tests.hub_fixtures import MINI_TEXTS, mini_qwen2_dir  # noqa: F401
@@ -109,9 +109,27 @@ def test_topk_wandb_and_what_has_no_equivalent():
         build_runner_config(no_scaling, hook_name=HOOK, d_in=64, model_name="m", output_path=None)
 
 
-def test_the_demo_recipe_maps_too():
-    cfg = build_runner_config(DEMO.sae, hook_name=DEMO.hook_name, d_in=128, model_name="demo", output_path=None)
-    assert cfg.sae.d_sae == 1024 and cfg.total_training_steps == DEMO.sae.training_steps
+def test_matryoshka_maps_onto_sae_lens_and_checks_its_widths():
+    from sae_lens import MatryoshkaBatchTopKTrainingSAEConfig
+
+    recipe = dataclasses.replace(TINY, architecture="matryoshka_batchtopk", k=8, matryoshka_widths=(16, 64, 128))
+    cfg = build_runner_config(recipe, hook_name=HOOK, d_in=64, model_name="m", output_path=None)
+    assert isinstance(cfg.sae, MatryoshkaBatchTopKTrainingSAEConfig)
+    assert (cfg.sae.k, cfg.sae.matryoshka_widths, cfg.sae.d_sae) == (8, [16, 64, 128], 128)
+    for widths in [(16, 64), (64, 16, 128), ()]:
+        with pytest.raises(ValueError, match="matryoshka_widths"):
+            bad = dataclasses.replace(recipe, matryoshka_widths=widths)
+            build_runner_config(bad, hook_name=HOOK, d_in=64, model_name="m", output_path=None)
+    assert make_sae_id(HOOK, "matryoshka_batchtopk", 128, 8) == f"{HOOK}-matryoshka_batchtopk8-128"
+    # A profile saved as JSON (widths as a list) loads back equal.
+    profile = dataclasses.replace(DEMO, sae=recipe)
+    assert Profile.from_dict(json.loads(profile.to_json())) == profile
+
+
+@pytest.mark.parametrize("profile", [DEMO, DEMO_MATRYOSHKA], ids=lambda p: p.name)
+def test_the_demo_recipes_map_too(profile):
+    cfg = build_runner_config(profile.sae, hook_name=profile.hook_name, d_in=128, model_name="demo", output_path=None)
+    assert cfg.sae.d_sae == 1024 and cfg.total_training_steps == profile.sae.training_steps
 
 
 # --- the activation source ------------------------------------------------------------------------
@@ -170,19 +188,37 @@ def source(model):
     )
 
 
-@pytest.mark.parametrize("architecture", ["standard", "topk"])
-def test_train_then_reload_gives_identical_feature_activations(model, source, tmp_path, architecture):
-    recipe = dataclasses.replace(TINY, architecture=architecture, k=8 if architecture == "topk" else None)
+MATRYOSHKA = {"architecture": "matryoshka_batchtopk", "k": 8, "matryoshka_widths": (16, 64, 128)}
+
+
+@pytest.mark.parametrize(
+    ("changes", "saved_as"),
+    [
+        ({"architecture": "standard"}, ("standard", None)),
+        ({"architecture": "topk", "k": 8}, ("topk", 8)),
+        # sae_lens saves a BatchTopK SAE as JumpReLU, its threshold the batch top-k threshold learnt.
+        (MATRYOSHKA, ("jumprelu", None)),
+    ],
+    ids=["standard", "topk", "matryoshka"],
+)
+def test_train_then_reload_gives_identical_feature_activations(model, source, tmp_path, changes, saved_as):
+    recipe = dataclasses.replace(TINY, **changes)
     trained = train_sae(model, recipe, source, tmp_path / "sae", hook_name=HOOK, d_in=64, model_name="mini")
     assert {"cfg.json", "sae_weights.safetensors", "runner_cfg.json"} <= {p.name for p in (tmp_path / "sae").iterdir()}
 
     reloaded = load_sae(tmp_path / "sae")
     assert check_sae_fits_model(reloaded.sae, model) == HOOK
-    assert (reloaded.architecture, reloaded.d_sae, reloaded.k) == (architecture, 128, recipe.k)
+    assert (reloaded.architecture, reloaded.d_sae, reloaded.k) == (saved_as[0], 128, saved_as[1])
     _, cache = model.run_with_cache(source.heldout_NT, names_filter=[HOOK])
     acts_ND = cache[HOOK].reshape(-1, 64)
     with torch.no_grad():
-        expected_NF = trained.trained_sae.encode(acts_ND)
+        if saved_as[0] == "jumprelu":
+            # The training SAE keeps the top k*batch activations of each batch; the saved one thresholds
+            # each token on its own at the threshold learnt (a running average, which needs far more than
+            # this test's 40 steps to reach L0 ~ k; the demo's SAE report shows it does).
+            expected_NF = trained.loaded.sae.encode(acts_ND)
+        else:
+            expected_NF = trained.trained_sae.encode(acts_ND)
         torch.testing.assert_close(reloaded.sae.encode(acts_ND), expected_NF, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(trained.loaded.sae.encode(acts_ND), expected_NF, atol=1e-5, rtol=1e-5)
     assert (expected_NF > 0).any()
