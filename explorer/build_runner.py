@@ -57,15 +57,21 @@ def stream_command(argv: Sequence[str], *, cwd: Path | None = None, env: dict[st
             yield line.rstrip("\r\n")
         return process.wait()
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout_s=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def stop_process(process: subprocess.Popen, *, timeout_s: float) -> None:
+    """Terminate `process` if it still runs; kill it if it has not exited `timeout_s` seconds later."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class CommandStream:

@@ -332,13 +332,28 @@ def load_index_run(db: FeatureDB, sae_id: str) -> dict | None:
     return _shown(_cached_index_run, db, sae_id)
 
 
-def pick_indexed_sae_or_stop() -> tuple[Path, str, FeatureDB, dict]:
-    """The sidebar's run and SAE, the run's database and the SAE's index; the page stops (after saying
-    why) when any of them is missing."""
+def pick_sae_or_stop() -> tuple[Path, str]:
+    """The sidebar's run and SAE; the page stops (after saying why) when either is missing."""
     run_dir = pick_run_or_stop()
     sae_id = render_sae_picker(run_dir)
     if sae_id is None:
         st.stop()
+    return run_dir, sae_id
+
+
+def pick_sae_with_summary_or_stop() -> tuple[Path, str, RunSummary]:
+    """The sidebar's run and SAE and the run's summary (profile, model); the page stops when any is missing."""
+    run_dir, sae_id = pick_sae_or_stop()
+    summary = load_run_summary(run_dir)
+    if summary is None:
+        st.stop()
+    return run_dir, sae_id, summary
+
+
+def pick_indexed_sae_or_stop() -> tuple[Path, str, FeatureDB, dict]:
+    """The sidebar's run and SAE, the run's database and the SAE's index; the page stops (after saying
+    why) when any of them is missing."""
+    run_dir, sae_id = pick_sae_or_stop()
     db = open_feature_db(run_dir)
     index_run = load_index_run(db, sae_id) if db is not None else None
     if index_run is None:

@@ -11,11 +11,7 @@ from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_live_activation
 st.set_page_config(page_title="Live · Backtracking feature explorer", layout="wide")
 st.title("Live activations")
 
-run_dir = ui.pick_run_or_stop()
-summary = ui.load_run_summary(run_dir)
-sae_id = ui.render_sae_picker(run_dir)
-if summary is None or sae_id is None:
-    st.stop()
+run_dir, sae_id, summary = ui.pick_sae_with_summary_or_stop()
 
 link = ui.read_live_link(run_dir)  # a card's "open in Live": ?doc=...&feature=...&token=...
 if "live_text" not in st.session_state:

@@ -11,11 +11,7 @@ from explorer.steering import SteeringConfig, SteeringInputError, as_prompt, com
 st.set_page_config(page_title="Steering · Backtracking feature explorer", layout="wide")
 st.title("Steering")
 
-run_dir = ui.pick_run_or_stop()
-summary = ui.load_run_summary(run_dir)
-sae_id = ui.render_sae_picker(run_dir)
-if summary is None or sae_id is None:
-    st.stop()
+run_dir, sae_id, summary = ui.pick_sae_with_summary_or_stop()
 st.caption(
     "Does the feature *cause* backtracking? Generate with the feature's decoder direction added (or the feature "
     "clamped through the SAE) and compare the rate of backtracking phrases per 1,000 generated tokens with a "
