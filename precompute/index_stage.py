@@ -4,6 +4,12 @@
     index --shard i/n                                  one shard's partial: index_partials/<sae>/shard-i-of-n.pt
     merge [--sae ID]                                   combine the n partials, then the tables
 
+The context pass can be sharded too, in a second round:
+
+    merge --shard-contexts                             merge, then plan the kept examples: contexts-plan.pt
+    index --shard i/n --contexts                       shard i's contexts: contexts-i-of-n.pt
+    merge                                              the tables, from the plan and the n context partials
+
 A single run is the merge of one shard, so both paths share `finish_index`: finalise the totals,
 compute the scores, fetch every kept example's context (a second, smaller pass), compute the
 weight-only views, and write every table in one atomic transaction. The merged database equals a
@@ -17,14 +23,18 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from explorer.database import database_path
 from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, build_reasoning_vocab
 from explorer.feature_index import (
     CorpusDocument,
+    ExampleContexts,
     IndexInputError,
     Window,
+    combine_example_contexts,
+    example_owner_shards,
     fetch_example_contexts,
     limit_tokens,
     make_windows,
@@ -38,6 +48,7 @@ from precompute.stages import package_versions, print_config
 
 STAGE = "index"
 PARTIALS_DIR = "index_partials"
+CONTEXT_PLAN = "contexts-plan.pt"
 N_INTERVALS = 10
 PER_INTERVAL = 4
 LOGIT_LENS_K = 10
@@ -183,11 +194,32 @@ def run_index(
     return finish_index(profile, run_dir, inputs, result.accumulators, [meta], progress=progress)
 
 
-def merge_partials(profile: Profile, run_dir: Path, *, sae_id: str | None = None, progress: bool = True) -> Path:
-    """Combine every shard partial of `sae_id` and write the tables, as a single run would."""
+def merge_partials(
+    profile: Profile, run_dir: Path, *, sae_id: str | None = None, shard_contexts: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Combine every shard partial of `sae_id` and write the tables, as a single run would.
+
+    With `shard_contexts`, stop after choosing the kept examples and write the context plan instead, for
+    `index --shard i/n --contexts` to fetch on every shard; a later `merge` then takes the contexts from
+    those partials rather than fetching them in this one process.
+    """
     run_dir = Path(run_dir)
     sae_id = choose_sae_id(run_dir, sae_id)
     folder = Path(run_dir) / PARTIALS_DIR / sae_id
+    inputs, merged, metas = load_merged_partials(profile, run_dir, sae_id, folder)
+    batch_size = metas[0]["batch_size"]
+    if shard_contexts:
+        return write_context_plan(run_dir, inputs, merged, metas, folder / CONTEXT_PLAN)
+    contexts = read_sharded_contexts(folder, inputs, merged, metas) if (folder / CONTEXT_PLAN).is_file() else None
+    return finish_index(profile, run_dir, inputs, merged, metas, batch_size=batch_size, contexts=contexts,
+                        progress=progress)
+
+
+def load_merged_partials(
+    profile: Profile, run_dir: Path, sae_id: str, folder: Path
+) -> tuple[IndexInputs, FeatureIndexAccumulators, list[dict[str, Any]]]:
+    """The n shard partials of `folder`, checked against each other and the run's corpus, merged."""
     paths = sorted(folder.glob("shard-*-of-*.pt")) if folder.is_dir() else []
     if not paths:
         raise RunFolderError(f"No shard partials in {folder}: run `python -m precompute index --shard i/n` first.")
@@ -211,35 +243,170 @@ def merge_partials(profile: Profile, run_dir: Path, *, sae_id: str | None = None
         raise RunFolderError(f"The partials in {folder} were built with another index configuration.")
     print(f"== merge == {len(parts)} shards of {sae_id}", flush=True)
     device = next(inputs.model.parameters()).device
-    merged = FeatureIndexAccumulators.from_state_dict(merged.state_dict(), device)
-    return finish_index(profile, run_dir, inputs, merged, metas, batch_size=metas[0]["batch_size"], progress=progress)
+    return inputs, FeatureIndexAccumulators.from_state_dict(merged.state_dict(), device), metas
+
+
+class ContextRequests(NamedTuple):
+    """The kept examples whose contexts the tables need: the top examples, then the interval samples."""
+
+    feature_N: torch.Tensor
+    context_id_N: torch.Tensor
+    position_N: torch.Tensor
+    n_examples: int
+
+
+def context_requests(totals, selection) -> ContextRequests:
+    ex, sm = totals.examples, selection.samples
+    return ContextRequests(
+        torch.cat([ex.feature_N.cpu(), sm.feature_N.cpu()]),
+        torch.cat([ex.context_id_N.cpu(), sm.context_id_N.cpu()]),
+        torch.cat([ex.position_N.cpu(), sm.position_N.cpu()]),
+        int(ex.feature_N.numel()),
+    )
+
+
+def select_examples(accumulators: FeatureIndexAccumulators):
+    """Finalise the totals and choose the interval samples: the same choice on every call."""
+    from explorer.feature_scores import select_interval_samples
+
+    totals = accumulators.finalise()
+    selection = select_interval_samples(totals.samples, totals.stats, N_INTERVALS, PER_INTERVAL, scheme="quantile")
+    return totals, selection
+
+
+def write_context_plan(
+    run_dir: Path, inputs: IndexInputs, merged: FeatureIndexAccumulators, metas: list[dict[str, Any]], path: Path
+) -> Path:
+    requests = context_requests(*select_examples(merged))
+    n = metas[0]["shard"][1]
+    plan = {"metas": metas, "requests": requests._asdict()}
+    with atomic_file(path) as tmp:
+        torch.save(plan, tmp)
+    for old in path.parent.glob("contexts-*-of-*.pt"):  # from an earlier plan
+        old.unlink()
+    print(f"  wrote the context plan ({len(requests.feature_N):,} examples) to {path}.\n"
+          f"  Next: `python -m precompute index --out {run_dir} --sae {inputs.sae_id} --shard i/{n} --contexts` "
+          f"for i in 0..{n - 1}, then `python -m precompute merge --out {run_dir} --sae {inputs.sae_id}`.",
+          flush=True)
+    return path
+
+
+def run_context_shard(
+    profile: Profile, run_dir: Path, *, sae_id: str | None, shard: tuple[int, int], progress: bool = True
+) -> Path:
+    """Round two of a sharded index: fetch the planned example contexts that fall in shard i's batches."""
+    run_dir = Path(run_dir)
+    sae_id = choose_sae_id(run_dir, sae_id)
+    folder = run_dir / PARTIALS_DIR / sae_id
+    plan_path = folder / CONTEXT_PLAN
+    if not plan_path.is_file():
+        raise RunFolderError(
+            f"No context plan in {folder}: run `python -m precompute merge --shard-contexts` after the shards' "
+            "first round (`index --shard i/n`)."
+        )
+    plan = torch.load(plan_path, map_location="cpu", weights_only=True)
+    metas, requests = plan["metas"], ContextRequests(**plan["requests"])
+    if shard[1] != metas[0]["shard"][1]:
+        raise RunFolderError(f"The context plan in {folder} is for {metas[0]['shard'][1]} shards, not {shard[1]}.")
+    inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"])
+    if metas[0]["corpus_hash"] != inputs.corpus_hash:
+        raise RunFolderError(f"The context plan in {folder} was made from another corpus than {run_dir}'s.")
+    print(f"== index == contexts of shard {shard[0]}/{shard[1]} of {sae_id}", flush=True)
+    contexts = fetch_example_contexts(
+        inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows,
+        requests.feature_N, requests.context_id_N, requests.position_N,
+        before=profile.index.context_before, after=profile.index.context_after,
+        batch_size=metas[0]["batch_size"], shard=shard, progress=progress,
+    )
+    owners = example_owner_shards(inputs.windows, requests.context_id_N, metas[0]["batch_size"], shard[1])
+    mine = np.flatnonzero(owners == shard[0])
+    path = folder / f"contexts-{shard[0]}-of-{shard[1]}.pt"
+    with atomic_file(path) as tmp:
+        torch.save({
+            "shard": list(shard),
+            "requests": mine.tolist(),
+            "first_position": torch.from_numpy(contexts.first_position_N[mine]),
+            "lengths": torch.tensor([len(contexts.token_ids[n]) for n in mine], dtype=torch.int64),
+            "token_ids": torch.tensor([t for n in mine for t in contexts.token_ids[n]], dtype=torch.int64),
+            "activations": torch.tensor([a for n in mine for a in contexts.activations[n]], dtype=torch.float32),
+        }, tmp)
+    print(f"  wrote {len(mine):,} example contexts to {path}", flush=True)
+    return path
+
+
+def _identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a shard partial was built from and holds, without its timing."""
+    return {key: value for key, value in meta.items() if key != "seconds"}
+
+
+def read_sharded_contexts(
+    folder: Path, inputs: IndexInputs, merged: FeatureIndexAccumulators, metas: list[dict[str, Any]]
+) -> ExampleContexts:
+    """The plan's contexts, put together from every shard's context partial."""
+    plan = torch.load(folder / CONTEXT_PLAN, map_location="cpu", weights_only=True)
+    requests = context_requests(*select_examples(merged))
+    planned = ContextRequests(**plan["requests"])
+    same = [_identity(m) for m in plan["metas"]] == [_identity(m) for m in metas] and all(
+        torch.equal(a, b) for a, b in zip(requests[:3], planned[:3])
+    )
+    if not same:
+        raise RunFolderError(
+            f"The shard partials in {folder} changed after `merge --shard-contexts` planned their contexts: run "
+            f"it again, or delete {folder / CONTEXT_PLAN} to fetch the contexts in this process."
+        )
+    n = metas[0]["shard"][1]
+    missing = [i for i in range(n) if not (folder / f"contexts-{i}-of-{n}.pt").is_file()]
+    if missing:
+        raise RunFolderError(
+            f"{folder} holds the context plan but not the contexts of shards {missing}: run "
+            f"`python -m precompute index --shard i/{n} --contexts` for those, or delete {folder / CONTEXT_PLAN} "
+            "to fetch every context in this process."
+        )
+    N = len(requests.feature_N)
+    parts = []
+    for i in range(n):
+        part = torch.load(folder / f"contexts-{i}-of-{n}.pt", map_location="cpu", weights_only=True)
+        first = np.zeros(N, dtype=np.int64)
+        tokens: list[list[int]] = [[] for _ in range(N)]
+        acts: list[list[float]] = [[] for _ in range(N)]
+        bounds = np.concatenate([[0], np.cumsum(part["lengths"].numpy())])
+        flat_ids, flat_acts = part["token_ids"].tolist(), part["activations"].tolist()
+        for j, n_req in enumerate(part["requests"]):
+            first[n_req] = int(part["first_position"][j])
+            tokens[n_req] = flat_ids[bounds[j]:bounds[j + 1]]
+            acts[n_req] = flat_acts[bounds[j]:bounds[j + 1]]
+        parts.append(ExampleContexts(first, tokens, acts))
+    owners = example_owner_shards(inputs.windows, requests.context_id_N, metas[0]["batch_size"], n)
+    return combine_example_contexts(parts, owners)
 
 
 def finish_index(
     profile: Profile, run_dir: Path, inputs: IndexInputs, accumulators: FeatureIndexAccumulators,
-    metas: list[dict[str, Any]], *, batch_size: int | None = None, progress: bool = True,
+    metas: list[dict[str, Any]], *, batch_size: int | None = None, contexts: ExampleContexts | None = None,
+    progress: bool = True,
 ) -> Path:
-    """Finalise the totals and write every table of the SAE's index in one atomic transaction."""
+    """Finalise the totals and write every table of the SAE's index in one atomic transaction.
+
+    `contexts`: the kept examples' contexts when the shards fetched them (`read_sharded_contexts`);
+    otherwise this process fetches them."""
     from explorer import feature_tables as tables
     from explorer.database import utc_now
     from explorer.feature_db import write_feature_index
-    from explorer.feature_scores import logit_lens, nearest_features, select_interval_samples
+    from explorer.feature_scores import logit_lens, nearest_features
     from precompute.train_sae_stage import provenance
 
     started = time.perf_counter()
     batch_size = batch_size or metas[0]["batch_size"]
-    totals = accumulators.finalise()
-    selection = select_interval_samples(totals.samples, totals.stats, N_INTERVALS, PER_INTERVAL, scheme="quantile")
-    ex, sm = totals.examples, selection.samples
-    contexts = fetch_example_contexts(
-        inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows,
-        torch.cat([ex.feature_N.cpu(), sm.feature_N.cpu()]),
-        torch.cat([ex.context_id_N.cpu(), sm.context_id_N.cpu()]),
-        torch.cat([ex.position_N.cpu(), sm.position_N.cpu()]),
-        before=profile.index.context_before, after=profile.index.context_after, batch_size=batch_size,
-        progress=progress,
-    )
-    n_ex = int(ex.feature_N.numel())
+    totals, selection = select_examples(accumulators)
+    requests = context_requests(totals, selection)
+    if contexts is None:
+        contexts = fetch_example_contexts(
+            inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows,
+            requests.feature_N, requests.context_id_N, requests.position_N,
+            before=profile.index.context_before, after=profile.index.context_after, batch_size=batch_size,
+            progress=progress,
+        )
+    n_ex = requests.n_examples
     ex_contexts = type(contexts)(contexts.first_position_N[:n_ex], contexts.token_ids[:n_ex], contexts.activations[:n_ex])
     sm_contexts = type(contexts)(contexts.first_position_N[n_ex:], contexts.token_ids[n_ex:], contexts.activations[n_ex:])
     with torch.no_grad():

@@ -139,6 +139,63 @@ def test_shards_merge_into_the_single_run(mini_run, tmp_path):
     merged.close()
 
 
+def test_sharded_context_pass_merges_into_the_single_run(mini_run, tmp_path):
+    """Round two shards the context pass too: each shard fetches the kept examples in its own batches,
+    and the tables equal a single run's. The CLI path, as a user runs it."""
+    from precompute.cli import main
+    from precompute.index_stage import run_context_shard
+
+    profile, run_dir = mini_run
+    sharded = tmp_path / "sharded"
+    shutil.copytree(run_dir, sharded, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    for i in range(3):
+        run_index(profile, sharded, batch_size=4, shard=(i, 3), progress=False)
+    profile_json = sharded / "profile.json"
+    profile_json.write_text(profile.to_json())
+    common = ["--profile", str(profile_json), "--out", str(sharded)]
+    assert main(["merge", *common, "--shard-contexts"]) == 0
+    assert not database_path(sharded).exists()  # planning writes no tables
+    folder = sharded / "index_partials" / SAE_ID
+    assert main(["merge", *common]) == 2  # the plan is there, the contexts are not: refused, nothing written
+    assert not database_path(sharded).exists()
+    assert main(["index", *common, "--contexts"]) == 2  # round two needs its shard
+    for i in range(3):  # (the CLI's `index` would first train the SAE this miniature run only saved)
+        run_context_shard(profile, sharded, sae_id=None, shard=(i, 3), progress=False)
+    fetched = [torch.load(folder / f"contexts-{i}-of-3.pt", weights_only=True)["requests"] for i in range(3)]
+    assert all(fetched) and sorted(sum(fetched, [])) == list(range(sum(map(len, fetched))))  # a partition
+    assert main(["merge", *common]) == 0
+    single = duckdb.connect(str(database_path(run_dir)), read_only=True)
+    merged = duckdb.connect(str(database_path(sharded)), read_only=True)
+    for table in (*FEATURE_TABLE_NAMES, "vocabulary"):
+        assert _table(merged, table) == _table(single, table), table
+    single.close()
+    merged.close()
+
+
+def test_a_context_shard_needs_a_plan_and_a_stale_plan_is_refused(mini_run, tmp_path, capsys):
+    from precompute.index_stage import run_context_shard
+
+    profile, run_dir = mini_run
+    sharded = tmp_path / "sharded"
+    shutil.copytree(run_dir, sharded, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    for i in range(2):
+        run_index(profile, sharded, batch_size=4, shard=(i, 2), progress=False)
+    with pytest.raises(Exception, match="No context plan"):
+        run_context_shard(profile, sharded, sae_id=None, shard=(0, 2), progress=False)
+    merge_partials(profile, sharded, shard_contexts=True, progress=False)
+    with pytest.raises(Exception, match="for 2 shards, not 3"):
+        run_context_shard(profile, sharded, sae_id=None, shard=(0, 3), progress=False)
+    for i in range(2):
+        run_context_shard(profile, sharded, sae_id=None, shard=(i, 2), progress=False)
+    run_index(profile, sharded, batch_size=4, shard=(1, 2), progress=False)  # the same partial, rebuilt
+    merge_partials(profile, sharded, progress=False)  # the plan still fits it
+    assert database_path(sharded).exists()
+    for i in range(2):  # a first round over fewer tokens after the plan: it no longer fits
+        run_index(profile, sharded, max_tokens=2000, batch_size=4, shard=(i, 2), progress=False)
+    with pytest.raises(Exception, match="changed after `merge --shard-contexts`"):
+        merge_partials(profile, sharded, progress=False)
+
+
 def test_a_missing_shard_is_refused(mini_run, tmp_path):
     profile, run_dir = mini_run
     partial = tmp_path / "partial"
