@@ -66,12 +66,12 @@ def brute_force_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 @pytest.mark.xfail(
     strict=False,
     reason="KNOWN FAILURE, issue 4 left open: on the demo the top candidate reaches a held-out AUROC of about "
-    "0.65. The model carries the signal (a linear probe on the same hook separates phrase tokens at 0.997), "
-    "but every SAE tried (standard and TopK, 32 to 1,024 features, mlp_out and resid_post of both layers) "
-    "splits phrases by token: phrases average 3.8 tokens over 81 token ids, so one feature covers part of "
-    "each phrase and the best reached 0.76. A Matryoshka SAE on resid_post (profile demo-matryoshka) "
-    "reached 0.78 (docs/sae.md). Strengthening the demo LM or corpus is the next step (the "
-    "issue's note). The demo model trains to a time budget, so a build elsewhere may differ: an XPASS here means the check passed on that build.",
+    "0.65. The model carries the signal (a difference-of-means direction on the residual stream separates phrase "
+    "tokens at 0.99), but SAEs split multi-token phrases by token (feature absorption). The best recipe measured, "
+    "a Matryoshka BatchTopK SAE with k 32 on resid_post, gets 0.85-0.90 over five seeds; a deeper LM and a corpus "
+    "with visible wrong steps did not help (docs/sae.md, 'The planted feature and feature absorption'). The demo "
+    "model trains to a time budget, so a build elsewhere may differ: an XPASS here means the check passed on that "
+    "build.",
 )
 def test_top_candidate_separates_held_out_backtracking_tokens(demo):
     db, sae_id, model, sae, hook_name = demo
@@ -95,11 +95,11 @@ def test_top_candidate_separates_held_out_backtracking_tokens(demo):
 @pytest.mark.xfail(
     strict=False,
     reason="KNOWN FAILURE, issue 4 left open: no top-10 candidate by AUROC rises before the phrase on the demo "
-    "(leads scores of at most 0.03 baseline SDs). In the synthetic corpus nothing in the text tells a wrong "
-    "step from a right one, so only structural cues (a line break before a correction) precede a phrase; feature "
-    "356, which fires on the token before a phrase (leads 0.51) and steers backtracking causally, ranks low by "
-    "AUROC. On the demo-matryoshka build this check passes (feature 38, leads 0.30). Making the corpus's wrong "
-    "steps detectable is the next step. An XPASS means it passed on this build.",
+    "(leads scores of at most 0.03 baseline SDs). In the synthetic corpus a wrong step mostly looks like a right "
+    "one, so only structural cues (a line break before a correction) precede a phrase; feature 356, which fires on "
+    "the token before a phrase (leads 0.51) and steers backtracking causally, ranks low by AUROC. On the "
+    "demo-matryoshka build (k 16) this check passes (feature 38, leads 0.30). An XPASS means it passed on this "
+    "build.",
 )
 def test_a_top_ten_candidate_rises_before_the_phrase(demo):
     db, sae_id, *_ = demo
