@@ -302,7 +302,7 @@ def fetch_example_contexts(
 
     The same batches as the first pass, so every value equals the one the first pass saw, bit for bit.
     With `shard=(i, n)` only the batches of shard i (those `shard_batches` gives it) are forwarded; the
-    other requests keep an empty context, to be filled from the other shards (`combine_example_contexts`).
+    other requests keep an empty context (a fetched one holds at least the example's own token).
     """
     N = int(feature_N.numel())
     first = np.zeros(N, dtype=np.int64)
@@ -346,34 +346,3 @@ def fetch_example_contexts(
             acts[n] = values_RL[r][keep].tolist()
     return ExampleContexts(first, tokens, acts)
 
-
-def example_owner_shards(
-    windows: Sequence[Window], context_id_N: Tensor, batch_size: int, n_shards: int
-) -> np.ndarray:
-    """For each requested example, the shard whose batches hold its window (batch b is shard b mod n's)."""
-    plan = plan_batches(windows, batch_size)
-    batch_of_window = {i: b.index for b in plan for i in b.windows}
-    window_of_context = {w.context_id: i for i, w in enumerate(windows)}
-    owners = np.zeros(int(context_id_N.numel()), dtype=np.int64)
-    for n, cid in enumerate(context_id_N.cpu().numpy().tolist()):
-        if cid not in window_of_context:
-            raise IndexInputError(f"example context {cid} is not in this corpus: was the index built on another one?")
-        owners[n] = batch_of_window[window_of_context[cid]] % n_shards
-    return owners
-
-
-def combine_example_contexts(parts: Sequence[ExampleContexts], owners: np.ndarray) -> ExampleContexts:
-    """One `ExampleContexts` from the shards' partial ones: request n comes from shard `owners[n]`."""
-    N = len(owners)
-    if any(len(part.token_ids) != N for part in parts):
-        raise IndexInputError("the shards' example contexts answer different requests: were they built from one plan?")
-    first = np.array([parts[o].first_position_N[n] for n, o in enumerate(owners)], dtype=np.int64)
-    tokens = [parts[o].token_ids[n] for n, o in enumerate(owners)]
-    acts = [parts[o].activations[n] for n, o in enumerate(owners)]
-    missing = [n for n, t in enumerate(tokens) if not t]
-    if missing:
-        raise IndexInputError(
-            f"{len(missing)} example contexts were fetched by no shard (the first: request {missing[0]}, "
-            f"shard {owners[missing[0]]}'s): was every shard's context pass run with the same batch size?"
-        )
-    return ExampleContexts(first, tokens, acts)

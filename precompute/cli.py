@@ -248,7 +248,11 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
 
 def run_command(args: argparse.Namespace) -> None:
-    if getattr(args, "contexts", False) and (not args.shard or args.shard.startswith("0/1")):
+    from explorer.feature_index import parse_shard
+
+    if getattr(args, "contexts", False) and (
+        not args.shard or (args.shard != "auto" and parse_shard(args.shard)[1] == 1)
+    ):
         raise UserError("--contexts is the second round of a sharded index: give --shard i/n (n > 1) or auto.")
     profile = resolve_profile(args)
     stages = stages_to_run(args.command, profile)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -33,8 +33,6 @@ from explorer.feature_index import (
     ExampleContexts,
     IndexInputError,
     Window,
-    combine_example_contexts,
-    example_owner_shards,
     fetch_example_contexts,
     limit_tokens,
     make_windows,
@@ -208,12 +206,13 @@ def merge_partials(
     sae_id = choose_sae_id(run_dir, sae_id)
     folder = Path(run_dir) / PARTIALS_DIR / sae_id
     inputs, merged, metas = load_merged_partials(profile, run_dir, sae_id, folder)
-    batch_size = metas[0]["batch_size"]
     if shard_contexts:
         return write_context_plan(run_dir, inputs, merged, metas, folder / CONTEXT_PLAN)
-    contexts = read_sharded_contexts(folder, inputs, merged, metas) if (folder / CONTEXT_PLAN).is_file() else None
-    return finish_index(profile, run_dir, inputs, merged, metas, batch_size=batch_size, contexts=contexts,
-                        progress=progress)
+    sharded = (folder / CONTEXT_PLAN).is_file()
+    return finish_index(
+        profile, run_dir, inputs, merged, metas, progress=progress,
+        read_contexts=(lambda requests: read_sharded_contexts(folder, requests, metas)) if sharded else None,
+    )
 
 
 def load_merged_partials(
@@ -318,13 +317,12 @@ def run_context_shard(
         before=profile.index.context_before, after=profile.index.context_after,
         batch_size=metas[0]["batch_size"], shard=shard, progress=progress,
     )
-    owners = example_owner_shards(inputs.windows, requests.context_id_N, metas[0]["batch_size"], shard[1])
-    mine = np.flatnonzero(owners == shard[0])
+    mine = [n for n, tokens in enumerate(contexts.token_ids) if tokens]  # this shard's batches hold these
     path = folder / f"contexts-{shard[0]}-of-{shard[1]}.pt"
     with atomic_file(path) as tmp:
         torch.save({
             "shard": list(shard),
-            "requests": mine.tolist(),
+            "requests": mine,
             "first_position": torch.from_numpy(contexts.first_position_N[mine]),
             "lengths": torch.tensor([len(contexts.token_ids[n]) for n in mine], dtype=torch.int64),
             "token_ids": torch.tensor([t for n in mine for t in contexts.token_ids[n]], dtype=torch.int64),
@@ -339,12 +337,10 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in meta.items() if key != "seconds"}
 
 
-def read_sharded_contexts(
-    folder: Path, inputs: IndexInputs, merged: FeatureIndexAccumulators, metas: list[dict[str, Any]]
-) -> ExampleContexts:
-    """The plan's contexts, put together from every shard's context partial."""
+def read_sharded_contexts(folder: Path, requests: ContextRequests, metas: list[dict[str, Any]]) -> ExampleContexts:
+    """The contexts of `requests`, put together from every shard's context partial, after checking that
+    the plan they were fetched for is still the one these partials give."""
     plan = torch.load(folder / CONTEXT_PLAN, map_location="cpu", weights_only=True)
-    requests = context_requests(*select_examples(merged))
     planned = ContextRequests(**plan["requests"])
     same = [_identity(m) for m in plan["metas"]] == [_identity(m) for m in metas] and all(
         torch.equal(a, b) for a, b in zip(requests[:3], planned[:3])
@@ -363,32 +359,36 @@ def read_sharded_contexts(
             "to fetch every context in this process."
         )
     N = len(requests.feature_N)
-    parts = []
+    first = np.zeros(N, dtype=np.int64)
+    tokens: list[list[int]] = [[] for _ in range(N)]
+    acts: list[list[float]] = [[] for _ in range(N)]
+    filled = []
     for i in range(n):
         part = torch.load(folder / f"contexts-{i}-of-{n}.pt", map_location="cpu", weights_only=True)
-        first = np.zeros(N, dtype=np.int64)
-        tokens: list[list[int]] = [[] for _ in range(N)]
-        acts: list[list[float]] = [[] for _ in range(N)]
         bounds = np.concatenate([[0], np.cumsum(part["lengths"].numpy())])
         flat_ids, flat_acts = part["token_ids"].tolist(), part["activations"].tolist()
-        for j, n_req in enumerate(part["requests"]):
-            first[n_req] = int(part["first_position"][j])
-            tokens[n_req] = flat_ids[bounds[j]:bounds[j + 1]]
-            acts[n_req] = flat_acts[bounds[j]:bounds[j + 1]]
-        parts.append(ExampleContexts(first, tokens, acts))
-    owners = example_owner_shards(inputs.windows, requests.context_id_N, metas[0]["batch_size"], n)
-    return combine_example_contexts(parts, owners)
+        for j, request in enumerate(part["requests"]):
+            first[request] = int(part["first_position"][j])
+            tokens[request] = flat_ids[bounds[j]:bounds[j + 1]]
+            acts[request] = flat_acts[bounds[j]:bounds[j + 1]]
+        filled += part["requests"]
+    if sorted(filled) != list(range(N)):
+        raise RunFolderError(
+            f"The context partials in {folder} do not cover the plan's {N:,} examples exactly once: were they "
+            "all fetched for this plan? Run `index --shard i/n --contexts` again for every shard."
+        )
+    return ExampleContexts(first, tokens, acts)
 
 
 def finish_index(
     profile: Profile, run_dir: Path, inputs: IndexInputs, accumulators: FeatureIndexAccumulators,
-    metas: list[dict[str, Any]], *, batch_size: int | None = None, contexts: ExampleContexts | None = None,
-    progress: bool = True,
+    metas: list[dict[str, Any]], *, batch_size: int | None = None,
+    read_contexts: Callable[[ContextRequests], ExampleContexts] | None = None, progress: bool = True,
 ) -> Path:
     """Finalise the totals and write every table of the SAE's index in one atomic transaction.
 
-    `contexts`: the kept examples' contexts when the shards fetched them (`read_sharded_contexts`);
-    otherwise this process fetches them."""
+    `read_contexts`: where the kept examples' contexts come from when the shards fetched them
+    (`read_sharded_contexts`); by default this process fetches them."""
     from explorer import feature_tables as tables
     from explorer.database import utc_now
     from explorer.feature_db import write_feature_index
@@ -399,7 +399,9 @@ def finish_index(
     batch_size = batch_size or metas[0]["batch_size"]
     totals, selection = select_examples(accumulators)
     requests = context_requests(totals, selection)
-    if contexts is None:
+    if read_contexts is not None:
+        contexts = read_contexts(requests)
+    else:
         contexts = fetch_example_contexts(
             inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows,
             requests.feature_N, requests.context_id_N, requests.position_N,
