@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -46,10 +47,23 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def stage_is_current(stage_dir: Path, config: dict[str, Any]) -> bool:
-    """Whether `stage_dir` holds a finished output made with exactly `config`."""
+def stage_is_current(stage_dir: Path, config: dict[str, Any], added_keys: Mapping[str, Any] | None = None) -> bool:
+    """Whether `stage_dir` holds a finished output made with exactly `config`.
+
+    `added_keys` are config keys a later version of the stage added, each with the value that outputs
+    made before it implicitly used: an output whose recorded config lacks such a key is read as having
+    had it, so adding a setting at its old behaviour does not rebuild what was already built.
+    """
     manifest = read_manifest(stage_dir)
-    return manifest is not None and manifest.get("config_hash") == config_hash(config)
+    if manifest is None:
+        return False
+    if manifest.get("config_hash") == config_hash(config):
+        return True
+    recorded = manifest.get("config")
+    if not added_keys or not isinstance(recorded, dict):
+        return False
+    missing = {key: value for key, value in added_keys.items() if key not in recorded}
+    return bool(missing) and config_hash({**recorded, **missing}) == config_hash(config)
 
 
 def write_manifest(stage_dir: Path, stage: str, config: dict[str, Any], started: float, **extra: Any) -> None:

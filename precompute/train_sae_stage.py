@@ -55,6 +55,8 @@ TRAINING_REPORT_FILE = artifacts.SAE_TRAINING_REPORT_FILE
 EVAL_TOKENS = 32_768
 """Held-out tokens the report measures (at most; fewer when the held-out documents hold fewer)."""
 EVAL_BATCH_ROWS = 8
+ADDED_CONFIG_KEYS = {"sae.matryoshka_widths": []}
+"""Recipe fields added after SAEs were trained, with the value those SAEs had (`stage_is_current`)."""
 
 
 # --- shared with the on-demand report (precompute.sae_report_cli) ----------------------------------
@@ -195,7 +197,7 @@ def find_current_sae(run_dir: Path, config: dict[str, Any]) -> str | None:
         return None
     for folder in sorted(root.iterdir()):
         manifest = read_manifest(folder)
-        if folder.is_dir() and manifest and manifest.get("stage") == STAGE and stage_is_current(folder, config):
+        if folder.is_dir() and manifest and manifest.get("stage") == STAGE and stage_is_current(folder, config, ADDED_CONFIG_KEYS):
             return folder.name
     return None
 

@@ -149,3 +149,20 @@ def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys
     assert resolve_profile(args).index.top_k == 8
     assert main(["index", "--top-k", "0", "--out", str(tmp_path / "run")]) == 2
     assert "--top-k must be at least 1" in capsys.readouterr().err
+
+
+def test_a_setting_added_later_at_its_old_value_does_not_rebuild(tmp_path):
+    """An SAE trained before `sae.matryoshka_widths` existed stays current for the same recipe."""
+    import time
+
+    from precompute.stages import stage_is_current, write_manifest
+    from precompute.train_sae_stage import ADDED_CONFIG_KEYS
+
+    old_config = {"hook_name": "blocks.1.hook_mlp_out", "sae.architecture": "standard", "sae.k": None}
+    write_manifest(tmp_path, "train-sae", old_config, time.time())
+    same_recipe_now = {**old_config, "sae.matryoshka_widths": ()}
+    assert not stage_is_current(tmp_path, same_recipe_now)  # the plain hash differs
+    assert stage_is_current(tmp_path, same_recipe_now, ADDED_CONFIG_KEYS)
+    assert not stage_is_current(tmp_path, {**old_config, "sae.matryoshka_widths": (16, 64)}, ADDED_CONFIG_KEYS)
+    assert not stage_is_current(tmp_path, {**same_recipe_now, "sae.k": 16}, ADDED_CONFIG_KEYS)
+    assert stage_is_current(tmp_path, old_config, ADDED_CONFIG_KEYS)  # an exact match stays one
