@@ -11,6 +11,9 @@ of traces for choosing (seed 777, never the held-out ones):
     unsupervised dictionary can at best hope to find when phrases are a small share of tokens;
     raw projection, and thresholded (ReLU) so that it is non-zero on 1% / 5% of the other tokens,
     which is how a sparse SAE latent scores (ties at zero count one half);
+  - `whitened`: the mean difference in whitened coordinates (Fisher's linear discriminant, the same
+    three ways), the direction a dictionary trained on whitened activations (sae_lens's
+    `normalize_activations="covariance_whitening"`) would need;
   - `probe`: a logistic-regression direction (supervised), the same three ways: what the model's
     activations carry at all;
 - for each SAE of the run on those hooks: its top latent by AUROC on the choosing traces (as the
@@ -123,9 +126,12 @@ def main() -> None:
     for hook in hooks:
         x, labels = choosing[hook], choosing_labels
         mean_diff = x[labels].mean(0) - x[~labels].mean(0)
+        covariance = torch.cov(x.T.double()) + 1e-3 * torch.eye(x.shape[1], dtype=torch.float64)
+        whitened = torch.linalg.solve(covariance, mean_diff.double()).float()
         probe = logistic_direction(x, labels)
         print(
             f"  {hook:28s} mean-diff {direction_figures(mean_diff, held_out[hook], held_out_labels)}"
+            f"   whitened {direction_figures(whitened, held_out[hook], held_out_labels)}"
             f"   probe {direction_figures(probe, held_out[hook], held_out_labels)}"
         )
     for loaded in saes:
