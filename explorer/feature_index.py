@@ -345,4 +345,3 @@ def fetch_example_contexts(
             tokens[n] = ids_RL[r][keep].tolist()
             acts[n] = values_RL[r][keep].tolist()
     return ExampleContexts(first, tokens, acts)
-

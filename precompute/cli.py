@@ -248,12 +248,11 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from explorer.feature_index import parse_shard
+    if getattr(args, "contexts", False):
+        from explorer.feature_index import parse_shard
 
-    if getattr(args, "contexts", False) and (
-        not args.shard or (args.shard != "auto" and parse_shard(args.shard)[1] == 1)
-    ):
-        raise UserError("--contexts is the second round of a sharded index: give --shard i/n (n > 1) or auto.")
+        if not args.shard or (args.shard != "auto" and parse_shard(args.shard)[1] == 1):
+            raise UserError("--contexts is the second round of a sharded index: give --shard i/n (n > 1) or auto.")
     profile = resolve_profile(args)
     stages = stages_to_run(args.command, profile)
     run_dir = resolve_run_dir(args, profile)
