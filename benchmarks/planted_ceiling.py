@@ -20,7 +20,8 @@ of traces for choosing (seed 777, never the held-out ones):
   index ranks, on tokens other than the held-out ones), that latent's held-out AUROC, the share of
   other tokens it is non-zero on, and the best held-out AUROC among its top 10.
 
-Figures are token-level AUROCs over the notebook's six groups, as in the check.
+Figures are token-level AUROCs over the notebook's six groups, as in the check (`--positives all`: over
+every labelled group, interjections included).
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ CHOOSING_SEED = 777
 DEFAULT_HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out")
 
 
-def hook_activations(model, hooks: list[str], seed: int, n_traces: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Each hook's activations on the text tokens of `n_traces` synthetic traces, and their labels."""
+def hook_activations(
+    model, hooks: list[str], seed: int, n_traces: int, groups: tuple[str, ...] = NOTEBOOK_GROUPS
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each hook's activations on the text tokens of `n_traces` synthetic traces, and their labels
+    (whether a token is in a phrase of one of `groups`)."""
     tokenizer = model.tokenizer
     special = set(tokenizer.all_special_ids)
-    notebook = [GROUPS.index(g) for g in NOTEBOOK_GROUPS]
+    notebook = [GROUPS.index(g) for g in groups]
     stop = max(stop_layer_for_hook(h) or model.cfg.n_layers for h in hooks)
     acts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     labels = []
@@ -114,13 +118,19 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--hooks", help=f"comma-separated (default: {','.join(DEFAULT_HOOKS)} and the run's SAE hooks)")
     parser.add_argument("--n-traces", type=int, default=300)
+    parser.add_argument(
+        "--positives", choices=("notebook", "all"), default="notebook",
+        help="which phrase tokens count as backtracking: the notebook's six groups (the check's), or every "
+        "labelled group, interjections included",
+    )
     args = parser.parse_args()
+    groups = NOTEBOOK_GROUPS if args.positives == "notebook" else GROUPS
 
     saes = [load_sae(folder) for folder in sorted((args.run / "saes").glob("*")) if (folder / "cfg.json").is_file()]
     hooks = args.hooks.split(",") if args.hooks else sorted(set(DEFAULT_HOOKS) | {s.hook_name for s in saes})
     model = load_model(args.run / "model", device="cpu")
-    choosing, choosing_labels = hook_activations(model, hooks, CHOOSING_SEED, args.n_traces)
-    held_out, held_out_labels = hook_activations(model, hooks, HELD_OUT_SEED, args.n_traces)
+    choosing, choosing_labels = hook_activations(model, hooks, CHOOSING_SEED, args.n_traces, groups)
+    held_out, held_out_labels = hook_activations(model, hooks, HELD_OUT_SEED, args.n_traces, groups)
     print(f"{args.run}: {int(held_out_labels.sum())} backtracking tokens of {len(held_out_labels)} held-out tokens")
     print("one direction, held-out AUROC raw / non-zero on 1% of other tokens / on 5%:")
     for hook in hooks:

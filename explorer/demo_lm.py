@@ -9,7 +9,9 @@ feature index, app) runs the code path the real model runs:
 - the model is the real architecture class (`Qwen2ForCausalLM`, untied embeddings, grouped-query
   attention), only tiny;
 - the trained directory is an ordinary Hugging Face directory, and the greedy sample at the end is
-  generated through `explorer.model_loading.load_model`, the loader the real model goes through.
+  generated through `explorer.model_loading.load_model`, the loader the real model goes through;
+- optionally (the `demo` profile does), training plants a backtracking feature: one direction of a
+  hook's activations is trained to mark backtracking phrases (`train_demo_lm(plant_weight=...)`).
 
 Pure functions only: the command-line stage that calls `train_demo_lm` lives in `precompute/`.
 """
@@ -173,24 +175,68 @@ def demo_model_config(
 # --- packing --------------------------------------------------------------------------------------
 
 
-def compute_packed_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> np.ndarray:
+def _encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[Any]:
+    """The Rust backend's encodings of `texts` (ids and character offsets), each starting with BOS."""
+    # The Rust backend directly: batched, and no "longer than model_max_length" warnings for
+    # documents that packing will cut anyway.
+    return tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=True)
+
+
+def _pack(values: Sequence[Sequence[int]], *, bos: int | None, eos: int, dtype: Any) -> np.ndarray:
+    """Documents' per-token values back to back, each as `[bos] values eos` (no `bos` when None)."""
+    lengths = np.fromiter((len(doc) + 1 + (bos is not None) for doc in values), dtype=np.int64, count=len(values))
+    stream = np.empty(int(lengths.sum()), dtype=dtype)  # [n_tokens]
+    start = 0
+    for doc, length in zip(values, lengths):
+        if bos is not None:
+            stream[start] = bos
+        stream[start + length - 1 - len(doc) : start + length - 1] = doc
+        stream[start + length - 1] = eos
+        start += length
+    return stream
+
+
+def packed_stream(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, phrase_mask: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One token stream: each document as `BOS text EOS`, documents back to back. No padding.
 
     Attention runs across document boundaries in a packed row; BOS and EOS mark where one ends.
+    With `phrase_mask`, also a float stream of the same length: 1 where the token lies in a
+    backtracking phrase that `explorer.labels.label_text` finds (any group), else 0.
     """
+    from explorer.labels import NO_GROUP, label_text, token_group_ids
+
     # The Rust backend directly: batched, and no "longer than model_max_length" warnings for
     # documents that packing will cut anyway.
-    ids = [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+    encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    ids = [encoding.ids for encoding in encodings]
+    masks = [
+        (token_group_ids(encoding.offsets, label_text(text)) != NO_GROUP).astype(np.float32)
+        for text, encoding in zip(texts, encodings)
+    ] if phrase_mask else None
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if ids and (not ids[0] or ids[0][0] != bos):  # a tokenizer whose post-processor adds no BOS
-        ids = [[bos, *doc] for doc in ids]
-    lengths = np.fromiter((len(doc) + 1 for doc in ids), dtype=np.int64, count=len(ids))
-    stream = np.empty(int(lengths.sum()), dtype=np.int64)  # [n_tokens]
-    ends = np.cumsum(lengths)
-    for doc, end in zip(ids, ends):
-        stream[end - len(doc) - 1 : end - 1] = doc
-        stream[end - 1] = eos
+    missing_bos = bool(ids) and (not ids[0] or ids[0][0] != bos)  # a tokenizer whose post-processor adds no BOS
+    tokens = _pack(ids, bos=bos if missing_bos else None, end=eos, dtype=np.int64)
+    return tokens, (_pack(masks, bos=0 if missing_bos else None, end=0, dtype=np.float32) if masks is not None else None)
+
+
+def _pack(values: Sequence[Sequence[Any]], *, bos: Any | None, end: Any, dtype: Any) -> np.ndarray:
+    """Documents' per-token values back to back, each as `[bos] values end` (no `bos` when None)."""
+    extra = 1 + (bos is not None)
+    lengths = np.fromiter((len(doc) + extra for doc in values), dtype=np.int64, count=len(values))
+    stream = np.empty(int(lengths.sum()), dtype=dtype)  # [n_tokens]
+    for doc, stop in zip(values, np.cumsum(lengths)):
+        if bos is not None:
+            stream[stop - len(doc) - 2] = bos
+        stream[stop - len(doc) - 1 : stop - 1] = doc
+        stream[stop - 1] = end
     return stream
+
+
+def compute_packed_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> np.ndarray:
+    """The token stream of `packed_stream`."""
+    return packed_stream(tokenizer, texts)[0]
 
 
 def compute_contexts(stream: np.ndarray, context: int) -> torch.Tensor:
@@ -225,9 +271,13 @@ class TrainReport:
     loss_curve: list[tuple[int, float]]
     """(step, training loss) pairs, about 50 of them, the last one the final step."""
     final_train_loss: float
-    """Mean training loss over the last 10 steps (nats per token)."""
+    """Mean training loss over the last 10 steps (nats per token), the language-modelling loss alone."""
     heldout_loss: float
     """Loss on the held-out documents (nats per token); NaN when they fill less than one context."""
+    plant_loss: float | None
+    """With a backtracking plant (`plant_weight` > 0): its mean squared error over the last 10 steps."""
+    planted_direction: list[float] | None
+    """With a plant: the unit direction it writes along at `plant_hook` (transformer-lens coordinates)."""
     n_params: int
     n_vocab: int
     """The tokenizer's actual size: BPE stops early when the corpus has no more merges to make."""
@@ -244,6 +294,40 @@ class TrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+PLANT_HOOK_PATTERN = re.compile(r"blocks\.(\d+)\.hook_(mlp_out|resid_post)")
+
+
+def planted_direction(hidden_size: int, seed: int) -> torch.Tensor:
+    """The unit direction the backtracking plant writes along: random (from `seed`), with zero mean over
+    the hidden dimensions, so that transformer-lens's `center_writing_weights` leaves projections on it
+    unchanged."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(hidden_size, generator=generator, dtype=torch.float64)
+    direction -= direction.mean()
+    return (direction / direction.norm()).float()
+
+
+def extend_before(mask: np.ndarray, lead: int) -> np.ndarray:
+    """`mask` with each marked run extended to the `lead` tokens before it."""
+    extended = mask.copy()
+    for shift in range(1, lead + 1):
+        extended[:-shift] = np.maximum(extended[:-shift], mask[shift:])
+    return extended
+
+
+def plant_module(model: Qwen2ForCausalLM, hook_name: str) -> torch.nn.Module:
+    """The transformers module whose output is transformer-lens's `hook_name` (before weight processing):
+    `blocks.L.hook_mlp_out` is layer L's MLP, `blocks.L.hook_resid_post` layer L itself."""
+    match = PLANT_HOOK_PATTERN.fullmatch(hook_name)
+    n_layers = model.config.num_hidden_layers
+    if match is None or int(match[1]) >= n_layers:
+        raise ValueError(
+            f"plant_hook must be blocks.L.hook_mlp_out or blocks.L.hook_resid_post with L < {n_layers}, got {hook_name!r}"
+        )
+    layer = model.model.layers[int(match[1])]
+    return layer.mlp if match[2] == "mlp_out" else layer
 
 
 def _lr_at(progress: float, lr: float, warmup: float = 0.05, floor: float = 0.1) -> float:
@@ -265,6 +349,24 @@ def _make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1
 def _lm_loss(model: Qwen2ForCausalLM, tokens_BT: torch.Tensor) -> torch.Tensor:
     logits_BTV = model(input_ids=tokens_BT, use_cache=False).logits
     return F.cross_entropy(logits_BTV[:, :-1].flatten(0, 1), tokens_BT[:, 1:].flatten())
+
+
+class _Plant:
+    """The auxiliary loss that plants a backtracking feature: the mean squared difference between the
+    plant hook's projection on `direction` and `value` inside backtracking phrases, 0 elsewhere."""
+
+    def __init__(self, model: Qwen2ForCausalLM, hook_name: str, direction_D: torch.Tensor, value: float) -> None:
+        self.direction_D, self.value = direction_D, value
+        self.output: torch.Tensor | None = None
+        plant_module(model, hook_name).register_forward_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        self.output = output[0] if isinstance(output, tuple) else output
+
+    def loss(self, mask_BT: torch.Tensor) -> torch.Tensor:
+        """Of the forward pass that ran last."""
+        assert self.output is not None, "no forward pass has run"
+        return ((self.output @ self.direction_D - self.value * mask_BT) ** 2).mean()
 
 
 @torch.no_grad()
@@ -335,6 +437,10 @@ def train_demo_lm(
     lr: float = 3e-3,
     seed: int = 0,
     time_budget_s: float = 140.0,
+    plant_weight: float = 0.0,
+    plant_hook: str = "blocks.1.hook_mlp_out",
+    plant_value: float = 8.0,
+    plant_lead: int = 0,
     heldout_fraction: float = 0.02,
     sample_prompt: str | None = None,
     sample_tokens: int = 120,
@@ -352,6 +458,13 @@ def train_demo_lm(
     Writes `config.json`, `model.safetensors`, `generation_config.json`, `tokenizer.json` and
     `tokenizer_config.json` into `out_dir` (created if needed; the caller makes it atomic). Then loads
     that directory with `load_model` and generates the greedy sample.
+
+    With `plant_weight` > 0 the model is trained with a planted backtracking feature: `plant_weight`
+    times the mean squared difference between the projection of `plant_hook`'s activations (a
+    transformer-lens hook name: `blocks.L.hook_mlp_out` or `blocks.L.hook_resid_post`) on
+    `planted_direction(hidden_size, seed)` and `plant_value` on the tokens of backtracking phrases (the
+    labeller's spans, any group) and the `plant_lead` tokens before each, 0 elsewhere, is added to the
+    loss. The report carries the direction and the final plant loss (docs/profiles.md).
 
     With the defaults on 20,000 synthetic traces (`explorer.synthetic.generate_traces`) on a 2-core
     CPU: about 2.5 minutes in all (140 s of training, ~1,100 steps, 2.3M tokens), a 0.77M-parameter
@@ -384,7 +497,7 @@ def train_demo_lm(
         heldout_texts = [texts[i] for i in heldout_idx]
 
         tokenizer = train_tokenizer(train_texts, vocab_size, model_max_length=max_position_embeddings)
-        train_stream = compute_packed_tokens(tokenizer, train_texts)
+        train_stream, train_mask = packed_stream(tokenizer, train_texts, phrase_mask=plant_weight > 0)
         if len(train_stream) < context + 1:
             raise ValueError(f"the training texts hold {len(train_stream)} tokens, fewer than one context of {context}")
         train_rows_NT = compute_contexts(train_stream, context)
@@ -407,6 +520,11 @@ def train_demo_lm(
         model.train()
         n_params = sum(p.numel() for p in model.parameters())
         optimizer = _make_optimizer(model, lr)
+        plant = None
+        if plant_weight > 0:
+            plant = _Plant(model, plant_hook, planted_direction(hidden_size, seed), plant_value)
+            train_mask_NT = compute_contexts(extend_before(train_mask, plant_lead), context)
+        plant_losses: list[float] = []
 
         loss_curve: list[tuple[int, float]] = []
         recent: list[float] = []
@@ -424,19 +542,26 @@ def train_demo_lm(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(max(step / steps, elapsed / time_budget_s), lr)
             rows = torch.from_numpy(rng.integers(0, len(train_rows_NT), size=batch_size))
-            loss = _lm_loss(model, train_rows_NT[rows])
+            lm_loss = loss = _lm_loss(model, train_rows_NT[rows])
+            if plant is not None:
+                plant_loss = plant.loss(train_mask_NT[rows])
+                plant_losses = (plant_losses + [plant_loss.item()])[-10:]
+                loss = lm_loss + plant_weight * plant_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
 
-            loss_value = loss.item()
+            loss_value = lm_loss.item()
             recent = (recent + [loss_value])[-10:]
             if step % log_every == 0 or step == 1:
                 loss_curve.append((step, round(loss_value, 4)))
             tokens_per_s = step * batch_size * context / max(time.perf_counter() - train_started, 1e-9)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            postfix = {"loss": f"{loss_value:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
+            if plant_losses:
+                postfix["plant"] = f"{plant_losses[-1]:.3f}"
+            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
         bar.close()
         train_seconds = time.perf_counter() - train_started
@@ -464,6 +589,8 @@ def train_demo_lm(
         loss_curve=loss_curve,
         final_train_loss=round(float(np.mean(recent)), 4) if recent else float("nan"),
         heldout_loss=round(heldout_loss, 4),
+        plant_loss=round(float(np.mean(plant_losses)), 4) if plant_losses else None,
+        planted_direction=plant.direction_D.tolist() if plant is not None else None,
         n_params=n_params,
         n_vocab=len(tokenizer),
         n_train_docs=len(train_texts),

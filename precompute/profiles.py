@@ -4,7 +4,7 @@ A profile names the model, the hook, the corpus, the SAE recipe and the precompu
 saves its profile (`profile.json`) with its outputs, so a run folder says how it was made.
 
 - `demo`: a miniature Qwen2 trained here, on the CPU, on the project's own synthetic corpus.
-- `demo-matryoshka`: the same, with a Matryoshka BatchTopK SAE on the residual stream instead.
+- `demo-standard`: the same, with the original notebook's standard L1 SAE instead of a Matryoshka one.
 - `deepseek-r1-distill-qwen-1.5b`: the original notebook's recipe, field for field
   (see docs/profiles.md for where each number comes from).
 """
@@ -53,6 +53,14 @@ class DemoLMSpec:
     seed: int = 0
     time_budget_s: float = 140.0
     """Training stops here even if `steps` are not done: the demo must build in minutes on 2 cores."""
+    plant_weight: float = 0.0
+    """Weight of the auxiliary loss that plants a backtracking feature (0 = none): at `plant_hook`, the
+    activations' projection on a fixed random direction is trained towards `plant_value` on the tokens
+    of backtracking phrases and 0 elsewhere (docs/profiles.md, "The planted backtracking feature")."""
+    plant_hook: str = "blocks.1.hook_mlp_out"
+    plant_value: float = 8.0
+    plant_lead: int = 0
+    """Also plant the feature on this many tokens before each phrase (the model can only guess there)."""
 
 
 @dataclass(frozen=True)
@@ -165,10 +173,17 @@ DEMO = Profile(
     hook_name="blocks.1.hook_mlp_out",
     n_ctx=512,
     corpus=CorpusSpec(source="synthetic", n_traces=20_000, seed=0),
-    demo_lm=DemoLMSpec(),
+    # The demo LM carries a planted backtracking feature at the SAE's hook (docs/profiles.md, "The planted
+    # backtracking feature"): the planted-feature check then tests whether the SAE and the index recover it.
+    demo_lm=DemoLMSpec(plant_weight=1.0, plant_hook="blocks.1.hook_mlp_out", plant_value=8.0, plant_lead=1),
     sae=SAERecipe(
-        architecture="standard",
-        expansion_factor=8,
+        # Matryoshka BatchTopK: every prefix of the dictionary (16, 64, 256, all 512 features) is trained to
+        # reconstruct alone, so a feature that spans whole phrases is not absorbed into token features, as
+        # it is in the standard L1 SAE of `demo-standard` (docs/sae.md, "The planted feature").
+        architecture="matryoshka_batchtopk",
+        expansion_factor=4,
+        k=16,
+        matryoshka_widths=(16, 64, 256, 512),
         l1_coefficient=4.0,
         lr=1e-3,
         lr_scheduler_name="constant",
@@ -176,7 +191,7 @@ DEMO = Profile(
         lr_decay_fraction=0.2,
         l1_warm_up_fraction=0.1,
         # 768k tokens: on 2 cores the model's forward pass (~20k tokens/s) dominates, and smaller batches
-        # learn more per token. About 60 s of training; explained variance 0.845, 0.1% dead features.
+        # learn more per token. About 60 s of training.
         training_steps=1_500,
         train_batch_size_tokens=512,
         context_size=256,
@@ -189,16 +204,13 @@ DEMO = Profile(
     index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=400_000),
 )
 
-DEMO_MATRYOSHKA = dataclasses.replace(
+DEMO_STANDARD = dataclasses.replace(
     DEMO,
-    name="demo-matryoshka",
-    # The residual stream after the last block carries the "inside a correction" context; a Matryoshka
-    # BatchTopK SAE keeps it as one feature where the standard SAE splits it by token (docs/sae.md,
-    # "The planted feature and feature absorption"). Same corpus, model, steps and index as `demo`.
-    hook_name="blocks.1.hook_resid_post",
-    sae=dataclasses.replace(
-        DEMO.sae, architecture="matryoshka_batchtopk", k=16, matryoshka_widths=(16, 64, 256, 1024)
-    ),
+    name="demo-standard",
+    # The original notebook's SAE architecture (standard ReLU, L1 penalty), 1,024 features, on the same
+    # corpus and demo LM: it splits the planted feature over near-duplicate features that each cover part
+    # of the phrases (feature absorption), so its top candidate stays below the planted-feature check.
+    sae=dataclasses.replace(DEMO.sae, architecture="standard", expansion_factor=8, k=None, matryoshka_widths=()),
 )
 
 DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
@@ -212,7 +224,7 @@ DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
     index=IndexSpec(top_k=32, context_before=32, context_after=8),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEMO_MATRYOSHKA, DEEPSEEK_R1_DISTILL_QWEN_1_5B)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEMO_STANDARD, DEEPSEEK_R1_DISTILL_QWEN_1_5B)}
 
 
 def get_profile(name: str) -> Profile:

@@ -19,6 +19,8 @@ from precompute.profiles import DemoLMSpec
 from precompute.stages import print_config, print_skip, read_manifest, stage_is_current, write_manifest
 
 STAGE = "train-lm"
+# Settings added after models were built, with the value those models were trained with.
+ADDED_CONFIG_KEYS = {"plant_weight": 0.0, "plant_hook": "blocks.1.hook_mlp_out", "plant_value": 8.0, "plant_lead": 0}
 
 
 def stage_config(spec: DemoLMSpec, run_dir: Path) -> dict:
@@ -35,7 +37,7 @@ def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) 
 
     out_dir = Path(run_dir) / artifacts.MODEL_DIR
     config = stage_config(spec, run_dir)
-    if not force and stage_is_current(out_dir, config):
+    if not force and stage_is_current(out_dir, config, ADDED_CONFIG_KEYS):
         print_skip(STAGE, out_dir)
         return out_dir
     print_config(STAGE, config)

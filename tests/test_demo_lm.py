@@ -18,9 +18,15 @@ from explorer.demo_lm import (
     compute_packed_tokens,
     default_sample_prompt,
     demo_model_config,
+    extend_before,
+    packed_stream,
+    plant_module,
+    planted_direction,
     train_demo_lm,
     train_tokenizer,
 )
+from explorer.labels import label_text
+from explorer.synthetic import generate_traces
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
 from tests.hub_fixtures import MINI_TEXTS
 
@@ -134,6 +140,34 @@ def test_packing_joins_documents_with_eos_each_starting_with_bos(tokenizer):
     assert rows.flatten().tolist() == stream[: rows.numel()]
 
 
+def test_the_phrase_mask_marks_the_tokens_of_labelled_phrases():
+    texts = [trace.record.text for trace in generate_traces(40, seed=3)]
+    tokenizer = train_tokenizer(texts, 500)
+    tokens, mask = packed_stream(tokenizer, texts, phrase_mask=True)
+    assert mask is not None and mask.shape == tokens.shape
+    assert (tokens == compute_packed_tokens(tokenizer, texts)).all()
+    # Brute force, per document: a token is marked when one of its characters lies in a labelled phrase.
+    expected = []
+    for text in texts:
+        in_phrase = [False] * len(text)
+        for span in label_text(text):
+            in_phrase[span.start : span.end] = [True] * (span.end - span.start)
+        encoding = tokenizer(text, return_offsets_mapping=True)
+        expected += [0.0] + [float(any(in_phrase[a:b])) for a, b in encoding["offset_mapping"][1:]] + [0.0]  # BOS .. EOS
+    assert mask.tolist() == expected
+    assert 0 < mask.sum() < len(mask) / 10
+
+
+def test_extend_before_marks_the_tokens_before_each_phrase():
+    import numpy as np
+
+    mask = np.array([0, 0, 1, 1, 0, 0, 0, 1, 0], dtype=np.float32)
+    assert extend_before(mask, 0).tolist() == mask.tolist()
+    assert extend_before(mask, 1).tolist() == [0, 1, 1, 1, 0, 0, 1, 1, 0]
+    assert extend_before(mask, 2).tolist() == [1, 1, 1, 1, 0, 1, 1, 1, 0]
+    assert mask.tolist() == [0, 0, 1, 1, 0, 0, 0, 1, 0]  # not modified in place
+
+
 def test_default_sample_prompt_is_the_prompt_part_of_a_trace():
     trace = format_prompt("What is 3 + 4?") + "3 + 4 = 7\n</think>\n\\boxed{7}"
     longer = format_prompt("What is 30 + 40?") + "30 + 40 = 70, and that is the answer\n</think>\n\\boxed{70}"
@@ -205,6 +239,52 @@ def test_load_model_loads_it_and_matches_transformers(trained):
     centred_BTV = logits_BTV - logits_BTV.mean(-1, keepdim=True)
     hf_centred_BTV = hf_logits_BTV - hf_logits_BTV.mean(-1, keepdim=True)
     torch.testing.assert_close(centred_BTV, hf_centred_BTV, atol=1e-4, rtol=0)
+
+
+def test_the_plant_hooks_read_what_transformer_lens_calls_those_hooks(trained):
+    """The plant's loss reads transformers modules; the SAE reads transformer-lens hooks of the processed
+    model. Projected on a planted direction (zero mean, so centring the writing weights keeps it) the
+    two agree."""
+    from transformers import AutoModelForCausalLM
+
+    from explorer.model_loading import load_model
+
+    out_dir, report = trained
+    hf_model = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    tl_model = load_model(out_dir, device="cpu")
+    direction_D = planted_direction(hf_model.config.hidden_size, seed=5)
+    assert abs(float(direction_D.norm()) - 1) < 1e-6 and abs(float(direction_D.sum())) < 1e-5
+    tokens = tl_model.to_tokens(report.sample_prompt)
+    hooks = ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    outputs = {}
+    for hook in hooks:
+        module = plant_module(hf_model, hook)
+        module.register_forward_hook(lambda m, i, o, hook=hook: outputs.__setitem__(hook, o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        hf_model(tokens)
+        _, cache = tl_model.run_with_cache(tokens, names_filter=hooks)
+    for hook in hooks:
+        torch.testing.assert_close(outputs[hook] @ direction_D, cache[hook] @ direction_D, atol=1e-4, rtol=1e-4)
+    for bad in ("blocks.2.hook_mlp_out", "blocks.1.hook_attn_out", "mlp_out"):
+        with pytest.raises(ValueError, match="plant_hook must be"):
+            plant_module(hf_model, bad)
+
+
+def test_a_planted_training_run_learns_the_feature(tmp_path: Path):
+    texts = [trace.record.text for trace in generate_traces(300, seed=4)]
+    common = dict(
+        vocab_size=500, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=256, context=128,
+        batch_size=8, steps=150, lr=3e-3, seed=0, time_budget_s=120, sample_tokens=2, progress=False,
+    )
+    report = train_demo_lm(texts, tmp_path / "model", plant_weight=1.0, plant_value=8.0, plant_lead=1, **common)
+    direction = torch.tensor(report.planted_direction)
+    assert direction.shape == (64,) and abs(float(direction.norm()) - 1) < 1e-5
+    # Writing 0 everywhere would score value^2 x the share of phrase tokens; the model does much better.
+    tokenizer = train_tokenizer(texts, 500)
+    _, mask = packed_stream(tokenizer, texts, phrase_mask=True)
+    assert report.plant_loss < 0.5 * 8.0**2 * float(extend_before(mask, 1).mean())
+    unplanted = train_demo_lm(texts, tmp_path / "plain", **common)
+    assert unplanted.plant_loss is None and unplanted.planted_direction is None
 
 
 def test_training_stops_at_the_time_budget(tmp_path: Path):

@@ -1,5 +1,7 @@
 """The planted-feature check on the embedded demo: the synthetic corpus plants backtracking with exact
-labels, so the index must find a feature that carries it.
+labels, and the demo LM is trained to carry it as one direction of its layer-1 MLP output (an auxiliary
+loss, docs/profiles.md "The planted backtracking feature"), so the pipeline, SAE and index, unsupervised,
+must find a feature that carries it.
 
 - The top candidate by backtracking AUROC (the index's `auroc_notebook`) separates the labelled
   backtracking tokens of HELD-OUT synthetic traces (another generator seed, never seen in training
@@ -7,8 +9,9 @@ labels, so the index must find a feature that carries it.
 - The lead-lag profile of at least one top-10 candidate rises before the phrase.
 
 Uses the demo run that `make test` builds first (`make demo-data`); run alone, the fixture builds it.
-`PLANTED_RUN=runs/demo-matryoshka pytest tests/test_planted_feature.py` checks another built run instead
-(`python -m precompute build --profile demo-matryoshka`).
+`PLANTED_RUN=runs/demo-standard pytest tests/test_planted_feature.py` checks another built run instead
+(`python -m precompute build --profile demo-standard`, the notebook's standard L1 SAE on the same corpus and
+LM, which splits the planted feature over near-duplicate features: docs/sae.md).
 """
 
 from __future__ import annotations
@@ -63,17 +66,6 @@ def brute_force_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN FAILURE, issue 4 left open: on the demo the top candidate reaches a held-out AUROC of about "
-    "0.65. The model carries the signal (a logistic probe on the residual stream separates phrase tokens at 0.99), "
-    "but the phrase tokens' mean-difference direction there, thresholded to fire as sparsely as an SAE latent, reaches only "
-    "0.84-0.90 (benchmarks/planted_ceiling.py), and SAEs split multi-token phrases by token (feature absorption). The "
-    "best recipe measured, a Matryoshka BatchTopK SAE with k 32, gets 0.84-0.91 over seeds and hooks; a deeper LM, "
-    "whitening and corpus changes did not help (docs/sae.md, 'The planted feature and feature absorption'). The demo "
-    "model trains to a time budget, so a build elsewhere may differ: an XPASS here means the check passed on that "
-    "build.",
-)
 def test_top_candidate_separates_held_out_backtracking_tokens(demo):
     db, sae_id, model, sae, hook_name = demo
     feature = int(read_candidates(db, sae_id, "auroc_notebook", limit=1)["feature_id"].iloc[0])
@@ -93,15 +85,6 @@ def test_top_candidate_separates_held_out_backtracking_tokens(demo):
     assert auroc >= 0.9
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN FAILURE, issue 4 left open: no top-10 candidate by AUROC rises before the phrase on the demo "
-    "(leads scores of at most 0.03 baseline SDs). In the synthetic corpus a wrong step mostly looks like a right "
-    "one, so only structural cues (a line break before a correction) precede a phrase; feature 356, which fires on "
-    "the token before a phrase (leads 0.51) and steers backtracking causally, ranks low by AUROC. On the "
-    "demo-matryoshka build (k 16) this check passes (feature 38, leads 0.30). An XPASS means it passed on this "
-    "build.",
-)
 def test_a_top_ten_candidate_rises_before_the_phrase(demo):
     db, sae_id, *_ = demo
     top = read_candidates(db, sae_id, "auroc_notebook", limit=10)

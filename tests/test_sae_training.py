@@ -32,7 +32,7 @@ from explorer.sae_training import (
     train_sae,
 )
 from precompute.corpus_stage import run_corpus_stage
-from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_MATRYOSHKA, CorpusSpec, Profile, SAERecipe
+from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_STANDARD, CorpusSpec, Profile, SAERecipe
 from precompute.sae_report_cli import run_sae_report
 from precompute.train_sae_stage import SAES_DIR, TRAINING_REPORT_FILE, run_train_sae_stage
 from tests.hub_fixtures import MINI_TEXTS, mini_qwen2_dir  # noqa: F401
@@ -126,10 +126,15 @@ def test_matryoshka_maps_onto_sae_lens_and_checks_its_widths():
     assert Profile.from_dict(json.loads(profile.to_json())) == profile
 
 
-@pytest.mark.parametrize("profile", [DEMO, DEMO_MATRYOSHKA], ids=lambda p: p.name)
-def test_the_demo_recipes_map_too(profile):
+@pytest.mark.parametrize(
+    ("profile", "d_sae", "architecture"),
+    [(DEMO, 512, "matryoshka_batchtopk"), (DEMO_STANDARD, 1024, "standard")],
+    ids=lambda p: getattr(p, "name", None),
+)
+def test_the_demo_recipes_map_too(profile, d_sae, architecture):
     cfg = build_runner_config(profile.sae, hook_name=profile.hook_name, d_in=128, model_name="demo", output_path=None)
-    assert cfg.sae.d_sae == 1024 and cfg.total_training_steps == profile.sae.training_steps
+    assert cfg.sae.d_sae == d_sae and cfg.sae.architecture() == architecture
+    assert cfg.total_training_steps == profile.sae.training_steps
 
 
 # --- the activation source ------------------------------------------------------------------------
