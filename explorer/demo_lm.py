@@ -296,6 +296,10 @@ class TrainReport:
         return asdict(self)
 
 
+class DemoLMSettingsError(ValueError):
+    """A demo-LM setting that cannot work (raised before any training)."""
+
+
 PLANT_HOOK_PATTERN = re.compile(r"blocks\.(\d+)\.hook_(mlp_out|resid_post)")
 
 
@@ -317,17 +321,22 @@ def extend_before(mask: np.ndarray, lead: int) -> np.ndarray:
     return extended
 
 
+def check_plant_hook(hook_name: str, n_layers: int) -> tuple[int, str]:
+    """(layer, "mlp_out" or "resid_post") of a plant hook name, or a ValueError that says what is allowed."""
+    match = PLANT_HOOK_PATTERN.fullmatch(hook_name)
+    if match is None or int(match[1]) >= n_layers:
+        raise DemoLMSettingsError(
+            f"plant_hook must be blocks.L.hook_mlp_out or blocks.L.hook_resid_post with L < {n_layers}, got {hook_name!r}"
+        )
+    return int(match[1]), match[2]
+
+
 def plant_module(model: Qwen2ForCausalLM, hook_name: str) -> torch.nn.Module:
     """The transformers module whose output is transformer-lens's `hook_name` (before weight processing):
     `blocks.L.hook_mlp_out` is layer L's MLP, `blocks.L.hook_resid_post` layer L itself."""
-    match = PLANT_HOOK_PATTERN.fullmatch(hook_name)
-    n_layers = model.config.num_hidden_layers
-    if match is None or int(match[1]) >= n_layers:
-        raise ValueError(
-            f"plant_hook must be blocks.L.hook_mlp_out or blocks.L.hook_resid_post with L < {n_layers}, got {hook_name!r}"
-        )
-    layer = model.model.layers[int(match[1])]
-    return layer.mlp if match[2] == "mlp_out" else layer
+    layer_index, kind = check_plant_hook(hook_name, model.config.num_hidden_layers)
+    layer = model.model.layers[layer_index]
+    return layer.mlp if kind == "mlp_out" else layer
 
 
 def _lr_at(progress: float, lr: float, warmup: float = 0.05, floor: float = 0.1) -> float:
@@ -481,6 +490,10 @@ def train_demo_lm(
         raise ValueError("train_demo_lm needs at least one text")
     if context > max_position_embeddings:
         raise ValueError(f"context {context} exceeds max_position_embeddings {max_position_embeddings}")
+    if plant_weight < 0 or plant_lead < 0:
+        raise DemoLMSettingsError(f"plant_weight and plant_lead must not be negative, got {plant_weight} and {plant_lead}")
+    if plant_weight > 0:
+        check_plant_hook(plant_hook, n_layers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

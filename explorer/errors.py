@@ -6,6 +6,7 @@ from __future__ import annotations
 def user_facing_errors() -> tuple[type[BaseException], ...]:
     from explorer.corpus import CorpusError
     from explorer.database import DatabaseError
+    from explorer.demo_lm import DemoLMSettingsError
     from explorer.feature_db import NoIndexError, UnknownFeatureError
     from explorer.feature_index import IndexInputError
     from explorer.model_loading import ModelLoadError
@@ -16,7 +17,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
 
     return (
         CorpusError, DatabaseError, ModelLoadError, RunFolderError, SAELoadError, IndexInputError, NoIndexError,
-        UnknownFeatureError, SaeVisExportError, SteeringInputError,
+        UnknownFeatureError, SaeVisExportError, SteeringInputError, DemoLMSettingsError,
     )
 
 

@@ -287,6 +287,21 @@ def test_a_planted_training_run_learns_the_feature(tmp_path: Path):
     assert unplanted.plant_loss is None and unplanted.planted_direction is None
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"plant_weight": 1.0, "plant_hook": "blocks.3.hook_mlp_out"}, "plant_hook must be"),
+        ({"plant_weight": 1.0, "plant_hook": "blocks.0.attn.hook_z"}, "plant_hook must be"),
+        ({"plant_weight": -1.0}, "must not be negative"),
+        ({"plant_weight": 1.0, "plant_lead": -1}, "must not be negative"),
+    ],
+)
+def test_a_bad_plant_setting_fails_before_any_work(tmp_path: Path, settings: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        train_demo_lm(MINI_TEXTS, tmp_path / "model", n_layers=2, progress=False, **settings)
+    assert not (tmp_path / "model").exists()
+
+
 def test_training_stops_at_the_time_budget(tmp_path: Path):
     report = train_demo_lm(
         MINI_TEXTS * 4,

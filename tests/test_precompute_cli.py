@@ -82,6 +82,17 @@ def test_train_lm_refuses_a_pretrained_profile(tmp_path, capsys):
     assert "train-lm only trains the demo model" in capsys.readouterr().err
 
 
+def test_a_bad_plant_hook_is_a_clear_error_and_writes_no_model(tmp_path, capsys):
+    profile = DEMO.to_dict()
+    profile["demo_lm"]["plant_hook"] = "blocks.7.hook_mlp_out"
+    profile["corpus"]["n_traces"] = 50
+    (tmp_path / "bad.json").write_text(json.dumps(profile))
+    run = tmp_path / "run"
+    assert main(["train-lm", "--profile", str(tmp_path / "bad.json"), "--out", str(run)]) == 2
+    assert "plant_hook must be blocks.L.hook_mlp_out or blocks.L.hook_resid_post with L < 2" in capsys.readouterr().err
+    assert not (run / artifacts.MODEL_DIR).exists()
+
+
 def test_a_stage_command_runs_the_stages_it_needs_first():
     from precompute.cli import stages_to_run
 
