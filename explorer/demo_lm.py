@@ -175,27 +175,6 @@ def demo_model_config(
 # --- packing --------------------------------------------------------------------------------------
 
 
-def _encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[Any]:
-    """The Rust backend's encodings of `texts` (ids and character offsets), each starting with BOS."""
-    # The Rust backend directly: batched, and no "longer than model_max_length" warnings for
-    # documents that packing will cut anyway.
-    return tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=True)
-
-
-def _pack(values: Sequence[Sequence[int]], *, bos: int | None, eos: int, dtype: Any) -> np.ndarray:
-    """Documents' per-token values back to back, each as `[bos] values eos` (no `bos` when None)."""
-    lengths = np.fromiter((len(doc) + 1 + (bos is not None) for doc in values), dtype=np.int64, count=len(values))
-    stream = np.empty(int(lengths.sum()), dtype=dtype)  # [n_tokens]
-    start = 0
-    for doc, length in zip(values, lengths):
-        if bos is not None:
-            stream[start] = bos
-        stream[start + length - 1 - len(doc) : start + length - 1] = doc
-        stream[start + length - 1] = eos
-        start += length
-    return stream
-
-
 def packed_stream(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, phrase_mask: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
