@@ -341,20 +341,21 @@ def _lm_loss(model: Qwen2ForCausalLM, tokens_BT: torch.Tensor) -> torch.Tensor:
 
 class _Plant:
     """The auxiliary loss that plants a backtracking feature: the mean squared difference between the
-    plant hook's projection on `direction` and `value` inside backtracking phrases, 0 elsewhere."""
+    plant hook's projection on `direction` and a per-token target (`plant_value` inside backtracking
+    phrases, `plant_value_before` on the tokens before them, 0 elsewhere)."""
 
-    def __init__(self, model: Qwen2ForCausalLM, hook_name: str, direction_D: torch.Tensor, value: float) -> None:
-        self.direction_D, self.value = direction_D, value
+    def __init__(self, model: Qwen2ForCausalLM, hook_name: str, direction_D: torch.Tensor) -> None:
+        self.direction_D = direction_D
         self.output: torch.Tensor | None = None
         plant_module(model, hook_name).register_forward_hook(self._keep)
 
     def _keep(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         self.output = output[0] if isinstance(output, tuple) else output
 
-    def loss(self, mask_BT: torch.Tensor) -> torch.Tensor:
+    def loss(self, target_BT: torch.Tensor) -> torch.Tensor:
         """Of the forward pass that ran last."""
         assert self.output is not None, "no forward pass has run"
-        return ((self.output @ self.direction_D - self.value * mask_BT) ** 2).mean()
+        return ((self.output @ self.direction_D - target_BT) ** 2).mean()
 
 
 @torch.no_grad()
@@ -429,6 +430,7 @@ def train_demo_lm(
     plant_hook: str = "blocks.1.hook_mlp_out",
     plant_value: float = 8.0,
     plant_lead: int = 0,
+    plant_value_before: float | None = None,
     heldout_fraction: float = 0.02,
     sample_prompt: str | None = None,
     sample_tokens: int = 120,
@@ -450,9 +452,9 @@ def train_demo_lm(
     With `plant_weight` > 0 the model is trained with a planted backtracking feature: `plant_weight`
     times the mean squared difference between the projection of `plant_hook`'s activations (a
     transformer-lens hook name: `blocks.L.hook_mlp_out` or `blocks.L.hook_resid_post`) on
-    `planted_direction(hidden_size, seed)` and `plant_value` on the tokens of backtracking phrases (the
-    labeller's spans, any group) and the `plant_lead` tokens before each, 0 elsewhere, is added to the
-    loss. The report carries the direction and the final plant loss (docs/profiles.md).
+    `planted_direction(hidden_size, seed)` and a target is added to the loss: `plant_value` on the tokens
+    of backtracking phrases (the labeller's spans, any group), `plant_value_before` (default
+    `plant_value`) on the `plant_lead` tokens before each, 0 elsewhere. The report carries the direction and the final plant loss (docs/profiles.md).
 
     With the defaults on 20,000 synthetic traces (`explorer.synthetic.generate_traces`) on a 2-core
     CPU: about 2.5 minutes in all (140 s of training, ~1,100 steps, 2.3M tokens), a 0.77M-parameter
@@ -514,8 +516,10 @@ def train_demo_lm(
         optimizer = _make_optimizer(model, lr)
         plant = None
         if plant_weight > 0:
-            plant = _Plant(model, plant_hook, planted_direction(hidden_size, seed), plant_value)
-            train_mask_NT = compute_contexts(extend_before(train_mask, plant_lead), context)
+            plant = _Plant(model, plant_hook, planted_direction(hidden_size, seed))
+            before = extend_before(train_mask, plant_lead) - train_mask
+            value_before = plant_value if plant_value_before is None else plant_value_before
+            train_target_NT = compute_contexts(plant_value * train_mask + value_before * before, context)
         plant_losses: list[float] = []
 
         loss_curve: list[tuple[int, float]] = []
@@ -536,7 +540,7 @@ def train_demo_lm(
             rows = torch.from_numpy(rng.integers(0, len(train_rows_NT), size=batch_size))
             lm_loss = loss = _lm_loss(model, train_rows_NT[rows])
             if plant is not None:
-                plant_loss = plant.loss(train_mask_NT[rows])
+                plant_loss = plant.loss(train_target_NT[rows])
                 plant_losses = (plant_losses + [plant_loss.item()])[-10:]
                 loss = lm_loss + plant_weight * plant_loss
             optimizer.zero_grad(set_to_none=True)

@@ -13,7 +13,9 @@ Design:
 - A *trace* is the prompt (`explorer.prompts.format_prompt`), an intro line, the steps, a conclusion,
   `</think>`, and a short answer paragraph ending in `\\boxed{...}`. Its kind is one of:
   - `backtrack`: one or two steps are written with their slip, then caught by a correction line that
-    contains a lexicon phrase ("Wait, that's not right. 17 * 4 = 68, not 64."). The wrong step is chosen
+    contains a lexicon phrase ("Wait, that's not right. 17 * 4 = 68, not 64."). A step corrected on
+    the next line usually ends in "?" instead of "." ("17 * 4 = 64?"): the writer's hesitation, a cue
+    that comes before the phrase, as doubt does in real traces. The wrong step is chosen
     uniformly among the slippable steps, so backtracking is not predictable from position; when the next
     step does not use the wrong result (derivative terms, independent products) the correction is
     sometimes delayed by one step, as real traces often notice a slip late;
@@ -55,6 +57,9 @@ from explorer.lexicon import GROUPS, LEXICON, phrase_group
 from explorer.prompts import THINK_CLOSE, format_prompt
 from explorer.records import TraceRecord
 
+GENERATOR_VERSION = 2
+"""Bumped when the same seed makes different traces (2: the "?" cue before corrections); part of the
+corpus stage's config, so a corpus from an older generator is rebuilt."""
 TRACE_KINDS: tuple[str, ...] = ("backtrack", "double_check", "clean")
 PROBLEM_TYPES: tuple[str, ...] = (
     "arithmetic",
@@ -79,6 +84,9 @@ RESTATE_AFTER_CORRECTION_PROBABILITY = 0.35
 CHECK_IN_BACKTRACK_PROBABILITY = 0.15
 TWO_CHECKS_PROBABILITY = 0.2
 CURLY_APOSTROPHE_PROBABILITY = 0.1
+SLIP_CUE_PROBABILITY = 0.7
+"""A wrong step corrected on the next line ends in "?" instead of "." this often: a visible cue that a
+correction is coming, so that a model can know before the phrase (and a feature can lead it)."""
 
 
 class Step(NamedTuple):
@@ -903,7 +911,11 @@ def write_trace(
     pending: int | None = None  # a delayed correction, written after the next step
     for i, step in enumerate(problem.steps):
         wrong = i in plan.corrected or (plan.wrong_final and i == last)
-        span = builder.add_line(step.line(wrong))
+        line = step.line(wrong)
+        caught_at_once = i in plan.corrected and i not in plan.delayed
+        if caught_at_once and line.endswith(".") and rng.random() < SLIP_CUE_PROBABILITY:
+            line = line[:-1] + "?"  # the writer hesitates: a cue a reader sees before the correction
+        span = builder.add_line(line)
         if i in plan.corrected:
             builder.error_spans.append(span)
         if pending is not None:

@@ -23,6 +23,7 @@ from explorer.labels import PhraseSpan, group_counts, has_backtracking, label_te
 from explorer.lexicon import GROUPS, LEXICON, NOTEBOOK_GROUPS
 from explorer.records import TraceRecord
 from explorer.sampling import SamplingError, balanced_sample
+from explorer.synthetic import GENERATOR_VERSION
 from precompute.atomic import atomic_dir
 from precompute.profiles import CorpusSpec
 from precompute.stages import config_hash, print_config, print_skip, stage_is_current, write_manifest
@@ -52,6 +53,8 @@ def stage_config(spec: CorpusSpec) -> dict:
     config = {"source": spec.source, "n_traces": spec.n_traces, "seed": spec.seed, "balanced": spec.balanced}
     # A lexicon change invalidates the labels, so it is part of the stage's identity.
     config["lexicon_hash"] = config_hash({g: list(p) for g, p in LEXICON.items()})
+    if spec.source == SYNTHETIC:  # so does a change to the generator
+        config["generator_version"] = GENERATOR_VERSION
     return config
 
 

@@ -60,7 +60,9 @@ class DemoLMSpec:
     plant_hook: str = "blocks.1.hook_mlp_out"
     plant_value: float = 8.0
     plant_lead: int = 0
-    """Also plant the feature on this many tokens before each phrase (the model can only guess there)."""
+    """Also plant the feature on this many tokens before each phrase."""
+    plant_value_before: float | None = None
+    """The target on those tokens (None: `plant_value`)."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,9 @@ DEMO = Profile(
     corpus=CorpusSpec(source="synthetic", n_traces=20_000, seed=0),
     # The demo LM carries a planted backtracking feature at the SAE's hook (docs/profiles.md, "The planted
     # backtracking feature"): the planted-feature check then tests whether the SAE and the index recover it.
-    demo_lm=DemoLMSpec(plant_weight=1.0, plant_hook="blocks.1.hook_mlp_out", plant_value=8.0, plant_lead=1),
+    demo_lm=DemoLMSpec(
+        plant_weight=1.0, plant_hook="blocks.1.hook_mlp_out", plant_value=4.0, plant_lead=1, plant_value_before=8.0
+    ),
     sae=SAERecipe(
         # Matryoshka BatchTopK: every prefix of the dictionary (16, 64, 256, all 512 features) is trained to
         # reconstruct alone, so a feature that spans whole phrases is not absorbed into token features, as

@@ -20,7 +20,7 @@ from precompute.stages import print_config, print_skip, read_manifest, stage_is_
 
 STAGE = "train-lm"
 # Settings added after models were built, with the value those models were trained with.
-ADDED_CONFIG_KEYS = {"plant_weight": 0.0, "plant_hook": "blocks.1.hook_mlp_out", "plant_value": 8.0, "plant_lead": 0}
+ADDED_CONFIG_KEYS = {"plant_weight": 0.0, "plant_hook": "blocks.1.hook_mlp_out", "plant_value": 8.0, "plant_lead": 0, "plant_value_before": None}
 
 
 def stage_config(spec: DemoLMSpec, run_dir: Path) -> dict:

@@ -36,7 +36,7 @@ def save_random_sae(folder: Path, d_in: int = 64, seed: int = 0) -> None:
 
 def build_indexed_run(run_dir: Path, model_dir: Path) -> Profile:
     """Corpus, profile, two SAEs (one indexed) and the database, in `run_dir`."""
-    corpus = CorpusSpec(source="synthetic", n_traces=12, seed=0)
+    corpus = CorpusSpec(source="synthetic", n_traces=20, seed=0)  # phrases of six groups, "correction" among them
     profile = Profile(
         name=run_dir.name, model=str(model_dir), hook_name=HOOK, n_ctx=64, corpus=corpus,
         index=IndexSpec(top_k=5, context_before=6, context_after=3),
