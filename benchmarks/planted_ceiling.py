@@ -54,7 +54,7 @@ def hook_activations(
     (whether a token is in a phrase of one of `groups`)."""
     tokenizer = model.tokenizer
     special = set(tokenizer.all_special_ids)
-    notebook = [GROUPS.index(g) for g in groups]
+    positive_ids = [GROUPS.index(g) for g in groups]
     stop = max(stop_layer_for_hook(h) or model.cfg.n_layers for h in hooks)
     acts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     labels = []
@@ -67,7 +67,7 @@ def hook_activations(
             _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n in hooks, stop_at_layer=stop)
         for h in hooks:
             acts[h].append(cache[h][0][valid])
-        labels.append(torch.from_numpy(np.isin(token_group_ids(offsets, trace.phrase_spans), notebook))[valid])
+        labels.append(torch.from_numpy(np.isin(token_group_ids(offsets, trace.phrase_spans), positive_ids))[valid])
     return {h: torch.cat(a) for h, a in acts.items()}, torch.cat(labels)
 
 

@@ -190,14 +190,16 @@ def packed_stream(
     # documents that packing will cut anyway.
     encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=True)
     ids = [encoding.ids for encoding in encodings]
-    masks = [
-        (token_group_ids(encoding.offsets, label_text(text)) != NO_GROUP).astype(np.float32)
-        for text, encoding in zip(texts, encodings)
-    ] if phrase_mask else None
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     missing_bos = bool(ids) and (not ids[0] or ids[0][0] != bos)  # a tokenizer whose post-processor adds no BOS
     tokens = _pack(ids, bos=bos if missing_bos else None, end=eos, dtype=np.int64)
-    return tokens, (_pack(masks, bos=0 if missing_bos else None, end=0, dtype=np.float32) if masks is not None else None)
+    if not phrase_mask:
+        return tokens, None
+    masks = [
+        (token_group_ids(encoding.offsets, label_text(text)) != NO_GROUP).astype(np.float32)
+        for text, encoding in zip(texts, encodings)
+    ]
+    return tokens, _pack(masks, bos=0 if missing_bos else None, end=0, dtype=np.float32)
 
 
 def _pack(values: Sequence[Sequence[Any]], *, bos: Any | None, end: Any, dtype: Any) -> np.ndarray:
@@ -454,7 +456,8 @@ def train_demo_lm(
     transformer-lens hook name: `blocks.L.hook_mlp_out` or `blocks.L.hook_resid_post`) on
     `planted_direction(hidden_size, seed)` and a target is added to the loss: `plant_value` on the tokens
     of backtracking phrases (the labeller's spans, any group), `plant_value_before` (default
-    `plant_value`) on the `plant_lead` tokens before each, 0 elsewhere. The report carries the direction and the final plant loss (docs/profiles.md).
+    `plant_value`) on the `plant_lead` tokens before each, 0 elsewhere. The report carries the direction
+    and the final plant loss (docs/profiles.md).
 
     With the defaults on 20,000 synthetic traces (`explorer.synthetic.generate_traces`) on a 2-core
     CPU: about 2.5 minutes in all (140 s of training, ~1,100 steps, 2.3M tokens), a 0.77M-parameter

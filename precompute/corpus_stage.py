@@ -23,7 +23,7 @@ from explorer.labels import PhraseSpan, group_counts, has_backtracking, label_te
 from explorer.lexicon import GROUPS, LEXICON, NOTEBOOK_GROUPS
 from explorer.records import TraceRecord
 from explorer.sampling import SamplingError, balanced_sample
-from explorer.synthetic import GENERATOR_VERSION
+from explorer.synthetic import GENERATOR_VERSION, generate_traces
 from precompute.atomic import atomic_dir
 from precompute.profiles import CorpusSpec
 from precompute.stages import config_hash, print_config, print_skip, stage_is_current, write_manifest
@@ -61,7 +61,6 @@ def stage_config(spec: CorpusSpec) -> dict:
 def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:
     """Read or generate the traces named by `spec`, and label them."""
     if spec.source == SYNTHETIC:
-        from explorer.synthetic import generate_traces
 
         traces = generate_traces(spec.n_traces, seed=spec.seed)
         return LabelledCorpus(
