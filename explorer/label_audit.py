@@ -1,15 +1,17 @@
-"""Compare the lexicon's document labels with a corpus's own `has_backtracking` field.
+"""Compare the notebook's document label with a corpus's own `has_backtracking` field, and with the
+same lexicon matched on word boundaries.
 
 Imported corpora (the notebook's JSON) often carry their own `has_backtracking`, made by another
 rule or by hand. Where the two disagree, each case gets a sentence that says why, so a user can judge
-which to trust.
+which to trust. The notebook matched substrings, so "Actually, I shouldn't" counts as backtracking
+("actually, i should"); `boundary_differences` lists the documents where that is all there is.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-from explorer.labels import PhraseSpan, has_backtracking, label_text
+from explorer.labels import PhraseSpan, label_text, notebook_has_backtracking, word_boundary_has_backtracking
 from explorer.lexicon import NOTEBOOK_GROUPS
 from explorer.records import TraceRecord
 
@@ -59,7 +61,7 @@ def explain_disagreement(record: TraceRecord, spans: Sequence[PhraseSpan]) -> st
 
 
 def audit_against_source(records: Sequence[TraceRecord], spans_by_doc: dict[str, Sequence[PhraseSpan]]) -> LabelAgreement:
-    """Compare `has_backtracking` (notebook sense) with each record's own `has_backtracking` field.
+    """Compare the notebook's `has_backtracking` (its substring rule) with each record's own field.
 
     Records without a boolean `has_backtracking` in their metadata are not counted.
     """
@@ -71,7 +73,7 @@ def audit_against_source(records: Sequence[TraceRecord], spans_by_doc: dict[str,
             continue
         n_labelled += 1
         spans = spans_by_doc.get(record.doc_id, ())
-        lexicon_label = has_backtracking(spans)
+        lexicon_label = notebook_has_backtracking(record.text)
         if lexicon_label == source_label:
             n_agree += 1
         else:
@@ -79,3 +81,27 @@ def audit_against_source(records: Sequence[TraceRecord], spans_by_doc: dict[str,
                 LabelDisagreement(record.doc_id, source_label, lexicon_label, explain_disagreement(record, spans))
             )
     return LabelAgreement(n_labelled, n_agree, tuple(disagreements))
+
+
+class BoundaryDifference(NamedTuple):
+    """A document the notebook's substring rule calls backtracking but word-boundary matching does not."""
+
+    doc_id: str
+    quotes: tuple[str, ...]
+    """Each notebook phrase found inside a longer word, with some context."""
+
+
+def boundary_differences(records: Sequence[TraceRecord], spans_by_doc: dict[str, Sequence[PhraseSpan]]) -> list[BoundaryDifference]:
+    """The documents whose notebook label rests only on phrases inside longer words."""
+    differences = []
+    for record in records:
+        text = record.text
+        if word_boundary_has_backtracking(text) or not notebook_has_backtracking(text):
+            continue
+        inside = [
+            s for s in spans_by_doc.get(record.doc_id, ())
+            if s.group in NOTEBOOK_GROUPS
+            and ((s.start > 0 and text[s.start - 1].isalnum()) or (s.end < len(text) and text[s.end].isalnum()))
+        ]
+        differences.append(BoundaryDifference(record.doc_id, tuple(_quote(text, s.start, s.end) for s in inside)))
+    return differences

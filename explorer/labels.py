@@ -1,11 +1,16 @@
 """Backtracking labels: lexicon phrases as character spans, and their token positions.
 
-Matching rule (documented in docs/labels.md):
-- case-insensitive; a straight apostrophe in the lexicon also matches a curly one (’);
-- a phrase only matches on word boundaries: "wait" does not fire inside "await";
-- overlaps are resolved leftmost-longest: scanning left to right, at each position the longest phrase
-  that matches there wins, and scanning resumes after it. So "Wait, that's not right" is one
-  `correction` span ("Wait, that's not"), not also a `mistake` span ("that's not right");
+Matching rule (docs/labels.md says why):
+- **the notebook's six groups** match as the notebook matched them: case-insensitive substrings of
+  the trace (straight apostrophes, as written in the lists; no word boundaries), so a document has a
+  span from the six groups exactly when the notebook's `has_backtracking` is true
+  (`notebook_has_backtracking`);
+- **interjections** match case-insensitively on word boundaries ("wait" does not fire inside "await")
+  and only where no notebook phrase is: "Hmm, wait, let me check" is one `reconsideration` span, and
+  "hold on second thought" keeps its `mistake` span ("on second thought");
+- overlaps among the six groups are resolved leftmost-longest: scanning left to right, at each position
+  the longest phrase that matches there wins, and scanning resumes after it. So "Wait, that's not right"
+  is one `correction` span ("Wait, that's not"), not also a `mistake` span ("that's not right");
 - a phrase listed in two groups gets the first group in `explorer.lexicon.GROUPS` order.
 
 Token positions come from the tokenizer's character offsets: a token is inside a span when its
@@ -21,10 +26,15 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from explorer.lexicon import GROUPS, LEXICON, NOTEBOOK_GROUPS, phrase_group
+from explorer.lexicon import GROUPS, LEXICON, NOTEBOOK_GROUPS, NOTEBOOK_PHRASES, phrase_group
 
+LABEL_RULE_VERSION = 2
+"""Bumped when the same lexicon labels a text differently (2: the notebook's substring rule for its six
+groups, interjections only where no notebook phrase is); part of the corpus stage's config."""
 NO_GROUP = -1
 """Value of a token's group index when it lies in no backtracking phrase."""
+WORD_BOUNDARY_GROUPS: tuple[str, ...] = tuple(g for g in GROUPS if g not in NOTEBOOK_GROUPS)
+"""Groups matched on word boundaries (the interjections); the notebook's groups match as substrings."""
 
 
 class PhraseSpan(NamedTuple):
@@ -44,33 +54,76 @@ class TokenSpan(NamedTuple):
     group: str
 
 
-def _phrase_pattern(phrase: str) -> str:
-    body = re.escape(phrase).replace("'", "['’]")
+def _word_pattern(phrase: str) -> str:
     tail = r"(?!\w)" if phrase[-1].isalnum() else ""
-    return body + tail
+    return r"(?<!\w)" + re.escape(phrase) + tail
 
 
-@lru_cache(maxsize=1)
-def _lexicon_regex() -> tuple[re.Pattern[str], tuple[str, ...]]:
-    # Longest phrase first: at any position the regex then takes the longest alternative.
-    phrases = sorted({p for group in LEXICON.values() for p in group}, key=lambda p: (-len(p), p))
-    assert all(p[0].isalpha() for p in phrases), "every phrase starts with a letter (word boundary below)"
-    alternatives = "|".join(f"(?P<p{i}>{_phrase_pattern(p)})" for i, p in enumerate(phrases))
-    # The word-boundary look-behind and a look-ahead on the possible first letters reject most
-    # positions before the alternation is tried: about 14x faster on real traces.
-    first_letters = "".join(sorted({p[0] for p in phrases}))
-    pattern = rf"(?<!\w)(?=[{first_letters}])(?:{alternatives})"
-    return re.compile(pattern, re.IGNORECASE), tuple(phrases)
+def _alternation(phrases: Sequence[str], word_boundaries: bool) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    """One regex for `phrases` (lower case, matched against lower-cased text), longest first, so at
+    any position the longest phrase that matches there wins."""
+    ordered = tuple(sorted(set(phrases), key=lambda p: (-len(p), p)))
+    body = "|".join(
+        f"(?P<p{i}>{_word_pattern(p) if word_boundaries else re.escape(p)})" for i, p in enumerate(ordered)
+    )
+    # A look-ahead on the possible first letters rejects most positions before the alternation is tried.
+    first_letters = re.escape("".join(sorted({p[0] for p in ordered})))
+    return re.compile(rf"(?=[{first_letters}])(?:{body})"), ordered
+
+
+@lru_cache(maxsize=None)
+def _regex(groups: tuple[str, ...], word_boundaries: bool) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    return _alternation([p for g in groups for p in LEXICON[g]], word_boundaries)
+
+
+def _lowered(text: str) -> tuple[str, list[int] | None]:
+    """`text` lower-cased as the notebook did (`str.lower`), and where each of its characters came from
+    (None when lower-casing kept every character in place, as it does for all but a few letters such
+    as "İ")."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered, None
+    pieces = [c.lower() for c in text]
+    origin = [i for i, piece in enumerate(pieces) for _ in piece] + [len(text)]
+    return "".join(pieces), origin
+
+
+def _matches(text: str, groups: tuple[str, ...], word_boundaries: bool) -> list[PhraseSpan]:
+    regex, phrases = _regex(groups, word_boundaries)
+    lowered, origin = _lowered(text)
+    spans = []
+    for match in regex.finditer(lowered):
+        phrase = phrases[int(match.lastgroup[1:])]
+        start, end = match.span() if origin is None else (origin[match.start()], origin[match.end()])
+        spans.append(PhraseSpan(start, end, phrase_group(phrase), phrase))
+    return spans
 
 
 def label_text(text: str) -> list[PhraseSpan]:
     """All backtracking phrases in `text`, as non-overlapping spans in text order."""
-    regex, phrases = _lexicon_regex()
-    spans = []
-    for match in regex.finditer(text):
-        phrase = phrases[int(match.lastgroup[1:])]
-        spans.append(PhraseSpan(match.start(), match.end(), phrase_group(phrase), phrase))
-    return spans
+    spans = _matches(text, NOTEBOOK_GROUPS, word_boundaries=False)
+    words = _matches(text, WORD_BOUNDARY_GROUPS, word_boundaries=True)
+    if not spans:
+        return words
+    starts = np.array([s.start for s in spans])
+    ends = np.array([s.end for s in spans])
+    spans += [w for w in words if not np.any((starts < w.end) & (ends > w.start))]
+    return sorted(spans)
+
+
+def notebook_has_backtracking(text: str) -> bool:
+    """The notebook's own document label, exactly: a phrase of its six lists is a substring of the
+    lower-cased text. `label_text` finds a span of the six groups exactly when this is true."""
+    lowered = text.lower()
+    return any(phrase in lowered for phrase in NOTEBOOK_PHRASES)
+
+
+def word_boundary_has_backtracking(text: str) -> bool:
+    """The six lists matched on word boundaries instead: false where a phrase only occurs inside a
+    longer word ("Actually, I shouldn't" holds "actually, i should"). `precompute corpus` reports the
+    documents where this differs from the notebook's rule."""
+    regex, _ = _regex(NOTEBOOK_GROUPS, True)
+    return regex.search(_lowered(text)[0]) is not None
 
 
 def has_backtracking(spans: Sequence[PhraseSpan], groups: Sequence[str] = NOTEBOOK_GROUPS) -> bool:

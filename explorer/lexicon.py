@@ -1,8 +1,9 @@
 """The backtracking phrase lexicon: the original notebook's six groups plus bare interjections.
 
-The six groups are the notebook's `utils` lists, verbatim (lower case). The notebook matched them as
-case-insensitive substrings; `explorer.labels` matches them case-insensitively on word boundaries
-(so "reconsidering" does not fire inside "unreconsidering", and "wait" does not fire inside "await").
+The six groups are the notebook's `utils` lists, phrase for phrase and in its order (lower case; 74
+phrases, two of them in two lists). `tests/test_labels.py` compares them with a copy typed from the
+notebook, so an edit here cannot drift silently. The notebook's `has_backtracking` is true when any of
+these phrases is a substring of the lower-cased trace (`explorer.labels.notebook_has_backtracking`).
 
 `interjection` is not in the notebook's lexicon. These bare markers are what ReasonScore and most
 backtracking work key on ("Wait", "Hmm", "Alternatively"). They are labelled as their own group, and
@@ -26,6 +27,10 @@ MISTAKE = (
     "i need to backtrack",
     "let me restart",
     "i made an error",
+    "i think i made a mistake",
+    "i think i made an error",
+    "that doesn't seem right",
+    "actually, i made a mistake in my calculation",
 )
 
 CORRECTION = (
@@ -33,14 +38,19 @@ CORRECTION = (
     "hmm, that doesn't",
     "hmm, this doesn't",
     "wait, that's not",
+    "wait, that is not",
+    "wait, this is not",
     "wait, that doesn't",
+    "wait, that does not",
     "wait, this doesn't",
+    "wait, this does not",
     "actually, that's not",
     "actually, that doesn't",
     "actually, this doesn't",
     "oh, that's not",
     "oh, that doesn't",
     "oh, this doesn't",
+    "wait, that's not quite right",
 )
 
 RECONSIDERATION = (
@@ -52,6 +62,9 @@ RECONSIDERATION = (
     "thinking again",
     "reconsidering",
     "rethinking",
+    "wait, let's determine",
+    "hmm, wait, let me check",
+    "hmm, i think i misunderstood the question",
 )
 
 MISCALCULATION = (
@@ -87,6 +100,8 @@ MATH_CORRECTION = (
     "let me solve this differently",
     "let me approach this differently",
     "let me try a different approach",
+    "actually, let me double-check",
+    "wait, let me double-check",
 )
 
 INTERJECTION = (
@@ -112,6 +127,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
 
 GROUPS: tuple[str, ...] = tuple(LEXICON)
 NOTEBOOK_GROUPS: tuple[str, ...] = GROUPS[:6]
+NOTEBOOK_PHRASES: tuple[str, ...] = tuple(dict.fromkeys(p for g in NOTEBOOK_GROUPS for p in LEXICON[g]))
+"""Every phrase of the notebook's six lists, once each (72 distinct phrases)."""
 
 
 def phrase_group(phrase: str) -> str:

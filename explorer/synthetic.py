@@ -57,9 +57,10 @@ from explorer.lexicon import GROUPS, LEXICON, phrase_group
 from explorer.prompts import THINK_CLOSE, format_prompt
 from explorer.records import TraceRecord
 
-GENERATOR_VERSION = 2
-"""Bumped when the same seed makes different traces (2: the "?" cue before corrections); part of the
-corpus stage's config, so a corpus from an older generator is rebuilt."""
+GENERATOR_VERSION = 3
+"""Bumped when the same seed makes different traces (2: the "?" cue before corrections; 3: the notebook's
+full lexicon, straight apostrophes only); part of the corpus stage's config, so a corpus from an older
+generator is rebuilt."""
 TRACE_KINDS: tuple[str, ...] = ("backtrack", "double_check", "clean")
 PROBLEM_TYPES: tuple[str, ...] = (
     "arithmetic",
@@ -83,7 +84,6 @@ INTERJECTION_PREFIX_PROBABILITY = 0.3
 RESTATE_AFTER_CORRECTION_PROBABILITY = 0.35
 CHECK_IN_BACKTRACK_PROBABILITY = 0.15
 TWO_CHECKS_PROBABILITY = 0.2
-CURLY_APOSTROPHE_PROBABILITY = 0.1
 SLIP_CUE_PROBABILITY = 0.7
 """A wrong step corrected on the next line ends in "?" instead of "." this often: a visible cue that a
 correction is coming, so that a model can know before the phrase (and a feature can lead it)."""
@@ -669,11 +669,20 @@ FRAMES: dict[str, tuple[str, ...]] = {
     "i need to backtrack": ("{P}: {fix}", "{P} a little. {fix}"),
     "let me restart": ("{P} this step: {fix}", "{P} from that line. {fix}"),
     "i made an error": ("{P}: {fix}", "{P} in that step. {fix}"),
+    "i think i made a mistake": ("{P}: {fix}", "{P} there. {fix}"),
+    "i think i made an error": ("{P}: {fix}", "{P} in that step. {fix}"),
+    "that doesn't seem right": ("{P}. {fix}", "{P}: {fix}"),
+    "actually, i made a mistake in my calculation": ("{P}: {fix}", "{P}. {fix}"),
     # correction
     "hmm, that's not": ("{P} right. {fix}", "{P} correct. {fix}"),
     "hmm, that doesn't": ("{P} look right. {fix}", "{P} seem right: {fix}"),
     "hmm, this doesn't": ("{P} add up. {fix}", "{P} look right: {fix}"),
-    "wait, that's not": ("{P} right. {fix}", "{P} correct: {fix}", "{P} quite right. {fix}"),
+    "wait, that's not": ("{P} right. {fix}", "{P} correct: {fix}"),
+    "wait, that is not": ("{P} right. {fix}", "{P} correct: {fix}"),
+    "wait, this is not": ("{P} right. {fix}", "{P} correct: {fix}"),
+    "wait, that does not": ("{P} look right. {fix}", "{P} add up: {fix}"),
+    "wait, this does not": ("{P} add up. {fix}", "{P} look right. {fix}"),
+    "wait, that's not quite right": ("{P}. {fix}", "{P}: {fix}"),
     "wait, that doesn't": ("{P} look right. {fix}", "{P} add up: {fix}"),
     "wait, this doesn't": ("{P} add up. {fix}", "{P} look right. {fix}"),
     "actually, that's not": ("{P} right: {fix}", "{P} correct. {fix}"),
@@ -690,6 +699,9 @@ FRAMES: dict[str, tuple[str, ...]] = {
     "thinking again": ("{P} about that step, {fix}", "{P}, {fix}"),
     "reconsidering": ("{P} that step: {fix}", "{P} it, {fix}"),
     "rethinking": ("{P} that step: {fix}", "{P} it, {fix}"),
+    "wait, let's determine": ("{P} that step again: {fix}", "{P} it once more. {fix}"),
+    "hmm, wait, let me check": ("{P} that step. {fix}", "{P}: {fix}"),
+    "hmm, i think i misunderstood the question": ("{P}. {fix}", "{P}: {fix}"),
     # miscalculation
     "i made a calculation error": ("{P}: {fix}", "{P} there. {fix}"),
     "i made a computational error": ("{P}: {fix}", "{P} there. {fix}"),
@@ -718,6 +730,8 @@ FRAMES: dict[str, tuple[str, ...]] = {
     "let me solve this differently": ("{P} and compute the step directly: {fix}", "{P}. {fix}"),
     "let me approach this differently": ("{P}: {fix}", "{P} and compute it directly. {fix}"),
     "let me try a different approach": ("{P} for that step: {fix}", "{P}. Computing directly, {fix}"),
+    "actually, let me double-check": ("{P} that step: {fix}", "{P}. {fix}"),
+    "wait, let me double-check": ("{P} that step: {fix}", "{P}. {fix}"),
     # interjection, alone
     "wait": ("{P}. {fix}", "{P}, {fix}"),
     "hmm": ("{P}. {fix}", "{P}, {fix}"),
@@ -760,13 +774,11 @@ assert set(FRAMES) == {p for phrases in GROUP_PHRASES.values() for p in phrases}
 
 
 def render_phrase(rng: random.Random, phrase: str, sentence_start: bool) -> str:
-    """The phrase as it would be written: "I" upper-cased, a capital at sentence start, and now and
-    then a curly apostrophe (the labeller accepts both)."""
+    """The phrase as it would be written: "I" upper-cased and a capital at sentence start. Apostrophes
+    stay straight, as in the notebook's lists (its substring rule does not match a curly one)."""
     text = re.sub(r"\bi\b", "I", phrase)
     if sentence_start:
         text = text[0].upper() + text[1:]
-    if "'" in text and rng.random() < CURLY_APOSTROPHE_PROBABILITY:
-        text = text.replace("'", "\u2019")
     return text
 
 

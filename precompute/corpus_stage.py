@@ -1,8 +1,10 @@
 """Stage `corpus`: generate or import traces, label their backtracking phrases, write `corpus/`.
 
 Synthetic traces keep the generator's exact labels (and the wrong step before each correction).
-Imported traces are labelled with the lexicon (`explorer.labels.label_text`); where a trace carries
-its own `has_backtracking`, the two are compared and every disagreement is explained.
+Imported traces are labelled with the lexicon (`explorer.labels.label_text`). A document's
+`has_backtracking` is the notebook's own rule (`explorer.labels.notebook_has_backtracking`); where a trace
+carries its own `has_backtracking`, the two are compared and every disagreement is explained, and so are
+the documents where matching on word boundaries would say otherwise.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from tqdm.auto import tqdm
 from explorer import artifacts
 from explorer.corpus import CorpusError
 from explorer.correctness import is_correct
-from explorer.label_audit import LabelAgreement, audit_against_source
-from explorer.labels import PhraseSpan, group_counts, has_backtracking, label_text
+from explorer.label_audit import BoundaryDifference, LabelAgreement, audit_against_source, boundary_differences
+from explorer.labels import LABEL_RULE_VERSION, PhraseSpan, group_counts, has_backtracking, label_text, notebook_has_backtracking
 from explorer.lexicon import GROUPS, LEXICON, NOTEBOOK_GROUPS
 from explorer.records import TraceRecord
 from explorer.sampling import SamplingError, balanced_sample
@@ -29,6 +31,8 @@ from precompute.profiles import CorpusSpec
 from precompute.stages import config_hash, print_config, print_skip, stage_is_current, write_manifest
 
 STAGE = "corpus"
+MAX_LISTED = 10
+"""Documents listed by name in the printed summary, per kind of difference."""
 SYNTHETIC = "synthetic"
 
 
@@ -47,12 +51,15 @@ class CorpusSummary(NamedTuple):
     n_with_interjection: int
     phrases_per_group: dict[str, int]
     agreement: LabelAgreement | None
+    boundary_differences: list[BoundaryDifference]
+    """Documents whose notebook label rests only on a phrase inside a longer word."""
 
 
 def stage_config(spec: CorpusSpec) -> dict:
     config = {"source": spec.source, "n_traces": spec.n_traces, "seed": spec.seed, "balanced": spec.balanced}
     # A lexicon change invalidates the labels, so it is part of the stage's identity.
     config["lexicon_hash"] = config_hash({g: list(p) for g, p in LEXICON.items()})
+    config["label_rule_version"] = LABEL_RULE_VERSION
     if spec.source == SYNTHETIC:  # so does a change to the generator
         config["generator_version"] = GENERATOR_VERSION
     return config
@@ -80,7 +87,7 @@ def balanced_subset(corpus: LabelledCorpus, n: int, seed: int) -> LabelledCorpus
     """The notebook's balanced sample of `corpus`: n/2 correct traces that backtrack (six groups), n/2
     correct traces that don't, no problem twice."""
     correct = {r.doc_id: bool(_record_is_correct(r)) for r in corpus.records}
-    backtracks = {doc_id: has_backtracking(spans) for doc_id, spans in corpus.spans_by_doc.items()}
+    backtracks = {r.doc_id: notebook_has_backtracking(r.text) for r in corpus.records}
     try:
         kept = balanced_sample(corpus.records, n, seed=seed, has_backtracking=backtracks, is_correct=correct)
     except SamplingError as err:
@@ -111,7 +118,7 @@ def documents_frame(corpus: LabelledCorpus) -> pd.DataFrame:
                 "doc_id": record.doc_id,
                 "text": record.text,
                 "n_chars": len(record.text),
-                "has_backtracking": has_backtracking(spans),
+                "has_backtracking": notebook_has_backtracking(record.text),
                 "has_interjection": has_backtracking(spans, groups=("interjection",)),
                 "n_phrases": len(spans),
                 "is_correct": _record_is_correct(record),
@@ -155,6 +162,7 @@ def summarise(corpus: LabelledCorpus, documents: pd.DataFrame) -> CorpusSummary:
         n_with_interjection=int(documents["has_interjection"].sum()),
         phrases_per_group=counts,
         agreement=agreement if agreement is not None and agreement.n_with_source_label else None,
+        boundary_differences=boundary_differences(corpus.records, corpus.spans_by_doc),
     )
 
 
@@ -165,6 +173,15 @@ def print_summary(summary: CorpusSummary) -> None:
         f"with an interjection: {summary.n_with_interjection:,}"
     )
     print("  phrases per group: " + ", ".join(f"{g} {n:,}" for g, n in summary.phrases_per_group.items()))
+    differences = summary.boundary_differences
+    print(
+        f"  the notebook's substring rule and word-boundary matching agree on "
+        f"{summary.n_documents - len(differences):,}/{summary.n_documents:,} documents"
+    )
+    for d in differences[:MAX_LISTED]:
+        print(f"    - {d.doc_id}: only inside a longer word: " + "; ".join(repr(q) for q in d.quotes))
+    if len(differences) > MAX_LISTED:
+        print(f"    ... and {len(differences) - MAX_LISTED:,} more (corpus/{artifacts.CORPUS_SUMMARY_FILE})")
     agreement = summary.agreement
     if agreement is None:
         return
@@ -188,7 +205,9 @@ def summary_dict(summary: CorpusSummary) -> dict:
             "n_agree": agreement.n_agree,
             "disagreements": [d._asdict() for d in agreement.disagreements],
         }
+    data["boundary_differences"] = [d._asdict() for d in summary.boundary_differences]
     data["groups_in_has_backtracking"] = list(NOTEBOOK_GROUPS)
+    data["has_backtracking_rule"] = "the notebook's: a phrase of the six lists is a substring of the lower-cased text"
     return data
 
 

@@ -49,18 +49,43 @@ def test_synthetic_corpus_stage_writes_and_then_skips(tmp_path, capsys):
     assert "up to date" not in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "seed_format_sample_n20.json").exists(), reason="shared samples absent")
-def test_notebook_samples_import_and_disagreements_are_explained(tmp_path, capsys):
+@pytest.mark.parametrize(("sample", "n"), [("seed_format_sample_n20.json", 20), ("seed_format_sample_n10.json", 10)])
+def test_notebook_samples_agree_with_their_own_labels(tmp_path, capsys, sample, n):
+    if not (SHARED_DATA / sample).exists():
+        pytest.skip("shared samples absent")
     run = tmp_path / "samples"
-    assert main(["corpus", "--dataset", str(SHARED_DATA / "seed_format_sample_n20.json"), "--out", str(run)]) == 0
+    assert main(["corpus", "--dataset", str(SHARED_DATA / sample), "--out", str(run)]) == 0
     summary = json.loads((run / artifacts.CORPUS_DIR / artifacts.CORPUS_SUMMARY_FILE).read_text())
-    agreement = summary["agreement"]
-    assert agreement["n_with_source_label"] == 20
-    assert agreement["n_agree"] + len(agreement["disagreements"]) == 20
-    for case in agreement["disagreements"]:
-        assert case["explanation"]
+    assert summary["agreement"] == {"n_with_source_label": n, "n_agree": n, "disagreements": []}
+    assert summary["boundary_differences"] == []
     out = capsys.readouterr().out
-    assert f"agreement with the source's own has_backtracking: {agreement['n_agree']}/20" in out
+    assert f"agreement with the source's own has_backtracking: {n}/{n}" in out
+    assert f"word-boundary matching agree on {n}/{n} documents" in out
+    documents = pd.read_parquet(run / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE)
+    assert (documents["has_backtracking"] == documents["source_has_backtracking"]).all()
+
+
+def test_disagreements_and_substring_only_matches_are_explained(tmp_path, capsys):
+    records = [
+        {"problem_id": "a", "generated_cot": "So 2 + 2 = 4. Hmm, let me look again.", "has_backtracking": True,
+         "backtracking_phrase": "Hmm, let me look again"},
+        {"problem_id": "b", "generated_cot": "So 2 + 2 = 5. I made a mistake: it is 4.", "has_backtracking": False},
+        {"problem_id": "c", "generated_cot": "Actually, I shouldn't add. So 3.", "has_backtracking": True},
+        {"problem_id": "d", "generated_cot": "So 3.", "has_backtracking": False},
+    ]
+    path = tmp_path / "traces.json"
+    path.write_text(json.dumps(records))
+    run = tmp_path / "run"
+    assert main(["corpus", "--dataset", str(path), "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((run / artifacts.CORPUS_DIR / artifacts.CORPUS_SUMMARY_FILE).read_text())
+    explained = {d["doc_id"]: d["explanation"] for d in summary["agreement"]["disagreements"]}
+    assert set(explained) == {"a", "b"} and summary["agreement"]["n_agree"] == 2
+    assert "outside the notebook's six groups" in explained["a"] and "interjections only ('Hmm')" in explained["a"]
+    assert "mistake 'I made a mistake'" in explained["b"]
+    # "c" is backtracking by the notebook's substring rule only ("actually, i should" in "shouldn't").
+    assert [d["doc_id"] for d in summary["boundary_differences"]] == ["c"]
+    assert "word-boundary matching agree on 3/4 documents" in out and "Actually, I shouldn't" in out
 
 
 def test_missing_dataset_is_a_clear_error_and_writes_no_corpus(tmp_path, capsys):

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from explorer.labels import has_backtracking, label_text
+from explorer.labels import has_backtracking, label_text, notebook_has_backtracking, word_boundary_has_backtracking
 from explorer.lexicon import GROUPS, LEXICON
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
 from explorer.synthetic import PROBLEM_TYPES, TRACE_KINDS, generate_traces
@@ -41,11 +41,16 @@ def test_labeller_finds_exactly_the_generated_spans(traces):
         assert label_text(trace.record.text) == list(trace.phrase_spans), trace.record.doc_id
 
 
+def test_every_phrase_of_the_lexicon_is_written(traces):
+    written = {span.phrase for trace in generate_traces(20_000, seed=0) for span in trace.phrase_spans}
+    assert written == {p for phrases in LEXICON.values() for p in phrases}  # the notebook's 72 and 5 interjections
+
+
 def test_span_text_is_its_lexicon_phrase_and_the_phrase_is_in_its_group(traces):
     for trace in traces:
         for span in trace.phrase_spans:
             written = trace.record.text[span.start : span.end]
-            assert written.lower().replace("\u2019", "'") == span.phrase
+            assert written.lower() == span.phrase
             assert span.phrase in LEXICON[span.group]
 
 
@@ -111,6 +116,9 @@ def test_only_backtracking_traces_have_spans_and_metadata_agrees(traces):
         else:
             assert trace.phrase_spans == () and trace.error_spans == ()
         assert metadata["has_backtracking"] == has_backtracking(trace.phrase_spans)
+        # The notebook's substring rule and the word-boundary rule agree with the recorded label.
+        text = trace.record.text
+        assert notebook_has_backtracking(text) == word_boundary_has_backtracking(text) == metadata["has_backtracking"]
     # Interjection-only corrections exist: backtracking traces that the notebook's rule calls clean.
     unlabelled_kinds = {t.record.metadata["trace_kind"] for t in traces if not t.record.metadata["has_backtracking"]}
     assert "backtrack" in unlabelled_kinds
