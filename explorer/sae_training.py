@@ -4,10 +4,11 @@ The activation source (what the SAE sees):
 
 - documents are split once into training and held-out documents by a hash of their `doc_id`
   (`is_heldout`), so the split never moves when the corpus is re-ordered or grows;
-- each document is tokenized without special tokens and followed by EOS, then documents are packed
-  back to back into rows of `context_size` tokens by sae_lens's own `concat_and_batch_sequences`:
-  every row starts with BOS and documents are separated by BOS, so the model sees
-  `BOS text EOS BOS text ...` as it always does, and no row holds padding;
+- each document is tokenized without special tokens, then documents are packed back to back into rows
+  of `context_size` tokens by sae_lens's own `concat_and_batch_sequences`, as the recipe's `prepend_bos`
+  says: the notebook's packing (False) puts nothing between documents, so a row starts wherever the last
+  one stopped; with True every row starts with BOS and each document is followed by EOS and separated by
+  BOS, so the model sees `BOS text EOS BOS text ...`. No row holds padding;
 - the rows go to sae_lens as a pretokenized dataset (`override_dataset`, an `input_ids` column);
 - `exclude_special_tokens` drops the activations of BOS, EOS, padding and the tokenizer's other special
   tokens before the SAE sees them (BOS activations are huge attention-sink outliers in Qwen models).
@@ -55,7 +56,8 @@ _TOKEN_MARGIN = 1.1
 
 
 class ActivationSource(NamedTuple):
-    """Token rows an SAE trains and is measured on. Every row starts with BOS; none holds padding."""
+    """Token rows an SAE trains and is measured on, packed as the recipe's `prepend_bos` says; none
+    holds padding."""
 
     train_NT: torch.Tensor
     """[n_train_rows, context_size] training rows, shuffled by the recipe's seed."""
@@ -91,39 +93,52 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[
 
 
 def iter_packed_contexts(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], context_size: int, chunk: int = 512
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    context_size: int,
+    chunk: int = 512,
+    *,
+    prepend_bos: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """Rows of `context_size` tokens: `BOS text EOS BOS text EOS ...`, each row starting with BOS.
+    """Rows of `context_size` tokens.
 
-    Documents are tokenized `chunk` at a time, so a caller that needs a few rows from a huge corpus
-    stops early. The ragged tail is dropped.
+    `prepend_bos=True`: `BOS text EOS BOS text EOS ...`, each row starting with BOS. False, the notebook's
+    packing (sae_lens 3-4 with `prepend_bos=False`): `text text ...`, no special token at all, so a row
+    starts mid-document. Documents are tokenized `chunk` at a time, so a caller that needs a few rows
+    from a huge corpus stops early. The ragged tail is dropped.
     """
     from sae_lens.tokenization_and_batching import concat_and_batch_sequences
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is None:
+    if prepend_bos and bos is None:
         raise ValueError("the tokenizer has no BOS token; rows must start with one")
+    end = [eos] if prepend_bos and eos is not None else []
 
     def documents() -> Iterator[torch.Tensor]:
         for start in range(0, len(texts), chunk):
             for ids in _tokenize(tokenizer, texts[start : start + chunk]):
                 if ids:
-                    yield torch.tensor(ids + ([eos] if eos is not None else []), dtype=torch.long)
+                    yield torch.tensor(ids + end, dtype=torch.long)
 
     yield from concat_and_batch_sequences(
         tokens_iterator=documents(),
         context_size=context_size,
-        begin_batch_token_id=bos,
-        sequence_separator_token_id=bos,
+        begin_batch_token_id=bos if prepend_bos else None,
+        sequence_separator_token_id=bos if prepend_bos else None,
     )
 
 
 def compute_packed_contexts(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], context_size: int, max_rows: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    context_size: int,
+    max_rows: int | None = None,
+    *,
+    prepend_bos: bool = True,
 ) -> torch.Tensor:
     """`iter_packed_contexts` as one [n_rows, context_size] tensor (at most `max_rows` rows)."""
     rows = []
-    for row in iter_packed_contexts(tokenizer, texts, context_size):
+    for row in iter_packed_contexts(tokenizer, texts, context_size, prepend_bos=prepend_bos):
         rows.append(row)
         if max_rows is not None and len(rows) >= max_rows:
             break
@@ -142,6 +157,7 @@ def build_activation_source(
     max_heldout_tokens: int | None = None,
     heldout_fraction: float = HELDOUT_FRACTION,
     seed: int = 42,
+    prepend_bos: bool = True,
 ) -> ActivationSource:
     """Split the documents, shuffle the training ones by `seed`, and pack both sides into rows.
 
@@ -155,9 +171,11 @@ def build_activation_source(
     train_texts = [texts[i] for i in order if not heldout[i]]
     heldout_texts = [texts[i] for i in np.flatnonzero(heldout)]
 
-    train_NT = compute_packed_contexts(tokenizer, train_texts, context_size, _rows_for(max_train_tokens, context_size))
+    train_NT = compute_packed_contexts(
+        tokenizer, train_texts, context_size, _rows_for(max_train_tokens, context_size), prepend_bos=prepend_bos
+    )
     heldout_NT = compute_packed_contexts(
-        tokenizer, heldout_texts, context_size, _rows_for(max_heldout_tokens, context_size)
+        tokenizer, heldout_texts, context_size, _rows_for(max_heldout_tokens, context_size), prepend_bos=prepend_bos
     )
     if len(train_NT) == 0:
         raise ValueError(f"the training documents hold fewer tokens than one context of {context_size}")
@@ -178,10 +196,13 @@ def build_heldout_contexts(
     *,
     max_tokens: int | None = None,
     heldout_fraction: float = HELDOUT_FRACTION,
+    prepend_bos: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """The held-out rows alone (for measuring an SAE trained elsewhere), and how many documents fed them."""
     heldout_texts = [text for doc_id, text in zip(doc_ids, texts) if is_heldout(doc_id, heldout_fraction)]
-    rows_NT = compute_packed_contexts(tokenizer, heldout_texts, context_size, _rows_for(max_tokens, context_size))
+    rows_NT = compute_packed_contexts(
+        tokenizer, heldout_texts, context_size, _rows_for(max_tokens, context_size), prepend_bos=prepend_bos
+    )
     return rows_NT, len(heldout_texts)
 
 
@@ -197,6 +218,38 @@ def as_pretokenized_dataset(contexts_NT: torch.Tensor) -> Dataset:
 
 
 # --- recipe -> sae_lens config --------------------------------------------------------------------
+
+NOTEBOOK_DECODER_INIT_NORM = 0.1
+"""The norm every decoder row starts with (sae_lens 3-4's heuristic and sae_lens 6's `decoder_init_norm`)."""
+
+
+def check_sae_lens_6_can_train(recipe: SAERecipe) -> None:
+    """Refuse, before any work, a recipe setting that sae_lens 6 has no equivalent for."""
+    unsupported = {
+        "scale_sparsity_penalty_by_decoder_norm=False": not recipe.scale_sparsity_penalty_by_decoder_norm,
+        "init_encoder_as_decoder_transpose=False": not recipe.init_encoder_as_decoder_transpose,
+        "normalize_sae_decoder=True": recipe.normalize_sae_decoder,
+        f"b_dec_init_method={recipe.b_dec_init_method!r}": recipe.b_dec_init_method != "zeros",
+        f"mse_loss_normalization={recipe.mse_loss_normalization!r}": recipe.mse_loss_normalization is not None,
+        "use_ghost_grads=True": recipe.use_ghost_grads,
+    }
+    refused = [setting for setting, is_set in unsupported.items() if is_set]
+    if refused:
+        raise ValueError(
+            f"sae_lens 6 has no equivalent for {', '.join(refused)} (docs/sae.md lists what it does instead)"
+        )
+
+
+@torch.no_grad()
+def apply_notebook_decoder_init(sae: TrainingSAE, seed: int) -> None:
+    """Start `sae` as the notebook's sae_lens 3-4 did with `decoder_heuristic_init=True` and
+    `init_encoder_as_decoder_transpose=True`: decoder entries uniform in [0, 1), each row scaled to norm
+    0.1, the encoder its transpose. (sae_lens 6 draws symmetric kaiming-uniform entries instead.)"""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    W_dec = torch.rand(sae.W_dec.shape, generator=generator, dtype=torch.float32)  # [d_sae, d_in]
+    W_dec *= NOTEBOOK_DECODER_INIT_NORM / W_dec.norm(dim=-1, keepdim=True)
+    sae.W_dec.data.copy_(W_dec.to(sae.W_dec.dtype))
+    sae.W_enc.data.copy_(sae.W_dec.data.T)
 
 
 def build_runner_config(
@@ -225,12 +278,7 @@ def build_runner_config(
         TopKTrainingSAEConfig,
     )
 
-    if not recipe.scale_sparsity_penalty_by_decoder_norm:
-        # sae_lens 6's standard SAE always weights the L1 penalty by decoder norms; there is no switch.
-        raise ValueError(
-            "sae_lens 6 always scales the sparsity penalty by decoder norms; "
-            "scale_sparsity_penalty_by_decoder_norm=False has no equivalent"
-        )
+    check_sae_lens_6_can_train(recipe)
     steps = recipe.training_steps
     d_sae = d_in * recipe.expansion_factor
     common = {
@@ -240,11 +288,15 @@ def build_runner_config(
         "device": device,
         "normalize_activations": recipe.normalize_activations,
         "apply_b_dec_to_input": recipe.apply_b_dec_to_input,
+        # Both starts scale each decoder row to norm 0.1 and the encoder to its transpose; with
+        # `decoder_heuristic_init` train_sae then redraws the entries as the notebook's sae_lens did.
+        "decoder_init_norm": NOTEBOOK_DECODER_INIT_NORM,
     }
     if recipe.architecture == "standard":
         sae_cfg: Any = StandardTrainingSAEConfig(
             **common,
             l1_coefficient=recipe.l1_coefficient,
+            lp_norm=recipe.lp_norm,
             l1_warm_up_steps=round(recipe.l1_warm_up_fraction * steps),
         )
     elif recipe.architecture == "topk":
@@ -279,7 +331,8 @@ def build_runner_config(
         streaming=False,
         is_dataset_tokenized=True,
         context_size=recipe.context_size,
-        prepend_bos=True,
+        # Recorded in the SAE's metadata; the rows come packed by `iter_packed_contexts` with the same value.
+        prepend_bos=recipe.prepend_bos,
         # sae_lens refuses a shuffling buffer smaller than one training batch.
         n_batches_in_buffer=max(
             recipe.n_batches_in_buffer, math.ceil(2 * recipe.train_batch_size_tokens / recipe.context_size)
@@ -291,13 +344,23 @@ def build_runner_config(
         seed=recipe.seed,
         dtype=recipe.dtype,
         lr=recipe.lr,
+        adam_beta1=recipe.adam_beta1,
+        adam_beta2=recipe.adam_beta2,
         lr_scheduler_name=recipe.lr_scheduler_name,
         lr_warm_up_steps=round(recipe.lr_warm_up_fraction * steps),
         lr_decay_steps=round(recipe.lr_decay_fraction * steps),
         dead_feature_window=recipe.dead_feature_window,
+        feature_sampling_window=recipe.feature_sampling_window,
+        dead_feature_threshold=recipe.dead_feature_threshold,
         n_batches_for_norm_estimate=recipe.n_batches_for_norm_estimate,
         exclude_special_tokens=exclude,
-        logger=LoggingConfig(log_to_wandb=wandb, wandb_project=WANDB_PROJECT, run_name=run_name),
+        logger=LoggingConfig(
+            log_to_wandb=wandb,
+            wandb_project=WANDB_PROJECT,
+            run_name=run_name,
+            wandb_log_frequency=recipe.wandb_log_frequency,
+            eval_every_n_wandb_logs=recipe.eval_every_n_wandb_logs,
+        ),
         n_checkpoints=recipe.n_checkpoints,
         # sae_lens <= 5 (the notebook's) always wrote a `final_<tokens>` checkpoint next to the others.
         save_final_checkpoint=recipe.n_checkpoints > 0,
@@ -381,6 +444,8 @@ def train_sae(
             warnings.filterwarnings("ignore", message=".*To copy construct from a tensor.*")
             sae_lens_logger.setLevel(logging.ERROR)
             runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+            if recipe.decoder_heuristic_init:
+                apply_notebook_decoder_init(runner.sae, seed=recipe.seed)
             recorder.attach(runner.sae)
             trained_sae = runner.run()
     except InterruptedException:

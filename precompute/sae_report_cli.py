@@ -93,6 +93,7 @@ def _heldout_rows(profile: Profile, run_dir: Path, model: HookedSAETransformer) 
         docs["text"].tolist(),
         profile.sae.context_size,
         max_tokens=EVAL_TOKENS,
+        prepend_bos=profile.sae.prepend_bos,
     )
     if len(heldout_NT) == 0:
         raise RunFolderError(f"The corpus of {run_dir} has too few held-out documents ({n_docs}) to fill one context.")

@@ -34,7 +34,7 @@ from explorer.database import (
 from explorer.runs import RunFolderError, read_documents
 from explorer.sae_metrics import SAEReport, TrainingCurvePoint
 from precompute.atomic import atomic_dir
-from precompute.profiles import DEMO_MODEL, Profile
+from precompute.profiles import DEMO_MODEL, SAE_FIELDS_ADDED_LATER, Profile
 from precompute.stages import (
     package_versions,
     print_config,
@@ -55,7 +55,7 @@ TRAINING_REPORT_FILE = artifacts.SAE_TRAINING_REPORT_FILE
 EVAL_TOKENS = 32_768
 """Held-out tokens the report measures (at most; fewer when the held-out documents hold fewer)."""
 EVAL_BATCH_ROWS = 8
-ADDED_CONFIG_KEYS = {"sae.matryoshka_widths": []}
+ADDED_CONFIG_KEYS = {f"sae.{key}": value for key, value in SAE_FIELDS_ADDED_LATER.items()}
 """Recipe fields added after SAEs were trained, with the value those SAEs had (`stage_is_current`)."""
 
 
@@ -236,11 +236,13 @@ def run_train_sae_stage(
         max_train_tokens=recipe.training_tokens + norm_tokens,
         max_heldout_tokens=EVAL_TOKENS,
         seed=recipe.seed,
+        prepend_bos=recipe.prepend_bos,
     )
     del docs
     print(
         f"  activations: {len(source.train_NT):,} training rows from {source.n_train_docs:,} documents, "
-        f"{len(source.heldout_NT):,} held-out rows from {source.n_heldout_docs:,}; special tokens excluded: "
+        f"{len(source.heldout_NT):,} held-out rows from {source.n_heldout_docs:,} "
+        f"({'BOS-separated' if recipe.prepend_bos else 'documents back to back, no BOS'}); special tokens excluded: "
         f"{list(source.special_token_ids)}",
         flush=True,
     )

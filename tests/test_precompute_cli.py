@@ -187,6 +187,15 @@ def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys
     assert "--top-k must be at least 1" in capsys.readouterr().err
 
 
+def test_a_profile_saved_before_the_notebooks_fields_reads_back_as_it_was():
+    from precompute.profiles import DEMO, SAE_FIELDS_ADDED_LATER, Profile
+
+    saved = json.loads(DEMO.to_json())
+    for key in set(SAE_FIELDS_ADDED_LATER) - {"matryoshka_widths"}:  # the demo's widths came first
+        del saved["sae"][key]
+    assert Profile.from_dict(saved) == DEMO  # sae_lens 6's values, not the notebook's new defaults
+
+
 def test_a_setting_added_later_at_its_old_value_does_not_rebuild(tmp_path):
     """An SAE trained before `sae.matryoshka_widths` existed stays current for the same recipe."""
     import time
@@ -196,9 +205,12 @@ def test_a_setting_added_later_at_its_old_value_does_not_rebuild(tmp_path):
 
     old_config = {"hook_name": "blocks.1.hook_mlp_out", "sae.architecture": "standard", "sae.k": None}
     write_manifest(tmp_path, "train-sae", old_config, time.time())
-    same_recipe_now = {**old_config, "sae.matryoshka_widths": ()}
+    same_recipe_now = {**old_config, **ADDED_CONFIG_KEYS}
     assert not stage_is_current(tmp_path, same_recipe_now)  # the plain hash differs
     assert stage_is_current(tmp_path, same_recipe_now, ADDED_CONFIG_KEYS)
-    assert not stage_is_current(tmp_path, {**old_config, "sae.matryoshka_widths": (16, 64)}, ADDED_CONFIG_KEYS)
+    assert not stage_is_current(tmp_path, {**same_recipe_now, "sae.matryoshka_widths": (16, 64)}, ADDED_CONFIG_KEYS)
+    # The notebook's packing and decoder start are new values: an SAE trained before them is stale.
+    assert not stage_is_current(tmp_path, {**same_recipe_now, "sae.prepend_bos": False}, ADDED_CONFIG_KEYS)
+    assert not stage_is_current(tmp_path, {**same_recipe_now, "sae.decoder_heuristic_init": True}, ADDED_CONFIG_KEYS)
     assert not stage_is_current(tmp_path, {**same_recipe_now, "sae.k": 16}, ADDED_CONFIG_KEYS)
     assert stage_is_current(tmp_path, old_config, ADDED_CONFIG_KEYS)  # an exact match stays one

@@ -74,7 +74,13 @@ def test_the_deepseek_profile_is_the_notebooks_recipe_as_a_sae_lens_6_config():
     assert cfg.sae.l1_coefficient == 4.0
     assert cfg.sae.l1_warm_up_steps == 1_000  # 10% of 10,000 steps
     assert cfg.sae.normalize_activations == "expected_average_only_in"
-    assert cfg.sae.apply_b_dec_to_input is True
+    assert cfg.sae.apply_b_dec_to_input is False
+    assert cfg.sae.lp_norm == 1.0 and cfg.sae.decoder_init_norm == 0.1
+    assert (cfg.adam_beta1, cfg.adam_beta2) == (0.9, 0.999)
+    assert cfg.n_batches_in_buffer == 32 and cfg.store_batch_size_prompts == 8
+    assert cfg.dead_feature_window == 1000 and cfg.feature_sampling_window == 1000
+    assert cfg.dead_feature_threshold == 1e-4
+    assert (cfg.logger.wandb_log_frequency, cfg.logger.eval_every_n_wandb_logs) == (30, 20)
     assert cfg.sae.dtype == "float32" and cfg.dtype == "float32"
     assert (cfg.model_name, cfg.hook_name) == ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "blocks.21.hook_mlp_out")
     assert cfg.lr == 3e-5 and cfg.lr_scheduler_name == "cosineannealingwarmrestarts"
@@ -86,10 +92,15 @@ def test_the_deepseek_profile_is_the_notebooks_recipe_as_a_sae_lens_6_config():
     assert cfg.n_checkpoints == 2 and cfg.save_final_checkpoint is True
     assert cfg.n_batches_for_norm_estimate == 1000
     # The activation source: pretokenized packed rows, special tokens out, wandb off.
-    assert cfg.is_dataset_tokenized is True and cfg.prepend_bos is True
+    assert cfg.is_dataset_tokenized is True and cfg.prepend_bos is False
     assert cfg.exclude_special_tokens == [151643, 151646]
     assert cfg.logger.log_to_wandb is False
     assert cfg.n_batches_in_buffer * cfg.context_size >= cfg.train_batch_size_tokens
+    # The notebook's settings that sae_lens 6 has no field for are the ones it always uses.
+    recipe = profile.sae
+    assert recipe.b_dec_init_method == "zeros" and recipe.mse_loss_normalization is None
+    assert recipe.decoder_heuristic_init and recipe.init_encoder_as_decoder_transpose
+    assert not recipe.normalize_sae_decoder and not recipe.use_ghost_grads
     # A valid sae_lens config: it survives sae_lens's own round trip.
     again = LanguageModelSAERunnerConfig.from_dict(cfg.to_dict())
     assert again.to_dict() == cfg.to_dict()
@@ -104,9 +115,17 @@ def test_topk_wandb_and_what_has_no_equivalent():
         build_runner_config(
             dataclasses.replace(topk, k=None), hook_name=HOOK, d_in=64, model_name="m", output_path=None
         )
-    no_scaling = dataclasses.replace(TINY, scale_sparsity_penalty_by_decoder_norm=False)
-    with pytest.raises(ValueError, match="no equivalent"):
-        build_runner_config(no_scaling, hook_name=HOOK, d_in=64, model_name="m", output_path=None)
+    for change in [
+        {"scale_sparsity_penalty_by_decoder_norm": False},
+        {"init_encoder_as_decoder_transpose": False},
+        {"normalize_sae_decoder": True},
+        {"b_dec_init_method": "geometric_median"},
+        {"mse_loss_normalization": "dense_batch"},
+        {"use_ghost_grads": True},
+    ]:
+        setting = next(iter(change))
+        with pytest.raises(ValueError, match=f"no equivalent for {setting}"):
+            build_runner_config(dataclasses.replace(TINY, **change), hook_name=HOOK, d_in=64, model_name="m", output_path=None)
 
 
 def test_matryoshka_maps_onto_sae_lens_and_checks_its_widths():
@@ -156,6 +175,15 @@ def test_packed_rows_start_with_bos_and_hold_every_document_in_order(model):
     expected = [t for text in MINI_TEXTS for t in tokenizer.encode(text, add_special_tokens=False) + [eos]]
     assert stream == expected[: len(stream)]
     assert len(stream) > len(expected) - 16
+
+
+def test_the_notebooks_packing_puts_documents_back_to_back_without_special_tokens(model):
+    tokenizer = model.tokenizer
+    rows_NT = compute_packed_contexts(tokenizer, MINI_TEXTS, context_size=16, prepend_bos=False)
+    stream = rows_NT.flatten().tolist()
+    expected = [t for text in MINI_TEXTS for t in tokenizer.encode(text, add_special_tokens=False)]
+    assert stream == expected[: len(stream)] and len(stream) > len(expected) - 16
+    assert not set(stream) & {tokenizer.bos_token_id, tokenizer.eos_token_id}
 
 
 def test_the_heldout_split_is_stable_and_disjoint():
@@ -241,6 +269,22 @@ def test_train_then_reload_gives_identical_feature_activations(model, source, tm
         assert loaded.source_kind == "checkpoint" and loaded.hook_name == HOOK
     final = next(p for p in trained.checkpoint_dirs if p.name.startswith("final_"))
     torch.testing.assert_close(load_sae(final).sae.encode(acts_ND), expected_NF, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heuristic", [True, False], ids=["notebook-init", "sae-lens-6-init"])
+def test_the_decoder_starts_as_the_recipe_says(model, source, tmp_path, heuristic):
+    """With a learning rate of 0 the SAE that training saves is the one it started with."""
+    recipe = dataclasses.replace(
+        TINY, decoder_heuristic_init=heuristic, lr=0.0, normalize_activations="none", training_steps=2, n_checkpoints=0
+    )
+    trained = train_sae(model, recipe, source, tmp_path / "sae", hook_name=HOOK, d_in=64, model_name="mini")
+    W_dec = trained.trained_sae.W_dec.detach()  # [d_sae, d_in]
+    torch.testing.assert_close(W_dec.norm(dim=-1), torch.full((128,), 0.1))
+    torch.testing.assert_close(trained.trained_sae.W_enc.detach(), W_dec.T)
+    assert bool((W_dec >= 0).all()) is heuristic  # uniform [0, 1) entries, or symmetric kaiming ones
+    if heuristic:  # and it is the notebook's draw for this seed, redrawn from scratch
+        again = torch.rand(128, 64, generator=torch.Generator().manual_seed(recipe.seed))
+        torch.testing.assert_close(W_dec, 0.1 * again / again.norm(dim=-1, keepdim=True))
 
 
 # --- the stage and the on-demand report ------------------------------------------------------------
