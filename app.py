@@ -55,7 +55,7 @@ if saes is not None:
         "Measured on held-out tokens: L0 (active features per token), explained variance, dead and dense "
         "features, and CE loss recovered (1 = splicing the SAE in costs nothing, 0 = as bad as zero-ablating the hook)."
     )
-    columns = ["sae_id", "hook_name", "architecture", "d_sae", "l0", "mse", "explained_variance", "frac_dead", "frac_dense", "ce_loss_recovered", "n_tokens"]
+    columns = ["sae_id", "hook_name", "architecture", "d_sae", "l0", "mse", "explained_variance", "frac_dead", "frac_dense", "ce_loss_recovered", "n_tokens", "n_sparsity_tokens"]
     st.dataframe(saes[columns], hide_index=True)
     sae_id = st.selectbox("Training curve of", saes["sae_id"].tolist(), key="curve_sae")
     ui.render_sae_training_curve(run_dir, sae_id)

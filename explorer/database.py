@@ -39,7 +39,7 @@ from explorer.feature_schema import FEATURE_TABLES
 from explorer.sae_metrics import TrainingCurvePoint
 
 DATABASE_FILE = "explorer.duckdb"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: SAE training reports. 2: the feature index's tables (explorer.feature_schema)."""
 
 _SCHEMA = (
@@ -68,6 +68,7 @@ _SCHEMA = (
         training_tokens BIGINT,
         train_seconds DOUBLE,
         n_tokens BIGINT NOT NULL,
+        n_sparsity_tokens BIGINT NOT NULL,
         l0 DOUBLE NOT NULL,
         mse DOUBLE NOT NULL,
         explained_variance DOUBLE NOT NULL,
@@ -149,6 +150,7 @@ class SAETrainingReportRow(NamedTuple):
     training_tokens: int | None
     train_seconds: float | None
     n_tokens: int
+    n_sparsity_tokens: int
     l0: float
     mse: float
     explained_variance: float
@@ -225,12 +227,28 @@ def write_transaction(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
                 leftover.unlink(missing_ok=True)
 
 
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 3 measures L0 and the dead and dense shares on their own, larger, token count; a version-2 report
+    # measured them on its n_tokens.
+    2: (
+        "ALTER TABLE sae_training_report ADD COLUMN n_sparsity_tokens BIGINT",
+        "UPDATE sae_training_report SET n_sparsity_tokens = n_tokens",
+        "UPDATE schema_info SET schema_version = 3",
+    ),
+}
+"""Statements that bring a file of an older schema version up to `SCHEMA_VERSION` when it is written."""
+
+
 def _ensure_schema(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", ["schema_info"]
     ).fetchone()[0]
     if exists:
         row = con.execute("SELECT schema_version FROM schema_info").fetchone()
+        if row is not None and row[0] in _MIGRATIONS:
+            for statement in _MIGRATIONS[row[0]]:
+                con.execute(statement)
+            row = (SCHEMA_VERSION,)
         if row is not None and row[0] != SCHEMA_VERSION:
             raise DatabaseError(
                 f"{db_path} has schema version {row[0]}, but this code writes version {SCHEMA_VERSION}. "

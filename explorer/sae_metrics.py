@@ -9,6 +9,9 @@ Definitions (all over held-out text tokens; BOS/EOS/padding positions are left o
   definition; 1 is perfect, 0 is as good as predicting the mean, below 0 is worse).
 - `frac_dead`: share of features that never fire on the held-out tokens.
 - `frac_dense`: share of features that fire on more than `dense_threshold` of them (default 10%).
+- `l0`, `frac_dead` and `frac_dense` can be measured on more tokens than the rest (`sparsity_contexts_NT`,
+  `n_sparsity_tokens`): they need only a forward stopped at the hook and the SAE's encoder, where CE loss
+  recovered needs three full forwards, and a rare feature needs many tokens to be seen firing.
 - CE loss recovered: (L_zero - L_spliced) / (L_zero - L_clean), where L is the model's next-token loss
   averaged over positions whose input token is text; L_clean runs the model as it is, L_spliced
   replaces the hook's activations by the SAE's reconstruction, and L_zero by zeros, at text positions
@@ -47,6 +50,8 @@ class SAEReport:
 
     n_tokens: int
     """Held-out text tokens measured (special tokens excluded)."""
+    n_sparsity_tokens: int
+    """Held-out text tokens `l0`, `frac_dead` and `frac_dense` were measured on (at least `n_tokens`)."""
     l0: float
     mse: float
     explained_variance: float
@@ -152,6 +157,55 @@ def _text_mask(tokens_BT: torch.Tensor, special_token_ids: Sequence[int]) -> tor
     return ~torch.isin(tokens_BT, special)
 
 
+class FiringCounts(NamedTuple):
+    """How often each feature fired over `n_tokens` text tokens."""
+
+    n_tokens: int
+    fire_count_F: torch.Tensor
+    """[d_sae] float64: tokens on which each feature was active."""
+
+    def l0(self) -> float:
+        return float(self.fire_count_F.sum()) / max(self.n_tokens, 1)
+
+    def frac_dead(self) -> float:
+        return float((self.fire_count_F == 0).double().mean())
+
+    def frac_dense(self, dense_threshold: float = DEFAULT_DENSE_THRESHOLD) -> float:
+        return float((self.fire_count_F / max(self.n_tokens, 1) > dense_threshold).double().mean())
+
+
+@torch.no_grad()
+def compute_feature_firing(
+    model: HookedTransformer,
+    sae: SAE,
+    contexts_NT: torch.Tensor,
+    hook_name: str,
+    *,
+    special_token_ids: Sequence[int] = (),
+    batch_size: int = 8,
+    progress: bool = True,
+) -> FiringCounts:
+    """Count, per feature, the text tokens of `contexts_NT` it fires on. The forward stops after the
+    hook's block, so this costs a fraction of the report's three full forwards per token."""
+    from explorer.sae_loading import stop_layer_for_hook
+
+    head_index = sae.cfg.metadata.hook_head_index
+    fire_count_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    n_tokens = 0
+    device = model.cfg.device
+    batches = range(0, len(contexts_NT), batch_size)
+    for start in tqdm(batches, desc="SAE sparsity", unit="batch", disable=not progress, leave=False):
+        tokens_BT = contexts_NT[start : start + batch_size].to(device)
+        mask_BT = _text_mask(tokens_BT, special_token_ids)
+        _, cache = model.run_with_cache(tokens_BT, names_filter=[hook_name], stop_at_layer=stop_layer_for_hook(hook_name))
+        acts = cache[hook_name]  # [B, T, d] or [B, T, n_heads, d_head]
+        selected = acts[:, :, head_index] if head_index is not None else acts
+        feature_acts_NF = sae.encode(selected[mask_BT].to(sae.device))
+        fire_count_F += (feature_acts_NF != 0).sum(0).cpu().double()
+        n_tokens += int(mask_BT.sum())
+    return FiringCounts(n_tokens, fire_count_F)
+
+
 @torch.no_grad()
 def compute_sae_report(
     model: HookedTransformer,
@@ -163,12 +217,15 @@ def compute_sae_report(
     batch_size: int = 8,
     dense_threshold: float = DEFAULT_DENSE_THRESHOLD,
     progress: bool = True,
+    sparsity_contexts_NT: torch.Tensor | None = None,
 ) -> SAEReport:
     """Measure `sae` at `hook_name` of `model` on the token rows `contexts_NT` ([n_rows, n_ctx]).
 
     Three forward passes per batch: clean (which also captures the activations), spliced and
     zero-ablated. Only positions whose token is not in `special_token_ids` are spliced, ablated and
-    counted, so BOS/EOS never enter the report, as they never entered training.
+    counted, so BOS/EOS never enter the report, as they never entered training. With
+    `sparsity_contexts_NT` (more rows, usually a superset), L0 and the dead and dense shares are
+    measured on those instead (`compute_feature_firing`).
     """
     head_index = sae.cfg.metadata.hook_head_index
     accumulator = ReconstructionAccumulator(sae.cfg.d_sae)
@@ -221,17 +278,26 @@ def compute_sae_report(
             loss_sums[name] += float(loss_BT[loss_mask_BT].double().sum())
         n_loss_positions += int(loss_mask_BT.sum())
 
-    sae.train(was_training)
     metrics = accumulator.compute(dense_threshold)
+    n_sparsity_tokens, l0, frac_dead, frac_dense = metrics.n_tokens, metrics.l0, metrics.frac_dead, metrics.frac_dense
+    if sparsity_contexts_NT is not None:
+        firing = compute_feature_firing(
+            model, sae, sparsity_contexts_NT, hook_name,
+            special_token_ids=special_token_ids, batch_size=batch_size, progress=progress,
+        )
+        n_sparsity_tokens, l0 = firing.n_tokens, firing.l0()
+        frac_dead, frac_dense = firing.frac_dead(), firing.frac_dense(dense_threshold)
+    sae.train(was_training)
     denominator = max(n_loss_positions, 1)
     clean, spliced, zero = (loss_sums[name] / denominator for name in ("clean", "spliced", "zero"))
     return SAEReport(
         n_tokens=metrics.n_tokens,
-        l0=metrics.l0,
+        n_sparsity_tokens=n_sparsity_tokens,
+        l0=l0,
         mse=metrics.mse,
         explained_variance=metrics.explained_variance,
-        frac_dead=metrics.frac_dead,
-        frac_dense=metrics.frac_dense,
+        frac_dead=frac_dead,
+        frac_dense=frac_dense,
         dense_threshold=dense_threshold,
         ce_loss_clean=clean,
         ce_loss_spliced=spliced,

@@ -19,6 +19,7 @@ current.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -56,6 +57,25 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hook", help="hook to train the SAE on (default: the profile's)")
     parser.add_argument("--wandb", action="store_true", help="log SAE training to Weights & Biases (off by default)")
+    parser.add_argument(
+        "--sae-steps", type=int, metavar="N",
+        help="train the SAE for N steps instead of the profile's (a scaled-down run; the schedules' "
+        "fractions stay, so warm-up and decay shrink with it)",
+    )
+    _add_report_args(parser)
+
+
+def _add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval-tokens", type=int, metavar="N",
+        help="held-out tokens for the SAE report's MSE, explained variance and CE loss recovered "
+        "(three full forwards each; default: the profile's report.n_tokens)",
+    )
+    parser.add_argument(
+        "--sparsity-tokens", type=int, metavar="N",
+        help="held-out tokens for the report's L0 and dead and dense shares (a forward to the hook each; "
+        "default: the profile's report.n_sparsity_tokens)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--sae-id", help="id to file the imported SAE under (default: <hook>-<architecture>-<d_sae>)")
     report.add_argument("--hook", help="hook the imported SAE must fit (default: its own)")
+    _add_report_args(report)
     index = sub.add_parser(
         "index",
         help="the feature index of an SAE: top examples, quantile samples, histograms, logit lens, "
@@ -143,32 +164,33 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
+    """The profile named by `--profile`, with the command line's overrides applied."""
     try:
         profile = get_profile(args.profile)
     except ValueError as err:
         raise UserError(str(err)) from None
     profile = profile.with_dataset(args.dataset)
-    overrides = {}
-    if getattr(args, "n_traces", None) is not None:
-        overrides["n_traces"] = args.n_traces
-    if getattr(args, "seed", None) is not None:
-        overrides["seed"] = args.seed
-    if getattr(args, "balanced", None) is not None:
-        overrides["balanced"] = args.balanced
-    if overrides:
-        import dataclasses
 
-        profile = dataclasses.replace(profile, corpus=dataclasses.replace(profile.corpus, **overrides))
-    if getattr(args, "top_k", None) is not None:
-        import dataclasses
+    def given(name: str) -> int | None:
+        return getattr(args, name, None)
 
-        if args.top_k < 1:
-            raise UserError(f"--top-k must be at least 1, not {args.top_k}")
-        profile = dataclasses.replace(profile, index=dataclasses.replace(profile.index, top_k=args.top_k))
-    if getattr(args, "steps", None) is not None and profile.demo_lm is not None:
-        import dataclasses
-
-        profile = dataclasses.replace(profile, demo_lm=dataclasses.replace(profile.demo_lm, steps=args.steps))
+    for flag in ("top_k", "eval_tokens", "sparsity_tokens", "sae_steps"):
+        if given(flag) is not None and given(flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {given(flag)}")
+    corpus = {field: given(field) for field in ("n_traces", "seed", "balanced") if given(field) is not None}
+    report = {
+        field: given(flag)
+        for field, flag in (("n_tokens", "eval_tokens"), ("n_sparsity_tokens", "sparsity_tokens"))
+        if given(flag) is not None
+    }
+    replace = dataclasses.replace
+    profile = replace(profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report))
+    if given("top_k") is not None:
+        profile = replace(profile, index=replace(profile.index, top_k=given("top_k")))
+    if given("sae_steps") is not None:
+        profile = replace(profile, sae=replace(profile.sae, training_steps=given("sae_steps")))
+    if given("steps") is not None and profile.demo_lm is not None:
+        profile = replace(profile, demo_lm=replace(profile.demo_lm, steps=given("steps")))
     return profile
 
 

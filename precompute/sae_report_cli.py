@@ -23,11 +23,11 @@ from precompute.atomic import atomic_dir, write_text_atomic
 from precompute.profiles import Profile
 from precompute.stages import print_config, write_manifest
 from precompute.train_sae_stage import (
-    EVAL_BATCH_ROWS,
-    EVAL_TOKENS,
     SAES_DIR,
     TRAINING_REPORT_FILE,
+    heldout_tokens_needed,
     load_run_model,
+    measure_sae,
     model_identity,
     print_report,
     provenance,
@@ -92,26 +92,12 @@ def _heldout_rows(profile: Profile, run_dir: Path, model: HookedSAETransformer) 
         docs["doc_id"].tolist(),
         docs["text"].tolist(),
         profile.sae.context_size,
-        max_tokens=EVAL_TOKENS,
+        max_tokens=heldout_tokens_needed(profile.report),
         prepend_bos=profile.sae.prepend_bos,
     )
     if len(heldout_NT) == 0:
         raise RunFolderError(f"The corpus of {run_dir} has too few held-out documents ({n_docs}) to fill one context.")
     return heldout_NT, special_token_ids(model.tokenizer)
-
-
-def _measure(
-    model: HookedSAETransformer,
-    loaded: LoadedSAE,
-    hook_name: str,
-    heldout_NT: torch.Tensor,
-    special_ids: tuple[int, ...],
-) -> SAEReport:
-    from explorer.sae_metrics import compute_sae_report
-
-    return compute_sae_report(
-        model, loaded.sae, heldout_NT, hook_name, special_token_ids=special_ids, batch_size=EVAL_BATCH_ROWS
-    )
 
 
 def _remeasure(
@@ -136,7 +122,7 @@ def _remeasure(
         sae_id,
         loaded,
         hook_name,
-        _measure(model, loaded, hook_name, heldout_NT, special_ids),
+        measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report),
         model_name=profile.model,
         source=old_row.source if old_row else f"{SAES_DIR}/{sae_id}",
         source_kind=old_row.source_kind if old_row else "folder",
@@ -187,7 +173,7 @@ def _import(
     print_config(STAGE, {"sae_id": sae_id, **shape, **config})
     for note in loaded.notes:
         print(f"  note: {note}", flush=True)
-    report = _measure(model, loaded, hook_name, heldout_NT, special_ids)
+    report = measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report)
     row = report_row(
         sae_id,
         loaded,

@@ -32,9 +32,9 @@ from explorer.database import (
     write_sae_training_report,
 )
 from explorer.runs import RunFolderError, read_documents
-from explorer.sae_metrics import SAEReport, TrainingCurvePoint
+from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_report
 from precompute.atomic import atomic_dir
-from precompute.profiles import DEMO_MODEL, SAE_FIELDS_ADDED_LATER, Profile
+from precompute.profiles import DEMO_MODEL, SAE_FIELDS_ADDED_LATER, Profile, ReportSpec
 from precompute.stages import (
     package_versions,
     print_config,
@@ -45,17 +45,19 @@ from precompute.stages import (
 )
 
 if TYPE_CHECKING:
-    from sae_lens import HookedSAETransformer
+    import torch
+    from sae_lens import SAE, HookedSAETransformer
 
     from explorer.sae_loading import LoadedSAE
 
 STAGE = "train-sae"
 SAES_DIR = artifacts.SAES_DIR
 TRAINING_REPORT_FILE = artifacts.SAE_TRAINING_REPORT_FILE
-EVAL_TOKENS = 32_768
-"""Held-out tokens the report measures (at most; fewer when the held-out documents hold fewer)."""
 EVAL_BATCH_ROWS = 8
-ADDED_CONFIG_KEYS = {f"sae.{key}": value for key, value in SAE_FIELDS_ADDED_LATER.items()}
+ADDED_CONFIG_KEYS = {
+    **{f"sae.{key}": value for key, value in SAE_FIELDS_ADDED_LATER.items()},
+    "sparsity_tokens": 32_768,  # the report measured dead features on its eval tokens before
+}
 """Recipe fields added after SAEs were trained, with the value those SAEs had (`stage_is_current`)."""
 
 
@@ -157,18 +159,49 @@ def row_from_training_report(path: Path) -> tuple[SAETrainingReportRow, list[Tra
     from datetime import datetime
 
     data = json.loads(Path(path).read_text())
+    data.setdefault("n_sparsity_tokens", data["n_tokens"])  # written before sparsity had its own count
     values = {name: data[name] for name in SAETrainingReportRow._fields}
     values["measured_at"] = datetime.fromisoformat(data["measured_at"])
     curve = [TrainingCurvePoint(**point) for point in data.get("curve", [])]
     return SAETrainingReportRow(**values), curve
 
 
+def heldout_tokens_needed(spec: ReportSpec) -> int:
+    """Held-out tokens the report reads: its CE rows are the first of its sparsity rows, or the reverse."""
+    return max(spec.n_tokens, spec.n_sparsity_tokens)
+
+
+def measure_sae(
+    model: HookedSAETransformer,
+    sae: SAE,
+    hook_name: str,
+    heldout_NT: torch.Tensor,
+    special_token_ids: tuple[int, ...],
+    spec: ReportSpec,
+) -> SAEReport:
+    """The SAE report of `spec` on the held-out rows: CE loss recovered, MSE and explained variance on the
+    first rows holding `spec.n_tokens` tokens, sparsity on the first holding `spec.n_sparsity_tokens`."""
+
+    def first_rows(n_tokens: int) -> torch.Tensor:
+        return heldout_NT[: max(1, -(-n_tokens // heldout_NT.shape[1]))]
+
+    return compute_sae_report(
+        model,
+        sae,
+        first_rows(spec.n_tokens),
+        hook_name,
+        special_token_ids=special_token_ids,
+        batch_size=EVAL_BATCH_ROWS,
+        sparsity_contexts_NT=first_rows(spec.n_sparsity_tokens),
+    )
+
+
 def print_report(sae_id: str, row: SAETrainingReportRow) -> None:
     print(
-        f"  {sae_id}: L0 {row.l0:.1f}, MSE {row.mse:.4g}, explained variance {row.explained_variance:.3f}, "
-        f"dead {row.frac_dead:.1%}, dense {row.frac_dense:.1%}, CE loss recovered {row.ce_loss_recovered:.3f} "
-        f"(clean {row.ce_loss_clean:.3f} / spliced {row.ce_loss_spliced:.3f} / zero-ablated "
-        f"{row.ce_loss_zero_ablated:.3f}) on {row.n_tokens:,} held-out tokens",
+        f"  {sae_id}: MSE {row.mse:.4g}, explained variance {row.explained_variance:.3f}, CE loss recovered "
+        f"{row.ce_loss_recovered:.3f} (clean {row.ce_loss_clean:.3f} / spliced {row.ce_loss_spliced:.3f} / "
+        f"zero-ablated {row.ce_loss_zero_ablated:.3f}) on {row.n_tokens:,} held-out tokens; L0 {row.l0:.1f}, "
+        f"dead {row.frac_dead:.1%}, dense {row.frac_dense:.1%} on {row.n_sparsity_tokens:,}",
         flush=True,
     )
 
@@ -186,7 +219,8 @@ def stage_config(profile: Profile, run_dir: Path, hook_name: str) -> dict[str, A
         "corpus_config_hash": corpus_config_hash(run_dir),
         **{f"sae.{key}": value for key, value in dataclasses.asdict(profile.sae).items()},
         "heldout_fraction": HELDOUT_FRACTION,
-        "eval_tokens": EVAL_TOKENS,
+        "eval_tokens": profile.report.n_tokens,
+        "sparsity_tokens": profile.report.n_sparsity_tokens,
     }
 
 
@@ -216,7 +250,6 @@ def run_train_sae_stage(
         return current
 
     from explorer.sae_loading import compute_hook_d_in, make_sae_id
-    from explorer.sae_metrics import compute_sae_report
     from explorer.sae_training import build_activation_source, train_sae
 
     recipe = profile.sae
@@ -234,7 +267,7 @@ def run_train_sae_stage(
         docs["text"].tolist(),
         recipe.context_size,
         max_train_tokens=recipe.training_tokens + norm_tokens,
-        max_heldout_tokens=EVAL_TOKENS,
+        max_heldout_tokens=heldout_tokens_needed(profile.report),
         seed=recipe.seed,
         prepend_bos=recipe.prepend_bos,
     )
@@ -263,14 +296,7 @@ def run_train_sae_stage(
             wandb=wandb,
             run_name=sae_id,
         )
-        report = compute_sae_report(
-            model,
-            trained.loaded.sae,
-            source.heldout_NT,
-            hook_name,
-            special_token_ids=source.special_token_ids,
-            batch_size=EVAL_BATCH_ROWS,
-        )
+        report = measure_sae(model, trained.loaded.sae, hook_name, source.heldout_NT, source.special_token_ids, profile.report)
         row = report_row(
             sae_id,
             trained.loaded,

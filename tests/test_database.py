@@ -46,6 +46,7 @@ def _row(sae_id: str = "blocks.1.hook_mlp_out-standard-1024", l0: float = 25.0) 
         training_tokens=768_000,
         train_seconds=58.3,
         n_tokens=35_553,
+        n_sparsity_tokens=70_123,
         l0=l0,
         mse=15.57,
         explained_variance=0.845,
@@ -167,6 +168,18 @@ def test_a_file_from_another_schema_version_is_refused(db):
         con.execute("UPDATE schema_info SET schema_version = ?", [SCHEMA_VERSION + 1])
     with pytest.raises(DatabaseError, match="schema version"):
         write_sae_training_report(db, _row(), CURVE, PROVENANCE)
+
+
+def test_a_version_2_file_gains_the_sparsity_token_count_when_written(db):
+    """Version 2 measured dead features on the report's own tokens: the migration says so."""
+    write_sae_training_report(db, _row("old-sae"), CURVE, PROVENANCE)
+    with write_transaction(db) as con:  # what a version-2 writer left
+        con.execute("ALTER TABLE sae_training_report DROP COLUMN n_sparsity_tokens")
+        con.execute("UPDATE schema_info SET schema_version = 2")
+    write_sae_training_report(db, _row("new-sae"), CURVE, PROVENANCE)
+    assert read_sae_training_report(db, "old-sae").n_sparsity_tokens == 35_553  # its n_tokens
+    assert read_sae_training_report(db, "new-sae").n_sparsity_tokens == 70_123
+    assert read_schema_info(db).schema_version == SCHEMA_VERSION
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path):

@@ -125,6 +125,23 @@ def test_an_exact_sae_explains_everything_and_recovers_all_the_loss(model, conte
     assert report.frac_dense == pytest.approx(float((frequency_F > 0.1).double().mean()))
 
 
+def test_sparsity_on_more_tokens_finds_features_a_short_report_calls_dead(model, contexts_NT, text_acts_ND):
+    d = model.cfg.d_model
+    sae = _sae(d, _identity_encoder(d), torch.cat([torch.eye(d), -torch.eye(d)], dim=0), torch.zeros(d))
+    specials = special_token_ids(model.tokenizer)
+    short = compute_sae_report(model, sae, contexts_NT[:1], HOOK, special_token_ids=specials, progress=False)
+    report = compute_sae_report(
+        model, sae, contexts_NT[:1], HOOK, special_token_ids=specials, progress=False, sparsity_contexts_NT=contexts_NT
+    )
+    # CE and reconstruction still come from the one row; sparsity from all rows, as counted by hand.
+    assert (report.n_tokens, report.mse, report.ce_loss_recovered) == (short.n_tokens, short.mse, short.ce_loss_recovered)
+    assert report.n_sparsity_tokens == len(text_acts_ND) > short.n_sparsity_tokens == short.n_tokens
+    fires_F = torch.cat([(text_acts_ND > 0).any(0), (text_acts_ND < 0).any(0)])
+    assert report.frac_dead == pytest.approx(float((~fires_F).double().mean()))
+    assert report.frac_dead < short.frac_dead  # one row of 24 tokens leaves features unseen
+    assert report.l0 == pytest.approx(float((text_acts_ND != 0).sum(-1).double().mean()))
+
+
 def test_a_zero_decoder_recovers_nothing(model, contexts_NT, text_acts_ND):
     d = model.cfg.d_model
     sae = _sae(d, _identity_encoder(d), torch.zeros(2 * d, d), torch.zeros(d))
