@@ -20,12 +20,21 @@ How a model gets there, the same way for a hub id and a directory:
    list DeepSeek-R1-Distill-Qwen-1.5B), and `HookedSAETransformer.from_pretrained` converts the
    loaded model (`hf_model=`, `tokenizer=`), reading the config with `local_files_only=True`.
 
-Weight processing stays on (`from_pretrained`, not `from_pretrained_no_processing`), as in the
-notebook. For Qwen2 (RMSNorm) it is numerically faithful where the explorer looks: RMSNorm weights
+Weight processing stays on (what `from_pretrained` does, not `from_pretrained_no_processing`), as in
+the notebook. For Qwen2 (RMSNorm) it is numerically faithful where the explorer looks: RMSNorm weights
 fold into the next linear layer, writing weights are not centred (that needs LayerNorm), so
 `hook_mlp_out` and `hook_resid_post` equal the transformers model's values, and so do log-probs.
 Raw logits differ from transformers' by a constant per position (`center_unembed`); softmax ignores it.
 Folded value biases move from `hook_v`/`hook_z` into the attention output bias.
+
+Memory. transformer-lens's `from_pretrained` holds the transformers model, a randomly initialised
+HookedTransformer, and a float32 copy of every weight that its processing clones again: at the real
+shapes that was more than 23 GiB (docs/benchmarks.md). For RMSNorm models (Qwen2, Llama, ...) we do the
+same conversion and processing one tensor at a time instead (`_stream_rmsnorm_weights`): the checkpoint
+stays memory-mapped in its own dtype, the HookedTransformer is built without initialising its weights,
+and each weight is converted, folded in float32 as transformer-lens does, and copied into place. The
+peak is then about the model in the target dtype plus the mapped checkpoint; tests check that every
+parameter equals `from_pretrained`'s.
 
 BOS: transformer-lens's Qwen2 config says `default_prepend_bos=False`, but DeepSeek-R1-Distill's
 tokenizer prepends `<｜begin▁of▁sentence｜>` and the model always saw it first. We set
@@ -45,6 +54,7 @@ import torch
 
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
+    from transformer_lens import HookedTransformerConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -243,7 +253,8 @@ def _load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _load_hf_model(source: ModelSource, dtype: torch.dtype) -> PreTrainedModel:
+def _load_hf_model(source: ModelSource, dtype: torch.dtype | str) -> PreTrainedModel:
+    """The transformers model in `dtype` ("auto": the checkpoint's own, memory-mapped, nothing copied)."""
     from transformers import AutoModelForCausalLM
 
     if not _has_weights(source.directory):
@@ -264,8 +275,9 @@ def _register_official_name(name: str) -> None:
         loading.OFFICIAL_MODEL_NAMES.append(name)
 
 
-def _check_convertible(source: ModelSource) -> None:
-    """Fail before loading gigabytes if transformer-lens cannot convert this architecture."""
+def _check_convertible(source: ModelSource) -> str | None:
+    """Fail before loading gigabytes if transformer-lens cannot convert this architecture; return its
+    normalization type ("RMS", "LN", ...)."""
     from transformer_lens import loading_from_pretrained as loading
 
     config = json.loads((source.directory / "config.json").read_text())
@@ -293,12 +305,88 @@ def _check_convertible(source: ModelSource) -> None:
             f"transformer-lens reads {source.name} as {tl_config.get('original_architecture')}, but its "
             f"config.json says {architecture}."
         )
+    return tl_config.get("normalization_type")
 
 
 def _tl_version() -> str:
     from importlib.metadata import version
 
     return version("transformer-lens")
+
+
+def _stream_rmsnorm_weights(
+    source: ModelSource, tokenizer: PreTrainedTokenizerBase, device: str, dtype: torch.dtype, n_ctx: int | None
+) -> HookedSAETransformer:
+    """`HookedSAETransformer.from_pretrained(...)` with transformer-lens's default processing (fold the
+    RMSNorm weights, centre the unembedding, fold the value biases), one tensor at a time."""
+    from sae_lens import HookedSAETransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    state, cfg = _converted_checkpoint(source, device, dtype, n_ctx)
+    cfg.init_weights = False  # every parameter is overwritten below; an untouched page costs no memory
+    model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
+    targets = dict(model.named_parameters())
+    unset = set(targets)
+
+    def take(key: str) -> torch.Tensor:
+        """The checkpoint's tensor as a float32 copy: transformer-lens processes in float32 too."""
+        return state.pop(key).to(torch.float32, copy=True)
+
+    def put(key: str, value: torch.Tensor) -> None:
+        with torch.no_grad():
+            targets[key].copy_(value)
+        unset.discard(key)
+
+    # The unembedding first: it is the largest matrix (vocabulary x d_model) and needs a float32 copy,
+    # which is cheapest to hold before the rest of the model has been copied in.
+    W_U_DV = take("unembed.W_U").mul_(take("ln_final.w")[:, None])
+    put("unembed.W_U", W_U_DV.sub_(W_U_DV.mean(-1, keepdim=True)))
+    del W_U_DV
+    b_U_V = take("unembed.b_U")
+    put("unembed.b_U", b_U_V - b_U_V.mean())
+    repeats = cfg.n_heads // (cfg.n_key_value_heads or cfg.n_heads)
+    kv = "_" if cfg.n_key_value_heads is not None else ""
+    for layer in range(cfg.n_layers):
+        block = f"blocks.{layer}"
+        ln1_D, ln2_D = take(f"{block}.ln1.w"), take(f"{block}.ln2.w")
+        for name in ("W_Q", f"{kv}W_K", f"{kv}W_V"):  # [n_heads, d_model, d_head]
+            put(f"{block}.attn.{name}", take(f"{block}.attn.{name}") * ln1_D[None, :, None])
+        W_O_NHD = take(f"{block}.attn.W_O")  # [n_heads, d_head, d_model]
+        b_V_NH = torch.repeat_interleave(take(f"{block}.attn.{kv}b_V"), repeats, dim=0)
+        put(f"{block}.attn.b_O", take(f"{block}.attn.b_O") + (b_V_NH[:, :, None] * W_O_NHD).sum((0, 1)))
+        put(f"{block}.attn.W_O", W_O_NHD)
+        put(f"{block}.attn.{kv}b_V", torch.zeros_like(targets[f"{block}.attn.{kv}b_V"]))
+        for name in ("W_in", "W_gate"):  # [d_model, d_mlp]
+            put(f"{block}.mlp.{name}", take(f"{block}.mlp.{name}") * ln2_D[:, None])
+    for key in list(state):
+        if key in targets:
+            put(key, state.pop(key))  # as it is (the embedding, the Q and K biases): cast by the copy
+    if unset:
+        raise ModelLoadError(f"{source.name}: the checkpoint has no weights for {', '.join(sorted(unset))}.")
+    model.move_model_modules_to_device()
+    return model
+
+
+def _converted_checkpoint(
+    source: ModelSource, device: str, dtype: torch.dtype, n_ctx: int | None
+) -> tuple[dict[str, torch.Tensor], HookedTransformerConfig]:
+    """transformer-lens's config and its state dict of the checkpoint, as views of the memory-mapped
+    weights in the checkpoint's own dtype (the transformers model is dropped on return)."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    hf_model = _load_hf_model(source, "auto")
+    cfg = loading.get_pretrained_model_config(
+        source.name,
+        hf_cfg=hf_model.config.to_dict(),
+        fold_ln=True,
+        device=device,
+        n_devices=1,
+        default_prepend_bos=True,
+        dtype=dtype,
+        n_ctx=n_ctx,
+    )
+    checkpoint_dtype = next(hf_model.parameters()).dtype
+    return loading.get_pretrained_state_dict(source.name, cfg, hf_model, dtype=checkpoint_dtype), cfg
 
 
 def load_model(
@@ -321,10 +409,15 @@ def load_model(
     from sae_lens import HookedSAETransformer
 
     _register_official_name(source.name)
-    _check_convertible(source)
+    normalization = _check_convertible(source)
     tokenizer = _load_tokenizer(source.directory)
-    hf_model = _load_hf_model(source, torch_dtype)
     logger.info("loading %s into HookedSAETransformer on %s (%s)", source.name, device, torch_dtype)
+    if normalization == "RMS":
+        model = _stream_rmsnorm_weights(source, tokenizer, device, torch_dtype, n_ctx)
+        gc.collect()
+        model.eval()
+        return model
+    hf_model = _load_hf_model(source, torch_dtype)
     with warnings.catch_warnings():
         # HookedTransformer.from_pretrained warns that it is deprecated in favour of TransformerBridge;
         # we chose it on purpose (module docstring).
