@@ -17,9 +17,10 @@ link = ui.read_live_link(run_dir)  # a card's "open in Live": ?doc=...&feature=.
 if "live_text" not in st.session_state:
     st.session_state["live_text"] = link.text if link is not None else EXAMPLE_TRACE
 if st.button("Random trace from the corpus", key="random_trace"):
-    documents = ui.load_documents(run_dir)
-    if documents is not None and len(documents):
-        st.session_state["live_text"] = ui.read_document_text(run_dir, random.choice(documents["doc_id"].tolist()))
+    documents = ui.load_document_list(run_dir)
+    picked = ui.load_document_text(run_dir, random.choice(documents["doc_id"].tolist())) if documents is not None else None
+    if picked is not None:
+        st.session_state["live_text"] = picked
 text = st.text_area("Chain of thought", key="live_text", height=220)
 if link is not None and text != link.text:
     ui.drop_live_link()
