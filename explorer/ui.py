@@ -253,25 +253,71 @@ def cached_sae(sae_dir: str, device: str):
     return load_sae(sae_dir, device=device)
 
 
+class _ModelAndSAEKey(NamedTuple):
+    """What the model, SAE and live caches are keyed on: the run's model, its context and the SAE's folder."""
+
+    model_source: str
+    n_ctx: int
+    sae_dir: str
+
+
+def _model_and_sae_key(run_dir: Path, profile: dict, sae_id: str) -> _ModelAndSAEKey:
+    from explorer.runs import run_model_source
+
+    return _ModelAndSAEKey(run_model_source(run_dir, profile), int(profile["n_ctx"]), str(run_dir / artifacts.SAES_DIR / sae_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _cached_checked_hook(key: _ModelAndSAEKey, hook_name: str | None) -> str:
+    """The hook the SAE runs at on the model, checked once per model and SAE: the check runs the model (a
+    2-token forward pass), which a 1.5B model on a CPU should not repeat on every rerun of a page."""
+    from explorer.live import _MODEL_LOCK
+    from explorer.sae_loading import check_sae_fits_model
+
+    model = cached_model(key.model_source, key.n_ctx)
+    loaded = cached_sae(key.sae_dir, str(model.cfg.device))
+    # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
+    # The check runs the shared model with a cache hook: under the lock, or another session's live run
+    # would read this pass's activations (the concurrency browser test).
+    with _MODEL_LOCK:
+        return check_sae_fits_model(loaded.sae, model, loaded.hook_name or hook_name)
+
+
 def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
     """The run's model and one of its SAEs, checked against each other; None after showing the error."""
     from explorer.errors import user_facing_errors
-    from explorer.live import _MODEL_LOCK
-    from explorer.runs import run_model_source
-    from explorer.sae_loading import check_sae_fits_model
 
+    key = _model_and_sae_key(run_dir, profile, sae_id)
     try:
-        model = cached_model(run_model_source(run_dir, profile), int(profile["n_ctx"]))
-        loaded = cached_sae(str(run_dir / artifacts.SAES_DIR / sae_id), str(model.cfg.device))
-        # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
-        # The check runs the shared model (a 2-token forward pass with a cache hook): under the lock, or
-        # another session's live run would read this pass's activations (the concurrency browser test).
-        with _MODEL_LOCK:
-            hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.get("hook_name"))
+        model = cached_model(key.model_source, key.n_ctx)
+        loaded = cached_sae(key.sae_dir, str(model.cfg.device))
+        hook_name = _cached_checked_hook(key, profile.get("hook_name"))
     except user_facing_errors() as err:
         st.error(str(err))
         return None
     return model, loaded.sae, hook_name
+
+
+LIVE_CACHE_ENTRIES = 4
+"""Live results kept (texts x SAEs, shared by every session): one is [n_ctx, d_sae] floats, about 200 MB
+for the R1 profile's 2,048 tokens and 24,576 features."""
+
+
+@st.cache_resource(show_spinner="Running the model on the text…", max_entries=LIVE_CACHE_ENTRIES)
+def _cached_live_activations(key: _ModelAndSAEKey, hook_name: str, text: str, max_tokens: int | None):
+    from explorer.live import compute_live_activations
+
+    model = cached_model(key.model_source, key.n_ctx)
+    sae = cached_sae(key.sae_dir, str(model.cfg.device)).sae
+    return compute_live_activations(model, sae, hook_name, text, max_tokens=max_tokens)
+
+
+def load_live_activations(run_dir: Path, profile: dict, sae_id: str, hook_name: str, text: str,
+                          *, max_tokens: int | None = None):
+    """`explorer.live.compute_live_activations` of `text`, run once per (model, SAE, hook, text, max
+    tokens): the page's display widgets (feature, token) rerun the page, not the model. The result is
+    shared, not copied (`st.cache_resource`): read it, never change it. Raises `LiveInputError`."""
+    return _cached_live_activations(_model_and_sae_key(run_dir, profile, sae_id), hook_name, text, max_tokens)
 
 
 def render_sae_picker(run_dir: Path) -> str | None:

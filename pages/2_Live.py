@@ -6,7 +6,7 @@ import streamlit as st
 
 from explorer import ui
 from explorer.html import activation_html
-from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_live_activations, compute_top_features, wrap_in_prompt
+from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_top_features, wrap_in_prompt
 
 st.set_page_config(page_title="Live · Backtracking feature explorer", layout="wide")
 st.title("Live activations")
@@ -30,9 +30,9 @@ wrap = st.checkbox("Wrap the text in the R1 prompt template (treat it as the pro
 loaded = ui.load_model_and_sae(run_dir, summary.profile, sae_id)
 if loaded is None:
     st.stop()
-model, sae, hook_name = loaded
-try:
-    live = compute_live_activations(model, sae, hook_name, wrap_in_prompt(text) if wrap else text)
+_, _, hook_name = loaded
+try:  # once per text and SAE: moving the feature or token widgets below does not rerun the model
+    live = ui.load_live_activations(run_dir, summary.profile, sae_id, hook_name, wrap_in_prompt(text) if wrap else text)
 except LiveInputError as hint:
     st.info(str(hint))
     st.stop()
