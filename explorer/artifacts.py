@@ -4,7 +4,8 @@ A run folder (default `runs/<profile>/`) holds:
 
     profile.json                 the profile the run was built with
     corpus/                      stage `corpus`
-        documents.parquet        one row per trace: doc_id, text, labels summary, metadata
+        documents.parquet        one row per trace: doc_id, text, labels summary, metadata (row groups
+                                 of 256 traces, so one trace's text is read without the rest)
         phrases.parquet          one row per labelled backtracking phrase (character spans)
         error_steps.parquet      synthetic corpora only: the wrong step before each correction
         summary.json             counts, and agreement with the source's own labels

@@ -1,17 +1,30 @@
-"""Read a run folder's small artifacts: its profile, stage manifests, corpus summary and LM report.
+"""Read a run folder's artifacts: its profile, stage manifests, corpus summary, LM report and corpus.
 
-The app and the CLI use this to say what a run holds. Large tables are read by their own modules.
+The app and the CLI use this to say what a run holds. The corpus's text column is the one large thing
+here (about 3 GB for OpenR1-Math-220k), so the app never reads it whole: `read_document_list` reads the
+light columns, `read_document_texts` the text of the documents asked for only (the corpus stage writes
+`documents.parquet` in row groups of a few hundred documents, and only the groups that hold one of them
+are read), and `read_corpus_prompts` a batch of rows at a time.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from explorer import artifacts
+from explorer.prompts import prompt_of_document
+
+DOCUMENT_LIST_COLUMNS = (
+    "doc_id", "has_backtracking", "has_interjection", "n_phrases", "is_correct", "problem_type", "n_chars",
+)
+"""The documents table's light columns: what a listing of the corpus shows, without text or metadata."""
+PROMPT_BATCH_ROWS = 256
+"""Documents read at a time by `read_corpus_prompts`."""
 
 
 class RunSummary(NamedTuple):
@@ -61,12 +74,72 @@ def read_run_summary(run_dir: Path) -> RunSummary:
     )
 
 
-def read_documents(run_dir: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The corpus documents table of a run; a clear error when the corpus stage has not run."""
+def documents_path(run_dir: Path) -> Path:
+    """The run's `corpus/documents.parquet`; a clear error when the corpus stage has not run."""
     path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE
     if not path.is_file():
         raise RunFolderError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
-    return pd.read_parquet(path, columns=columns)
+    return path
+
+
+def read_documents(run_dir: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The corpus documents table of a run (all of it: pass `columns`, and leave out `text` where you can)."""
+    return pd.read_parquet(documents_path(run_dir), columns=columns)
+
+
+def read_document_list(run_dir: Path) -> pd.DataFrame:
+    """Every document's light columns (`DOCUMENT_LIST_COLUMNS`), in corpus order: no text, no metadata."""
+    return read_documents(run_dir, columns=list(DOCUMENT_LIST_COLUMNS))
+
+
+def read_document_texts(run_dir: Path, doc_ids: Iterable[str]) -> dict[str, str]:
+    """The text of each of `doc_ids` that the corpus holds, by doc id.
+
+    Reads the doc_id column, then the text of only the row groups that hold a wanted document.
+    """
+    wanted = set(doc_ids)
+    parquet = pq.ParquetFile(documents_path(run_dir))
+    ids = parquet.read(columns=["doc_id"]).column("doc_id").to_pylist()
+    texts: dict[str, str] = {}
+    start = 0
+    for group in range(parquet.num_row_groups):
+        stop = start + parquet.metadata.row_group(group).num_rows
+        rows = [i - start for i in range(start, stop) if ids[i] in wanted]
+        if rows:
+            group_texts = parquet.read_row_group(group, columns=["text"]).column("text").take(rows).to_pylist()
+            texts.update(zip((ids[start + r] for r in rows), group_texts))
+        start = stop
+    return texts
+
+
+def read_document_text(run_dir: Path, doc_id: str) -> str | None:
+    """One document's text, or None when the corpus has no such document."""
+    return read_document_texts(run_dir, [doc_id]).get(doc_id)
+
+
+def read_corpus_prompts(run_dir: Path, *, max_documents: int | None = None) -> list[str]:
+    """The generation prompt of every document that gives one (`explorer.prompts.prompt_of_document`:
+    the text's own prompt, else the problem in the metadata), in corpus order, repeats kept.
+
+    Reads `PROMPT_BATCH_ROWS` documents at a time, and only the first `max_documents` when given.
+    """
+    parquet = pq.ParquetFile(documents_path(run_dir))
+    columns = [c for c in ("text", "metadata_json") if c in parquet.schema_arrow.names]
+    prompts: list[str] = []
+    n_read = 0
+    for batch in parquet.iter_batches(batch_size=PROMPT_BATCH_ROWS, columns=columns):
+        rows = batch.to_pylist()
+        if max_documents is not None:
+            rows = rows[: max_documents - n_read]
+        for row in rows:
+            metadata = json.loads(row["metadata_json"]) if row.get("metadata_json") else {}
+            prompt = prompt_of_document(row["text"], metadata)
+            if prompt is not None:
+                prompts.append(prompt)
+        n_read += len(rows)
+        if max_documents is not None and n_read >= max_documents:
+            break
+    return prompts
 
 
 def read_phrases(run_dir: Path, doc_id: str | None = None) -> pd.DataFrame:

@@ -364,17 +364,6 @@ def as_prompt(text: str) -> str:
     return text if THINK_OPEN in text else format_prompt(text.strip())
 
 
-def prompt_of_trace(trace: str) -> str | None:
-    """The prompt part of an R1 trace: everything up to and including `<think>` and its newline."""
-    index = trace.find(THINK_OPEN)
-    if index < 0:
-        return None
-    end = index + len(THINK_OPEN)
-    if trace[end : end + 1] == "\n":
-        end += 1
-    return trace[:end]
-
-
 # --------------------------------------------------------------------------------------------------
 # The intervention
 # --------------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from explorer.steering import (
     SteeringSample,
     condition_name,
     describe_effect,
-    prompt_of_trace,
 )
 
 FEATURE_PARAM = "feature"
@@ -52,12 +51,10 @@ def feature_from_query(d_sae: int, default: int = 0) -> int:
 
 @st.cache_data(show_spinner=False)
 def cached_corpus_prompts(run_dir: str, mtime: float, n: int = 200) -> list[str]:
-    """The prompt parts of the run's first `n` traces (distinct, in corpus order)."""
-    from explorer.runs import read_documents
+    """The prompts of the run's first `2n` traces, at most `n` (distinct, in corpus order)."""
+    from explorer.runs import read_corpus_prompts
 
-    texts = read_documents(Path(run_dir), columns=["text"])["text"].head(n * 2).tolist()
-    prompts = (prompt_of_trace(t) for t in texts)
-    return list(dict.fromkeys(p for p in prompts if p is not None))[:n]
+    return list(dict.fromkeys(read_corpus_prompts(Path(run_dir), max_documents=n * 2)))[:n]
 
 
 def load_corpus_prompts(run_dir: Path) -> list[str]:

@@ -12,7 +12,17 @@ import streamlit as st
 
 from explorer import artifacts
 from explorer.html import ERROR_STEP_COLOUR, GROUP_COLOURS, Mark, highlight_html, legend_html
-from explorer.runs import RunFolderError, RunSummary, find_runs, read_documents, read_error_steps, read_phrases, read_run_summary
+from explorer.runs import (
+    RunFolderError,
+    RunSummary,
+    find_runs,
+    read_document_list,
+    read_document_text,
+    read_document_texts,
+    read_error_steps,
+    read_phrases,
+    read_run_summary,
+)
 
 RUN_PARAM = "run"
 
@@ -119,29 +129,66 @@ def render_loss_curve(train_report: dict) -> None:
     st.plotly_chart(fig, width="stretch")
 
 
-@st.cache_data(show_spinner=False)
-def cached_documents(run_dir: str, mtime: float) -> pd.DataFrame:
-    columns = ["doc_id", "has_backtracking", "has_interjection", "n_phrases", "is_correct", "problem_type", "n_chars"]
-    return read_documents(Path(run_dir), columns=columns)
+def _documents_mtime(run_dir: Path) -> float:
+    """What the corpus caches are keyed on: documents.parquet's mtime (OSError when there is none)."""
+    return (Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE).stat().st_mtime
 
 
-def load_documents(run_dir: Path) -> pd.DataFrame | None:
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cached_document_list(run_dir: str, mtime: float) -> pd.DataFrame:
+    return read_document_list(Path(run_dir))
+
+
+def load_document_list(run_dir: Path) -> pd.DataFrame | None:
+    """Every document's light columns, no text (`explorer.runs.read_document_list`); None after
+    showing the error."""
     try:
-        mtime = (run_dir / artifacts.CORPUS_DIR / artifacts.STAGE_MANIFEST).stat().st_mtime
-        return cached_documents(str(run_dir), mtime)
+        return _cached_document_list(str(run_dir), _documents_mtime(run_dir))
     except (RunFolderError, OSError) as err:
         st.error(f"{err}")
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_document_text(run_dir: str, mtime: float, doc_id: str) -> str | None:
+    return read_document_text(Path(run_dir), doc_id)
+
+
+def load_document_text(run_dir: Path, doc_id: str) -> str | None:
+    """One document's text, read alone (`explorer.runs.read_document_text`); None when the run has no
+    such document or no corpus."""
+    try:
+        return _cached_document_text(str(run_dir), _documents_mtime(run_dir), doc_id)
+    except (RunFolderError, OSError):
+        return None
+
+
+DOC_PAGE_KEY = "doc_page"
+"""Session key of the Corpus page's page number (a deep link's `?doc=` opens the page that lists it)."""
+
+
+def render_document_picker(shown: pd.DataFrame, wanted: str | None) -> str:
+    """A page number and a select box of that page's doc ids; the chosen doc id. `wanted` (the URL's
+    `?doc=`) is chosen where the page lists it, and a fresh session opens on its page."""
+    from explorer.corpus_views import PAGE_SIZE, page_count, page_of, page_rows
+
+    n_pages = page_count(len(shown))
+    if DOC_PAGE_KEY not in st.session_state:
+        st.session_state[DOC_PAGE_KEY] = page_of(shown, wanted) or 1
+    st.session_state[DOC_PAGE_KEY] = min(int(st.session_state[DOC_PAGE_KEY]), n_pages)  # the filter may shrink it
+    left, right = st.columns([1, 3])
+    page = left.number_input("Page", min_value=1, max_value=n_pages, step=1, key=DOC_PAGE_KEY,
+                             help=f"{n_pages:,} pages of {PAGE_SIZE} traces")
+    ids = page_rows(shown, int(page))["doc_id"].tolist()
+    return right.selectbox("Trace", ids, index=ids.index(wanted) if wanted in ids else 0, key="doc_id")
+
+
 def render_labelled_trace(run_dir: Path, doc_id: str) -> None:
     """One trace with its labelled phrases (and synthetic wrong steps) marked."""
-    documents = read_documents(run_dir, columns=["doc_id", "text"])
-    match = documents[documents["doc_id"] == doc_id]
-    if match.empty:
+    text = load_document_text(run_dir, doc_id)
+    if text is None:
         st.warning(f"No document {doc_id!r} in this run.")
         return
-    text = match["text"].iloc[0]
     phrases = list(read_phrases(run_dir, doc_id).itertuples())
     errors = read_error_steps(run_dir, doc_id)
     wrong_steps = [Mark(int(e.start), int(e.end), ERROR_STEP_COLOUR, "wrong step, corrected later") for e in errors.itertuples()]
@@ -206,25 +253,71 @@ def cached_sae(sae_dir: str, device: str):
     return load_sae(sae_dir, device=device)
 
 
+class _ModelAndSAEKey(NamedTuple):
+    """What the model, SAE and live caches are keyed on: the run's model, its context and the SAE's folder."""
+
+    model_source: str
+    n_ctx: int
+    sae_dir: str
+
+
+def _model_and_sae_key(run_dir: Path, profile: dict, sae_id: str) -> _ModelAndSAEKey:
+    from explorer.runs import run_model_source
+
+    return _ModelAndSAEKey(run_model_source(run_dir, profile), int(profile["n_ctx"]), str(run_dir / artifacts.SAES_DIR / sae_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _cached_checked_hook(key: _ModelAndSAEKey, hook_name: str | None) -> str:
+    """The hook the SAE runs at on the model, checked once per model and SAE: the check runs the model (a
+    2-token forward pass), which a 1.5B model on a CPU should not repeat on every rerun of a page."""
+    from explorer.live import _MODEL_LOCK
+    from explorer.sae_loading import check_sae_fits_model
+
+    model = cached_model(key.model_source, key.n_ctx)
+    loaded = cached_sae(key.sae_dir, str(model.cfg.device))
+    # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
+    # The check runs the shared model with a cache hook: under the lock, or another session's live run
+    # would read this pass's activations (the concurrency browser test).
+    with _MODEL_LOCK:
+        return check_sae_fits_model(loaded.sae, model, loaded.hook_name or hook_name)
+
+
 def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
     """The run's model and one of its SAEs, checked against each other; None after showing the error."""
     from explorer.errors import user_facing_errors
-    from explorer.live import _MODEL_LOCK
-    from explorer.runs import run_model_source
-    from explorer.sae_loading import check_sae_fits_model
 
+    key = _model_and_sae_key(run_dir, profile, sae_id)
     try:
-        model = cached_model(run_model_source(run_dir, profile), int(profile["n_ctx"]))
-        loaded = cached_sae(str(run_dir / artifacts.SAES_DIR / sae_id), str(model.cfg.device))
-        # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
-        # The check runs the shared model (a 2-token forward pass with a cache hook): under the lock, or
-        # another session's live run would read this pass's activations (the concurrency browser test).
-        with _MODEL_LOCK:
-            hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.get("hook_name"))
+        model = cached_model(key.model_source, key.n_ctx)
+        loaded = cached_sae(key.sae_dir, str(model.cfg.device))
+        hook_name = _cached_checked_hook(key, profile.get("hook_name"))
     except user_facing_errors() as err:
         st.error(str(err))
         return None
     return model, loaded.sae, hook_name
+
+
+LIVE_CACHE_ENTRIES = 4
+"""Live results kept (texts x SAEs, shared by every session): one is [n_ctx, d_sae] floats, about 200 MB
+for the R1 profile's 2,048 tokens and 24,576 features."""
+
+
+@st.cache_resource(show_spinner="Running the model on the text…", max_entries=LIVE_CACHE_ENTRIES)
+def _cached_live_activations(key: _ModelAndSAEKey, hook_name: str, text: str, max_tokens: int | None):
+    from explorer.live import compute_live_activations
+
+    model = cached_model(key.model_source, key.n_ctx)
+    sae = cached_sae(key.sae_dir, str(model.cfg.device)).sae
+    return compute_live_activations(model, sae, hook_name, text, max_tokens=max_tokens)
+
+
+def load_live_activations(run_dir: Path, profile: dict, sae_id: str, hook_name: str, text: str,
+                          *, max_tokens: int | None = None):
+    """`explorer.live.compute_live_activations` of `text`, run once per (model, SAE, hook, text, max
+    tokens): the page's display widgets (feature, token) rerun the page, not the model. The result is
+    shared, not copied (`st.cache_resource`): read it, never change it. Raises `LiveInputError`."""
+    return _cached_live_activations(_model_and_sae_key(run_dir, profile, sae_id), hook_name, text, max_tokens)
 
 
 def render_sae_picker(run_dir: Path) -> str | None:
@@ -241,11 +334,6 @@ def render_sae_picker(run_dir: Path) -> str | None:
     sae_id = st.sidebar.selectbox("SAE", ids, index=ids.index(wanted) if wanted in ids else 0, key="sae_picker")
     st.query_params["sae"] = sae_id
     return sae_id
-
-
-def read_document_text(run_dir: Path, doc_id: str) -> str:
-    documents = read_documents(run_dir, columns=["doc_id", "text"])
-    return str(documents.loc[documents["doc_id"] == doc_id, "text"].iloc[0])
 
 
 # --- the feature index: a cached read-only connection, cached reads, and the card's sections -------
@@ -645,7 +733,7 @@ def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
         return None
     summary = load_run_summary(run_dir)
     loaded = load_model_and_sae(run_dir, summary.profile, sae_id) if summary is not None else None
-    documents = load_documents(run_dir)
+    documents = load_document_list(run_dir)
     if loaded is None or documents is None:
         return None
     from explorer.feature_views import compute_sae_vis_tokens
@@ -654,8 +742,9 @@ def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
     model, sae, hook_name = loaded
     # The feature's own documents first, so its top examples are among sae-vis's tokens.
     first = list(dict.fromkeys(card.top_examples["doc_id"])) if not card.top_examples.empty else []
-    order = first + [d for d in documents["doc_id"] if d not in set(first)]
-    texts = read_documents(run_dir, columns=["doc_id", "text"]).set_index("doc_id").loc[order[: 2 * SAE_VIS_ROWS], "text"]
+    order = list(dict.fromkeys([*first, *documents["doc_id"].head(2 * SAE_VIS_ROWS)]))[: 2 * SAE_VIS_ROWS]
+    by_id = read_document_texts(run_dir, order)
+    texts = [by_id[d] for d in order if d in by_id]
     row_len = min(SAE_VIS_ROW_LEN, int(summary.profile["n_ctx"]))
     try:
         with st.spinner("Running sae_vis on the model…"):
@@ -683,13 +772,6 @@ class LiveLink(NamedTuple):
 LIVE_LINK_PARAMS = ("doc", "feature", "token")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _cached_document_text(run_dir: str, mtime: float, doc_id: str) -> str | None:
-    documents = read_documents(Path(run_dir), columns=["doc_id", "text"])
-    match = documents.loc[documents["doc_id"] == doc_id, "text"]
-    return None if match.empty else str(match.iloc[0])
-
-
 def read_live_link(run_dir: Path) -> LiveLink | None:
     """The Live page's link, or None without one; a stale link (a document this run lacks) gets a
     warning and leaves the URL."""
@@ -698,11 +780,7 @@ def read_live_link(run_dir: Path) -> LiveLink | None:
     doc_id = st.query_params.get("doc")
     if doc_id is None:
         return None
-    try:
-        mtime = (run_dir / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE).stat().st_mtime
-        text = _cached_document_text(str(run_dir), mtime, doc_id)
-    except (RunFolderError, OSError):
-        text = None
+    text = load_document_text(run_dir, doc_id)
     if text is None:
         st.warning(f"The link's document {doc_id!r} is not in this run's corpus (a stale link?); showing the example trace.")
         drop_live_link()

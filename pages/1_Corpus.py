@@ -1,27 +1,30 @@
-"""Corpus: browse the traces of a run with their labelled backtracking phrases marked."""
+"""Corpus: browse the traces of a run with their labelled backtracking phrases marked.
+
+The listing holds the documents' light columns only, a page of ids at a time; the chosen trace's text is
+read alone (a corpus such as OpenR1-Math-220k has about 3 GB of text)."""
 
 import streamlit as st
 
 from explorer import ui
+from explorer.corpus_views import filter_documents
 
 st.set_page_config(page_title="Corpus · Backtracking feature explorer", layout="wide")
 st.title("Corpus")
 
 run_dir = ui.pick_run_or_stop()
-documents = ui.load_documents(run_dir)
+documents = ui.load_document_list(run_dir)
 if documents is None:
     st.stop()
 
 only_backtracking = st.toggle("Only traces with backtracking", value=True, key="only_backtracking")
-shown = documents[documents["has_backtracking"]] if only_backtracking else documents
+id_contains = st.text_input("Doc id contains", key="doc_search", placeholder="part of a doc id, e.g. synth-0001")
+shown = filter_documents(documents, only_backtracking=only_backtracking, id_contains=id_contains)
 st.caption(f"{len(shown):,} of {len(documents):,} traces")
 if shown.empty:
     st.info("No trace matches.")
     st.stop()
 
-ids = shown["doc_id"].tolist()
-wanted = st.query_params.get("doc")
-doc_id = st.selectbox("Trace", ids, index=ids.index(wanted) if wanted in ids else 0, key="doc_id")
+doc_id = ui.render_document_picker(shown, st.query_params.get("doc"))
 st.query_params["doc"] = doc_id
 st.dataframe(shown[shown["doc_id"] == doc_id], hide_index=True)
 ui.render_labelled_trace(run_dir, doc_id)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from explorer import ui
 from explorer.html import activation_html
-from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_live_activations, compute_top_features, wrap_in_prompt
+from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_top_features, wrap_in_prompt
 
 st.set_page_config(page_title="Live · Backtracking feature explorer", layout="wide")
 st.title("Live activations")
@@ -17,9 +17,10 @@ link = ui.read_live_link(run_dir)  # a card's "open in Live": ?doc=...&feature=.
 if "live_text" not in st.session_state:
     st.session_state["live_text"] = link.text if link is not None else EXAMPLE_TRACE
 if st.button("Random trace from the corpus", key="random_trace"):
-    documents = ui.load_documents(run_dir)
-    if documents is not None and len(documents):
-        st.session_state["live_text"] = ui.read_document_text(run_dir, random.choice(documents["doc_id"].tolist()))
+    documents = ui.load_document_list(run_dir)
+    picked = ui.load_document_text(run_dir, random.choice(documents["doc_id"].tolist())) if documents is not None else None
+    if picked is not None:
+        st.session_state["live_text"] = picked
 text = st.text_area("Chain of thought", key="live_text", height=220)
 if link is not None and text != link.text:
     ui.drop_live_link()
@@ -29,9 +30,9 @@ wrap = st.checkbox("Wrap the text in the R1 prompt template (treat it as the pro
 loaded = ui.load_model_and_sae(run_dir, summary.profile, sae_id)
 if loaded is None:
     st.stop()
-model, sae, hook_name = loaded
-try:
-    live = compute_live_activations(model, sae, hook_name, wrap_in_prompt(text) if wrap else text)
+_, _, hook_name = loaded
+try:  # once per text and SAE: moving the feature or token widgets below does not rerun the model
+    live = ui.load_live_activations(run_dir, summary.profile, sae_id, hook_name, wrap_in_prompt(text) if wrap else text)
 except LiveInputError as hint:
     st.info(str(hint))
     st.stop()

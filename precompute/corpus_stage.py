@@ -34,6 +34,10 @@ STAGE = "corpus"
 MAX_LISTED = 10
 """Documents listed by name in the printed summary, per kind of difference."""
 SYNTHETIC = "synthetic"
+DOCUMENTS_ROW_GROUP_ROWS = 256
+"""Documents per row group of documents.parquet: the app reads one document's text by reading the row
+group that holds it (`explorer.runs.read_document_texts`), a few MB at OpenR1-Math-220k's trace lengths
+rather than the whole text column."""
 
 
 class LabelledCorpus(NamedTuple):
@@ -226,7 +230,7 @@ def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) ->
     documents = documents_frame(corpus)
     summary = summarise(corpus, documents)
     with atomic_dir(out_dir) as tmp:
-        documents.to_parquet(tmp / artifacts.DOCUMENTS_FILE, index=False)
+        documents.to_parquet(tmp / artifacts.DOCUMENTS_FILE, index=False, row_group_size=DOCUMENTS_ROW_GROUP_ROWS)
         phrases_frame(corpus).to_parquet(tmp / artifacts.PHRASES_FILE, index=False)
         if corpus.error_steps_by_doc:
             error_steps_frame(corpus).to_parquet(tmp / artifacts.ERROR_STEPS_FILE, index=False)

@@ -11,8 +11,9 @@ stored with the same settings is skipped unless --force.
 
 Prompts: `--prompts FILE` (.txt: one problem or prompt per line; .json: a list of strings; .jsonl: one
 string or {"prompt": ...} / {"problem": ...} per line; a text without `<think>` is wrapped in the R1
-template), or `--from-corpus N`: the prompt part (up to `<think>\\n`) of N traces of the run's corpus,
-taken evenly across it.
+template), or `--from-corpus N`: the prompts of N traces of the run's corpus, taken evenly across it: a
+trace's text up to `<think>\\n`, or, where its text starts at `<think>` (OpenR1-Math-220k's generations),
+its problem (`problem_text` or `problem`) in the R1 template.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from explorer.steering import (
     SteeringResult,
     as_prompt,
     condition_name,
-    prompt_of_trace,
 )
 
 DEFAULT_N_SAMPLES = 4
@@ -123,15 +123,18 @@ def read_prompt_file(path: Path) -> list[str]:
 
 
 def corpus_prompts(run_dir: Path, n: int) -> list[str]:
-    """The prompt parts of `n` traces spread evenly over the run's corpus (distinct prompts only)."""
-    from explorer.runs import read_documents
+    """The prompts of `n` traces spread evenly over the run's corpus, distinct prompts only
+    (`explorer.runs.read_corpus_prompts`: a trace's text up to `<think>`, else its problem in the template)."""
+    from explorer.runs import read_corpus_prompts
 
     if n < 1:
         raise SteeringInputError("--from-corpus needs at least 1 trace.")
-    texts = read_documents(run_dir, columns=["text"])["text"].tolist()
-    prompts = [p for p in (prompt_of_trace(t) for t in texts) if p is not None]
+    prompts = read_corpus_prompts(run_dir)
     if not prompts:
-        raise SteeringInputError(f"No trace of {run_dir}'s corpus contains <think>, so none gives a prompt.")
+        raise SteeringInputError(
+            f"No trace of {run_dir}'s corpus gives a prompt: none has text before <think>, nor a problem "
+            "(a `problem_text` or `problem` field)."
+        )
     step = max(len(prompts) // n, 1)
     chosen = list(dict.fromkeys(prompts[::step]))[:n]
     return chosen

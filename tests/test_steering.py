@@ -15,7 +15,8 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from explorer import artifacts
 from explorer.database import database_path
 from explorer.model_loading import load_model
-from explorer.prompts import format_prompt
+from explorer.prompts import format_prompt, prompt_of_document, prompt_of_trace
+from explorer.runs import read_documents
 from explorer.steering import (
     SteeringConfig,
     SteeringHook,
@@ -25,7 +26,6 @@ from explorer.steering import (
     compute_steering,
     make_sample,
     parse_coefficients,
-    prompt_of_trace,
     summarise_conditions,
 )
 from explorer.steering_store import (
@@ -213,6 +213,9 @@ def test_prompts_and_coefficients():
     trace = format_prompt("What is 2 + 2?") + "2 + 2 = 4.\n</think>\n\\boxed{4}"
     assert prompt_of_trace(trace) == format_prompt("What is 2 + 2?")
     assert prompt_of_trace("no thinking here") is None
+    assert prompt_of_document(trace, {"problem_text": "2 + 2?"}) == format_prompt("What is 2 + 2?")  # the text's own
+    assert prompt_of_document("<think>\n4\n</think>", {"problem": " What is 2 + 2? "}) == format_prompt("What is 2 + 2?")
+    assert prompt_of_document("<think>\n4\n</think>", {}) is None
     assert as_prompt("What is 2 + 2?") == format_prompt("What is 2 + 2?")
     assert as_prompt(format_prompt("x")) == format_prompt("x")
     with pytest.raises(SteeringInputError):
@@ -325,3 +328,37 @@ def test_steer_command_stores_and_prints_a_table(tmp_path, mini_qwen2_dir, capsy
         run(steer_parser().parse_args([*argv[:6], "nope", *argv[7:]]))
     with pytest.raises(UserError, match="does not exist"):
         run(steer_parser().parse_args([*argv[:8], "999", *argv[9:]]))
+
+
+def openr1_rows(n_problems: int) -> list[dict]:
+    """OpenR1-Math-220k rows: a problem, and generations that start at `<think>` (no problem in them)."""
+    return [
+        {
+            "problem": f"Find x if {k + 2}x = {2 * (k + 2)}.",
+            "answer": "2",
+            "uuid": f"openr1-{k}",
+            "generations": [f"<think>\nx = 2, step {g}.\n</think> \\boxed{{2}}" for g in range(2)],
+            "correctness_math_verify": [True, True],
+        }
+        for k in range(n_problems)
+    ]
+
+
+def test_openr1_corpus_gives_each_problem_its_own_prompt(tmp_path):
+    import datasets
+
+    from precompute.corpus_stage import run_corpus_stage
+    from precompute.profiles import CorpusSpec
+    from precompute.steer_cli import corpus_prompts
+
+    rows = openr1_rows(3)
+    saved = tmp_path / "openr1"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved))
+    run_dir = tmp_path / "run"
+    run_corpus_stage(CorpusSpec(source=str(saved), n_traces=0), run_dir)
+
+    prompts = corpus_prompts(run_dir, 6)
+    assert prompts == [format_prompt(row["problem"]) for row in rows]  # one per problem, in corpus order
+    assert all(p.endswith("Solution: \n<think>\n") for p in prompts)
+    texts = read_documents(run_dir, columns=["text"])["text"]
+    assert texts.tolist() == [g for row in rows for g in row["generations"]]  # the SAE still reads generations only

@@ -1,6 +1,7 @@
 """The Live page and `explorer.live` on a real tiny run: a miniature Qwen2, a synthetic corpus and an
 SAE trained with sae_lens in seconds."""
 
+import contextlib
 import dataclasses
 import importlib
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
+from transformer_lens.components import Embed
 
 from explorer import artifacts
 from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_live_activations, compute_top_features
@@ -110,3 +112,38 @@ def test_live_page_empty_text_gets_a_hint(tiny_run, monkeypatch):
     at.text_area(key="live_text").set_value("").run()
     assert not at.exception
     assert "Type or paste" in at.info[0].value
+
+
+@contextlib.contextmanager
+def counting_forwards():
+    """A list holding how many forward passes any transformer_lens model made (each embeds its tokens
+    once), counted by a torch forward hook on every module while the block runs."""
+    count = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, Embed):
+            count[0] += 1
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def test_live_page_runs_the_model_once_per_text(tiny_run, monkeypatch):
+    runs, _, _, _ = tiny_run
+    at = live_app(runs, monkeypatch)
+    at.run()
+    text = "A text only this test runs: 6 * 7 = 41. Wait, that's not right: 6 * 7 = 42."
+    with counting_forwards() as forwards:
+        at.text_area(key="live_text").set_value(text).run()
+        assert not at.exception and forwards == [1]
+        at.slider(key="live_position").set_value(3).run()
+        at.number_input(key="live_feature").set_value(1).run()
+        assert any(c.value.startswith("Token 3:") for c in at.caption)
+        assert forwards == [1]  # the display widgets rerun the page, not the model
+        at.checkbox(key="wrap_prompt").check().run()  # another text
+        assert forwards == [2]
+        at.checkbox(key="wrap_prompt").uncheck().run()  # the first text again: already computed
+        assert not at.exception and forwards == [2]

@@ -68,6 +68,33 @@ def test_corpus_page_marks_phrases_and_follows_the_url(runs_dir, monkeypatch):
     assert not at.exception
 
 
+def test_corpus_page_lists_a_page_of_ids_and_opens_a_linked_trace_on_its_page(runs_dir, monkeypatch):
+    import html
+
+    from explorer.corpus_views import PAGE_SIZE
+    from explorer.runs import read_document_text
+
+    at = app_test(REPO / "pages" / "1_Corpus.py", runs_dir, monkeypatch)
+    at.session_state["only_backtracking"] = False  # all 200 traces: two pages
+    at.query_params["doc"] = "synth-000150"
+    at.run()
+    assert not at.exception
+    assert not at.warning
+    assert at.number_input(key="doc_page").value == 2
+    assert at.selectbox(key="doc_id").value == "synth-000150"
+    assert len(at.selectbox(key="doc_id").options) == 200 - PAGE_SIZE
+    shown = " ".join(h.proto.body for h in at.get("html"))
+    assert html.escape(read_document_text(runs_dir / "demo", "synth-000150").split("\n")[0]) in shown  # its problem
+
+    at.number_input(key="doc_page").set_value(1).run()
+    assert at.selectbox(key="doc_id").options[:2] == ["synth-000000", "synth-000001"]
+    assert len(at.selectbox(key="doc_id").options) == PAGE_SIZE
+    assert at.selectbox(key="doc_id").value == "synth-000000"
+    at.text_input(key="doc_search").set_value("SYNTH-00004").run()  # synth-000040 ... synth-000049, in any case
+    assert at.selectbox(key="doc_id").options == [f"synth-00004{i}" for i in range(10)]
+    assert not at.exception
+
+
 def test_home_shows_the_sae_report_of_a_real_database(runs_dir, monkeypatch):
     from explorer.database import Provenance, SAETrainingReportRow, database_path, utc_now, write_sae_training_report
     from explorer.sae_metrics import TrainingCurvePoint

@@ -1,0 +1,59 @@
+"""Reading a run's corpus without its whole text column: the light listing, one document's text from
+the row group that holds it, and the steering prompts a batch at a time."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from explorer import artifacts
+from explorer.prompts import prompt_of_trace
+from explorer.runs import (
+    DOCUMENT_LIST_COLUMNS,
+    read_corpus_prompts,
+    read_document_list,
+    read_document_text,
+    read_document_texts,
+    read_documents,
+)
+from precompute.corpus_stage import DOCUMENTS_ROW_GROUP_ROWS, run_corpus_stage
+from precompute.profiles import CorpusSpec
+
+N_TRACES = 2 * DOCUMENTS_ROW_GROUP_ROWS + 10  # three row groups
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "synthetic"
+    run_corpus_stage(CorpusSpec(source="synthetic", n_traces=N_TRACES, seed=0), run)
+    return run
+
+
+def test_the_corpus_is_written_in_small_row_groups(run_dir):
+    parquet = pq.ParquetFile(run_dir / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE)
+    assert parquet.num_row_groups == 3
+    assert parquet.metadata.row_group(0).num_rows == DOCUMENTS_ROW_GROUP_ROWS
+
+
+def test_the_listing_has_no_text(run_dir):
+    listing = read_document_list(run_dir)
+    assert tuple(listing.columns) == DOCUMENT_LIST_COLUMNS
+    assert "text" not in listing.columns and "metadata_json" not in listing.columns
+    full = read_documents(run_dir)
+    pd.testing.assert_frame_equal(listing, full[list(DOCUMENT_LIST_COLUMNS)])
+
+
+def test_one_document_is_read_alone_and_exactly(run_dir):
+    texts = read_documents(run_dir, columns=["doc_id", "text"]).set_index("doc_id")["text"]
+    for doc_id in (texts.index[0], texts.index[DOCUMENTS_ROW_GROUP_ROWS + 3], texts.index[-1]):  # three row groups
+        assert read_document_text(run_dir, doc_id) == texts[doc_id]
+    assert read_document_text(run_dir, "no-such-doc") is None
+    wanted = [texts.index[-1], texts.index[1], "no-such-doc"]
+    assert read_document_texts(run_dir, wanted) == {d: texts[d] for d in wanted[:2]}
+
+
+def test_corpus_prompts_are_read_in_batches(run_dir):
+    texts = read_documents(run_dir, columns=["text"])["text"]
+    assert read_corpus_prompts(run_dir) == [prompt_of_trace(t) for t in texts]
+    assert read_corpus_prompts(run_dir, max_documents=300) == [prompt_of_trace(t) for t in texts[:300]]
