@@ -44,6 +44,10 @@ from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 LENGTH_BUCKET = 64
 """Windows are padded up to a multiple of this many tokens (the bucket of their length)."""
 
+WINDOWING_VERSION = 2
+"""How documents are cut into windows: 1, BOS only at a document's start; 2, BOS at every window's
+start. Recorded with each index, so that `build` redoes an index cut the old way."""
+
 TOKENISE_CHUNK = 512
 """Documents handed to the tokenizer per call (its batch encoder runs them in parallel); the progress
 bar moves by a chunk at a time."""

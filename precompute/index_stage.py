@@ -31,6 +31,7 @@ from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, b
 from explorer.feature_index import (
     CorpusDocument,
     ExampleContexts,
+    WINDOWING_VERSION,
     IndexInputError,
     Window,
     fetch_example_contexts,
@@ -451,7 +452,7 @@ def finish_index(
         "corpus_hash": inputs.corpus_hash,
         "config_json": json.dumps(
             {"index": inputs.config.to_dict(), "batch_size": batch_size, "max_tokens": metas[0].get("max_tokens"),
-             "intervals": N_INTERVALS,
+             "windowing": WINDOWING_VERSION, "intervals": N_INTERVALS,
              "per_interval": PER_INTERVAL, "interval_scheme": "quantile", "versions": package_versions()},
             sort_keys=True, default=str,
         ),
@@ -474,7 +475,7 @@ def finish_index(
 
 def index_is_current(profile: Profile, run_dir: Path) -> bool:
     """`build` skips the index when the database already holds one for every SAE of the run, built
-    from the current corpus with the profile's index settings."""
+    from the current corpus with the profile's index settings and windows cut the current way."""
     from explorer.feature_db import read_index_runs
     from precompute.train_sae_stage import corpus_content_hash
 
@@ -489,12 +490,15 @@ def index_is_current(profile: Profile, run_dir: Path) -> bool:
     if runs.empty:
         return False
     corpus_hash = corpus_content_hash(run_dir)
-    wanted = (profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None)
-    have = {
-        row.sae_id
-        for row in runs.itertuples()
-        if row.corpus_hash == corpus_hash
-        and (row.top_k, row.context_before, row.context_after, json.loads(row.config_json).get("max_tokens")) == wanted
-    }
+    wanted = (
+        profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None,
+        WINDOWING_VERSION,
+    )
+
+    def settings(row) -> tuple:
+        config = json.loads(row.config_json)
+        return row.top_k, row.context_before, row.context_after, config.get("max_tokens"), config.get("windowing", 1)
+
+    have = {row.sae_id for row in runs.itertuples() if row.corpus_hash == corpus_hash and settings(row) == wanted}
     return set(sae_ids) <= have
 

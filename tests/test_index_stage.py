@@ -294,6 +294,23 @@ def test_build_skips_a_current_index_and_redoes_a_changed_one(mini_run):
         assert not index_is_current(dataclasses.replace(profile, index=index), run_dir)
 
 
+def test_build_redoes_an_index_whose_windows_were_cut_without_bos(mini_run, tmp_path):
+    """An index from before every window started with BOS (no `windowing` in its configuration)."""
+    import json
+
+    from precompute.index_stage import index_is_current
+
+    profile, run_dir = mini_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    con = duckdb.connect(str(database_path(old)))
+    config = json.loads(con.execute("SELECT config_json FROM feature_index_runs").fetchone()[0])
+    del config["windowing"]
+    con.execute("UPDATE feature_index_runs SET config_json = ?", [json.dumps(config)])
+    con.close()
+    assert not index_is_current(profile, old)
+
+
 def test_the_forward_stops_right_after_the_hooks_block(tmp_path):
     """On a 3-layer model with the SAE at block 1, the index's passes never run block 2, and give what
     the whole model gives."""
