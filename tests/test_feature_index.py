@@ -39,9 +39,19 @@ def _setup(model_dir):
     for i, text in enumerate(TEXTS):
         spans = label_text(text)
         docs.append(CorpusDocument(f"d{i}", text, spans, has_backtracking(spans)))
-    windows = make_windows(model.tokenizer, docs, context_size=8)  # small: documents split
+    windows = make_windows(model.tokenizer, docs, context_size=8, progress=False)  # small: documents split
     config = IndexConfig(n_features=32, vocab_size=model.cfg.d_vocab, k=K)
     return model, sae, windows, config
+
+
+def _assert_top_k_is(acc, window_maxes: list[torch.Tensor]):
+    """The index's top-k values of each feature are the k highest of its window maxima; returns the examples."""
+    expected_FK = torch.stack(window_maxes).topk(K, dim=0).values.T
+    ex = acc.finalise().examples
+    got_FK = torch.zeros_like(expected_FK)
+    got_FK[ex.feature_N, ex.rank_N] = ex.value_N.float()
+    torch.testing.assert_close(got_FK, expected_FK, atol=1e-4, rtol=1e-4)
+    return ex
 
 
 def test_topk_equals_brute_force_and_shards_merge(mini_qwen2_dir):  # noqa: F811
@@ -54,11 +64,7 @@ def test_topk_equals_brute_force_and_shards_merge(mini_qwen2_dir):  # noqa: F811
         acts_TF = encode_windows(model, sae, HOOK, STOP_AT_LAYER, torch.from_numpy(w.token_ids)[None])[0]
         acts_TF[~torch.from_numpy(w.valid)] = 0
         maxes.append(acts_TF.max(0).values)
-    expected_FK = torch.stack(maxes).topk(K, dim=0).values.T
-    ex = acc.finalise().examples
-    got_FK = torch.zeros_like(expected_FK)
-    got_FK[ex.feature_N, ex.rank_N] = ex.value_N.float()
-    torch.testing.assert_close(got_FK, expected_FK, atol=1e-4, rtol=1e-4)
+    _assert_top_k_is(acc, maxes)
 
     # The batch plan does not depend on the shard, so each window is forwarded in the same batch
     # in both runs and the merge equals the single pass bit for bit, in any merge order.
@@ -125,11 +131,7 @@ def test_every_window_starts_with_bos_and_sees_what_a_direct_forward_sees(mini_q
         acts_TF = sae.encode(cache[HOOK][0]).float().clamp_min(0)
         acts_TF[torch.isin(ids_1T[0], special)] = 0
         maxes.append(acts_TF.max(0).values)
-    expected_FK = torch.stack(maxes).topk(K, dim=0).values.T
-    ex = acc.finalise().examples
-    got_FK = torch.zeros_like(expected_FK)
-    got_FK[ex.feature_N, ex.rank_N] = ex.value_N.float()
-    torch.testing.assert_close(got_FK, expected_FK, atol=1e-4, rtol=1e-4)
+    ex = _assert_top_k_is(acc, maxes)
     assert (ex.position_N > 0).all()
 
 

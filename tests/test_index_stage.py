@@ -67,7 +67,7 @@ def dense(mini_run):
     from explorer.sae_loading import load_sae
 
     sae = load_sae(run_dir / artifacts.SAES_DIR / SAE_ID).sae
-    windows = make_windows(model.tokenizer, corpus_documents(run_dir), profile.n_ctx)
+    windows = make_windows(model.tokenizer, corpus_documents(run_dir), profile.n_ctx, progress=False)
     acts = []
     for w in windows:
         a_TF = encode_windows(model, sae, HOOK, STOP_AT_LAYER, torch.from_numpy(w.token_ids)[None])[0]
