@@ -48,13 +48,14 @@ def main() -> None:
           f"{model.cfg.d_model}, {str(dtype).split('.')[-1]}; SAE {shapes.d_sae:,} features at {shapes.hook_name}; built in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
 
+    stop_at_layer = shapes.layer + 1  # the forward runs blocks 0 .. shapes.layer
     warm = random_windows(args.batch_size * args.context, args.context, model.cfg.d_vocab, seed=1)
-    run_index_pass(model, sae, shapes.hook_name, shapes.layer, warm, config, batch_size=args.batch_size, progress=False)
+    run_index_pass(model, sae, shapes.hook_name, stop_at_layer, warm, config, batch_size=args.batch_size, progress=False)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     result = run_index_pass(
-        model, sae, shapes.hook_name, shapes.layer, windows, config, batch_size=args.batch_size, progress=True
+        model, sae, shapes.hook_name, stop_at_layer, windows, config, batch_size=args.batch_size, progress=True
     )
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -63,7 +64,7 @@ def main() -> None:
     t2 = time.perf_counter()
     ex = totals.examples
     fetch_example_contexts(
-        model, sae, shapes.hook_name, shapes.layer, windows, ex.feature_N, ex.context_id_N, ex.position_N,
+        model, sae, shapes.hook_name, stop_at_layer, windows, ex.feature_N, ex.context_id_N, ex.position_N,
         before=32, after=8, batch_size=args.batch_size, progress=False,
     )
     t3 = time.perf_counter()

@@ -53,7 +53,7 @@ def measure(run_dir: Path, n_tokens: int) -> dict:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    result = run_index_pass(inputs.model, inputs.sae, inputs.hook_name, inputs.layer, windows, inputs.config, progress=False)
+    result = run_index_pass(inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, windows, inputs.config, progress=False)
     done.set()
     thread.join()
     out = {"tokens": result.n_tokens, "seconds": result.seconds, "rss_before": before, "rss_peak": peak[0]}

@@ -49,7 +49,7 @@ def pick_windows(tokenizer, run_dir: Path, n_ctx: int, rows: int, ctx: int | Non
             CorpusDocument(d, t, spans.get(d, ()), bool(b))
             for d, t, b in zip(chunk.doc_id, chunk.text, chunk.has_backtracking)
         ]
-        windows.extend(w._replace(context_id=len(windows) + i) for i, w in enumerate(make_windows(tokenizer, batch, n_ctx)))
+        windows.extend(w._replace(context_id=len(windows) + i) for i, w in enumerate(make_windows(tokenizer, batch, n_ctx, progress=False)))
         lengths = sorted((len(w.token_ids) for w in windows), reverse=True)
         if len(lengths) >= rows and lengths[rows - 1] >= (ctx or n_ctx):
             break
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     sae_id = args.sae or list_sae_ids(args.run)[0]
     loaded = load_sae(args.run / artifacts.SAES_DIR / sae_id, device=args.device)
     hook = loaded.hook_name or profile["hook_name"]
-    layer = stop_layer_for_hook(hook) - 1  # encode_windows stops after block `layer`
+    stop_at_layer = stop_layer_for_hook(hook)  # the forward runs up to the hook's block
     n_ctx = int(profile["n_ctx"])
     model = load_model(run_model_source(args.run, profile), device=args.device, n_ctx=n_ctx)
     windows, ctx = pick_windows(model.tokenizer, args.run, n_ctx, args.rows, args.ctx)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     features = list(range(min(args.features, loaded.d_sae)))
 
     def ours(ws):
-        acc, n = stream_index(model, loaded.sae, hook, layer, ws, index_cfg, batch_size=args.batch_rows, progress=False)
+        acc, n = stream_index(model, loaded.sae, hook, stop_at_layer, ws, index_cfg, batch_size=args.batch_rows, progress=False)
         acc.finalise()
         return n
 

@@ -5,9 +5,15 @@ fetches the context of every example the index keeps.
 Memory is bounded: only one batch's `[B, T, F]` activation tensor exists at a time, on the model's
 device; nothing of size tokens x features reaches the host.
 
-Windows. Each document is tokenised once (BOS only at its real start) and cut into windows of at
-most `context_size` tokens; each window has a global context id, in document order, so ids are the
-same whatever the sharding, and top-k keeps at most one example per window (docs/index-math.md).
+Windows. Each document is tokenised once and cut into windows of at most `context_size` tokens, and
+every window starts with BOS: the first is the document's BOS and its first `context_size - 1`
+tokens, each later one a BOS and the next `context_size - 1`. The model never sees a mid-document
+token at position 0: there Qwen models put attention-sink activations of huge norm, which the SAE
+never saw in training and which would crowd the top-k lists and histograms. BOS is a special token,
+so it is in no statistic. Position p of a window is token `token_offset + p` of the document (BOS is
+its token 0); a later window's BOS stands for no token of the document, so the example contexts
+leave it out. Each window has a global context id, in document order, so ids are the same whatever
+the sharding, and top-k keeps at most one example per window (docs/index-math.md).
 
 The batch plan. Windows are grouped by length into buckets (multiples of `LENGTH_BUCKET` tokens) and
 cut into batches of `batch_size` windows, every batch padded to the shape `[batch_size, bucket]`.
@@ -20,6 +26,7 @@ for bit (a CPU or GPU matmul over a differently shaped batch may round different
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +35,7 @@ from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from explorer.feature_aggregates import ActivationBatch, FeatureIndexAccumulators, IndexConfig
 from explorer.labels import NO_GROUP, PhraseSpan, token_group_ids
@@ -36,13 +44,26 @@ from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 LENGTH_BUCKET = 64
 """Windows are padded up to a multiple of this many tokens (the bucket of their length)."""
 
+WINDOWING_VERSION = 2
+"""How documents are cut into windows: 1, BOS only at a document's start; 2, BOS at every window's
+start. Recorded with each index, so that `build` redoes an index cut the old way."""
+
+TOKENISE_CHUNK = 512
+"""Documents handed to the tokenizer per call (its batch encoder runs them in parallel); the progress
+bar moves by a chunk at a time."""
+
 
 class IndexInputError(ValueError):
     """Input the index cannot use (an empty corpus, too few tokens, a bad shard); the message says why."""
 
 
 class Window(NamedTuple):
-    """One context window: tokens `[token_offset, token_offset + len(token_ids))` of one document."""
+    """One context window of one document: BOS, then up to `context_size - 1` of its tokens.
+
+    Position p of the window is token `token_offset + p` of the document, counting the document's own
+    BOS as its token 0; in a later window position 0 is a BOS put there for the model
+    (`bos_prefixed`), standing in for no token of the document.
+    """
 
     context_id: int
     doc_id: str
@@ -52,6 +73,8 @@ class Window(NamedTuple):
     group_ids: np.ndarray  # [T_w] int8
     phrase_start: np.ndarray  # [T_w] bool
     doc_has_backtracking: bool
+    bos_prefixed: bool = False
+    """Position 0 is a BOS added in front of a later window, not one of the document's tokens."""
 
 
 @dataclass(frozen=True)
@@ -62,32 +85,80 @@ class CorpusDocument:
     has_backtracking: bool
 
 
-def make_windows(tokenizer, documents: Sequence[CorpusDocument], context_size: int) -> list[Window]:
-    """Tokenise every document and cut it into windows of at most `context_size` tokens.
+def make_windows(
+    tokenizer, documents: Sequence[CorpusDocument], context_size: int, *, progress: bool = True
+) -> list[Window]:
+    """Tokenise every document and cut it into windows of at most `context_size` tokens, each one BOS
+    and the document's next `context_size - 1` tokens (module docstring). A tokenizer without BOS
+    gives plain cuts of `context_size` tokens. `tokenizer` must be a fast one (offsets).
 
     Context ids are assigned in document order, so they are the same whatever the sharding.
     """
-    special_ids = set(tokenizer.all_special_ids)
     bos = tokenizer.bos_token_id
-    notebook_idx = [GROUPS.index(g) for g in NOTEBOOK_GROUPS]
+    n_bos = 0 if bos is None else 1
+    if context_size <= n_bos:
+        raise IndexInputError(f"context windows need room for BOS and a token of text, not {context_size} tokens")
+    special_ids = np.asarray(sorted(tokenizer.all_special_ids), dtype=np.int64)
     windows: list[Window] = []
-    for doc in documents:
-        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        groups = token_group_ids(list(enc["offset_mapping"]), doc.spans)
-        if bos is not None:  # BOS only at the document's real start
-            ids = np.concatenate([[bos], ids]).astype(np.int64)
-            groups = np.concatenate([[NO_GROUP], groups]).astype(np.int8)
-        valid = np.array([int(t) not in special_ids for t in ids], dtype=bool)
-        in_bt = np.isin(groups, notebook_idx)
-        # A phrase start: a backtracking token whose predecessor is not in the same phrase group.
-        prev = np.concatenate([[NO_GROUP], groups[:-1]])
-        start = in_bt & (groups != prev)
-        for offset in range(0, len(ids), context_size):
-            sl = slice(offset, offset + context_size)
-            windows.append(
-                Window(len(windows), doc.doc_id, offset, ids[sl], valid[sl], groups[sl], start[sl], doc.has_backtracking)
-            )
+    with tqdm(total=len(documents), desc="tokenising", unit="doc", disable=not progress, smoothing=0.1) as bar:
+        for start in range(0, len(documents), TOKENISE_CHUNK):
+            chunk = documents[start : start + TOKENISE_CHUNK]
+            windows.extend(_chunk_windows(tokenizer, chunk, context_size, bos, special_ids, first_context_id=len(windows)))
+            bar.update(len(chunk))
+    return windows
+
+
+def _chunk_windows(
+    tokenizer, documents: Sequence[CorpusDocument], context_size: int, bos: int | None, special_ids: np.ndarray,
+    *, first_context_id: int,
+) -> list[Window]:
+    """`make_windows` for one chunk of documents, vectorised: one tokenizer call for the chunk, its
+    text tokens end to end in one flat array (X), and every window's tokens gathered from it into
+    another (Y: the windows end to end), which is then cut into the windows."""
+    # The tokenizer's own call rather than its backend's encode_batch: the call first resets the
+    # truncation and padding an earlier call (transformer_lens's to_tokens) may have left on the backend.
+    enc = tokenizer(
+        [doc.text for doc in documents], add_special_tokens=False, return_offsets_mapping=True,
+        return_attention_mask=False, return_token_type_ids=False, verbose=False,
+    )
+    n_D = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=len(documents))  # text tokens per document
+    first_D = np.cumsum(n_D) - n_D  # each document's first token in X
+    ids_X = np.fromiter(itertools.chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=int(n_D.sum()))
+    group_X = np.full(len(ids_X), NO_GROUP, dtype=np.int8)
+    for d, doc in enumerate(documents):
+        if doc.spans:
+            group_X[first_D[d] : first_D[d] + n_D[d]] = token_group_ids(enc["offset_mapping"][d], doc.spans)
+    # A phrase start: a backtracking token whose predecessor in the document is not in the same group.
+    prev_X = np.roll(group_X, 1)
+    prev_X[first_D[n_D > 0]] = NO_GROUP
+    start_X = np.isin(group_X, [GROUPS.index(g) for g in NOTEBOOK_GROUPS]) & (group_X != prev_X)
+
+    # Window k of a document: BOS, then its text tokens [k * step, (k + 1) * step).
+    n_bos = 0 if bos is None else 1
+    step = context_size - n_bos
+    n_windows_D = np.maximum(-(-n_D // step), n_bos)  # an empty document still gives its BOS
+    doc_W = np.repeat(np.arange(len(documents)), n_windows_D)
+    k_W = np.arange(len(doc_W)) - np.repeat(np.cumsum(n_windows_D) - n_windows_D, n_windows_D)
+    length_W = n_bos + np.minimum(step, n_D[doc_W] - k_W * step)
+    end_W = np.cumsum(length_W)
+    window_Y = np.repeat(np.arange(len(doc_W)), length_W)
+    position_Y = np.arange(len(window_Y)) - (end_W - length_W)[window_Y]
+    text_Y = position_Y >= n_bos
+    source = (first_D[doc_W] + k_W * step)[window_Y][text_Y] + position_Y[text_Y] - n_bos  # text_Y's tokens in X
+    ids_Y = np.full(len(window_Y), 0 if bos is None else bos, dtype=np.int64)
+    ids_Y[text_Y] = ids_X[source]
+    group_Y = np.full(len(window_Y), NO_GROUP, dtype=np.int8)
+    group_Y[text_Y] = group_X[source]
+    start_Y = np.zeros(len(window_Y), dtype=bool)
+    start_Y[text_Y] = start_X[source]
+    valid_Y = ~np.isin(ids_Y, special_ids)
+    windows = []
+    for w, (d, k, start, end) in enumerate(zip(doc_W.tolist(), k_W.tolist(), (end_W - length_W).tolist(), end_W.tolist())):
+        doc = documents[d]
+        windows.append(Window(
+            first_context_id + w, doc.doc_id, k * step, ids_Y[start:end], valid_Y[start:end], group_Y[start:end],
+            start_Y[start:end], doc.has_backtracking, bos_prefixed=n_bos == 1 and k > 0,
+        ))
     return windows
 
 
@@ -181,12 +252,13 @@ def batch_tensors(windows: Sequence[Window], batch: PlannedBatch, batch_size: in
 
 
 @torch.no_grad()
-def encode_windows(model, sae, hook_name: str, layer: int, ids_BT: Tensor) -> Tensor:
-    """SAE activations `[B, T, F]` at `hook_name`, with the forward stopped after `layer`.
+def encode_windows(model, sae, hook_name: str, stop_at_layer: int, ids_BT: Tensor) -> Tensor:
+    """SAE activations `[B, T, F]` at `hook_name`, with the forward running blocks
+    `0 .. stop_at_layer - 1` only (`sae_loading.stop_layer_for_hook`: the hook's block + 1).
 
     Padding sits at the end of each row and attention is causal, so it does not change real tokens.
     """
-    _, cache = model.run_with_cache(ids_BT, names_filter=hook_name, stop_at_layer=layer + 1)
+    _, cache = model.run_with_cache(ids_BT, names_filter=hook_name, stop_at_layer=stop_at_layer)
     resid_BTD = cache[hook_name]
     return sae.encode(resid_BTD.to(sae.W_enc.dtype)).float().clamp_min(0)
 
@@ -201,7 +273,7 @@ def _pad_id(model) -> int:
 
 
 def _forward_batches(
-    model, sae, hook_name: str, layer: int, windows: Sequence[Window], batches: Sequence[PlannedBatch],
+    model, sae, hook_name: str, stop_at_layer: int, windows: Sequence[Window], batches: Sequence[PlannedBatch],
     batch_size: int, *, desc: str, progress: bool,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[PlannedBatch, BatchTensors, Tensor]]:
@@ -209,8 +281,6 @@ def _forward_batches(
     pad_id = _pad_id(model)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         total = sum(len(windows[i].token_ids) for b in batches for i in b.windows)
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc=desc, smoothing=0.1)
     try:
@@ -218,7 +288,7 @@ def _forward_batches(
             if should_stop is not None and should_stop():
                 raise KeyboardInterrupt
             tensors = batch_tensors(windows, batch, batch_size, pad_id)
-            acts_BTF = encode_windows(model, sae, hook_name, layer, tensors.ids_BT.to(device))
+            acts_BTF = encode_windows(model, sae, hook_name, stop_at_layer, tensors.ids_BT.to(device))
             yield batch, tensors, acts_BTF
             if bar is not None:
                 bar.update(sum(len(windows[i].token_ids) for i in batch.windows))
@@ -235,7 +305,7 @@ class PassResult(NamedTuple):
 
 
 def stream_index(
-    model, sae, hook_name: str, layer: int, windows: Sequence[Window], config: IndexConfig,
+    model, sae, hook_name: str, stop_at_layer: int, windows: Sequence[Window], config: IndexConfig,
     *, batch_size: int = 8, shard: tuple[int, int] = (0, 1), max_tokens: int | None = None, progress: bool = True,
 ) -> tuple[FeatureIndexAccumulators, int]:
     """Feed the windows of shard `(i, n)` through the model and SAE into the accumulators.
@@ -243,12 +313,12 @@ def stream_index(
     windows, notice = limit_tokens(windows, max_tokens)
     if notice:
         print(notice, flush=True)
-    result = run_index_pass(model, sae, hook_name, layer, windows, config, batch_size=batch_size, shard=shard, progress=progress)
+    result = run_index_pass(model, sae, hook_name, stop_at_layer, windows, config, batch_size=batch_size, shard=shard, progress=progress)
     return result.accumulators, result.n_tokens
 
 
 def run_index_pass(
-    model, sae, hook_name: str, layer: int, windows: Sequence[Window], config: IndexConfig,
+    model, sae, hook_name: str, stop_at_layer: int, windows: Sequence[Window], config: IndexConfig,
     *, batch_size: int = 8, shard: tuple[int, int] = (0, 1), progress: bool = True,
 ) -> PassResult:
     """The first pass over the batches of shard `(i, n)` of the plan of `windows`."""
@@ -260,7 +330,7 @@ def run_index_pass(
     n_tokens = n_windows = 0
     t0 = time.perf_counter()
     for batch, t, acts_BTF in _forward_batches(
-        model, sae, hook_name, layer, windows, mine, batch_size, desc=f"index {shard[0]}/{shard[1]}", progress=progress
+        model, sae, hook_name, stop_at_layer, windows, mine, batch_size, desc=f"index {shard[0]}/{shard[1]}", progress=progress
     ):
         n = t.n_real
         rows = [windows[i] for i in batch.windows]
@@ -285,7 +355,8 @@ def run_index_pass(
 
 class ExampleContexts(NamedTuple):
     """For each requested (feature, context_id, position): the tokens around it and the feature's
-    activation on each of them (0 on special tokens, which the index leaves out)."""
+    activation on each of them (0 on special tokens, which the index leaves out). A context is a
+    stretch of its document: it never holds the BOS put in front of a later window."""
 
     first_position_N: np.ndarray
     """Position in the window of each context's first token."""
@@ -294,7 +365,7 @@ class ExampleContexts(NamedTuple):
 
 
 def fetch_example_contexts(
-    model, sae, hook_name: str, layer: int, windows: Sequence[Window],
+    model, sae, hook_name: str, stop_at_layer: int, windows: Sequence[Window],
     feature_N: Tensor, context_id_N: Tensor, position_N: Tensor,
     *, before: int, after: int, batch_size: int = 8, shard: tuple[int, int] = (0, 1), progress: bool = True,
 ) -> ExampleContexts:
@@ -323,15 +394,17 @@ def fetch_example_contexts(
     needed = [plan[b] for b in sorted(requests) if b % shard[1] == shard[0]]
     offsets = torch.arange(-before, after + 1)
     for batch, t, acts_BTF in _forward_batches(
-        model, sae, hook_name, layer, windows, needed, batch_size, desc="example contexts", progress=progress
+        model, sae, hook_name, stop_at_layer, windows, needed, batch_size, desc="example contexts", progress=progress
     ):
         idx = np.asarray(requests[batch.index])
         rows = torch.tensor([batch_of_window[window_of_context[int(context_np[n])]][1] for n in idx])
         pos_R = torch.from_numpy(position_np[idx].astype(np.int64))
         feat_R = torch.from_numpy(feature_np[idx].astype(np.int64))
-        lengths_R = torch.tensor([len(windows[batch.windows[int(r)]].token_ids) for r in rows])
+        members = [windows[batch.windows[int(r)]] for r in rows]
+        lengths_R = torch.tensor([len(w.token_ids) for w in members])
+        lowest_R = torch.tensor([int(w.bos_prefixed) for w in members])  # the first document token
         grid_RL = pos_R[:, None] + offsets[None, :]
-        inside_RL = (grid_RL >= 0) & (grid_RL < lengths_R[:, None])
+        inside_RL = (grid_RL >= lowest_R[:, None]) & (grid_RL < lengths_R[:, None])
         safe_RL = grid_RL.clamp(0, batch.length - 1)
         device = acts_BTF.device
         values_RL = acts_BTF[rows[:, None].to(device), safe_RL.to(device), feat_R[:, None].to(device)].cpu()

@@ -354,10 +354,11 @@ def lead_lag_grid(
 
 
 def compute_sae_vis_tokens(tokenizer, texts: Sequence[str], row_len: int, max_rows: int):
-    """`[rows, row_len]` token ids for sae-vis: each text cut into windows as the index cuts them (BOS
-    at its start), the first `row_len` tokens of each window long enough, at most `max_rows` rows."""
+    """`[rows, row_len]` token ids for sae-vis: each text cut into windows as the index cuts them (each
+    window starts with BOS), the first `row_len` tokens of each window long enough, at most `max_rows`
+    rows."""
     from explorer.feature_index import CorpusDocument, make_windows
     from explorer.sae_vis_export import token_rows
 
     documents = [CorpusDocument(str(i), t, (), False) for i, t in enumerate(texts)]
-    return token_rows(make_windows(tokenizer, documents, row_len), row_len, max_rows)
+    return token_rows(make_windows(tokenizer, documents, row_len, progress=False), row_len, max_rows)

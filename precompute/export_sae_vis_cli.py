@@ -3,7 +3,7 @@
     python -m precompute export-sae-vis --profile demo --features 3,17,42
 
 The tokens are the run's own: its corpus documents cut into context windows exactly as the feature
-index cuts them (`explorer.feature_index.make_windows`, BOS at each document's start), and the first
+index cuts them (`explorer.feature_index.make_windows`, BOS at each window's start), and the first
 `row length` tokens of each window at least that long, so the tensor sae-vis takes is rectangular and
 every activation in it is one our index sees too. The row length is the profile's `n_ctx` (or --ctx),
 shortened when the corpus's windows are shorter: then the longest length whose windows, among the
@@ -87,7 +87,7 @@ def corpus_windows(
     ids, texts = documents["doc_id"].tolist(), documents["text"].tolist()
     for start in range(0, len(ids), DOC_CHUNK):
         chunk = [CorpusDocument(d, t, (), False) for d, t in zip(ids[start : start + DOC_CHUNK], texts[start : start + DOC_CHUNK])]
-        for w in make_windows(tokenizer, chunk, n_ctx):
+        for w in make_windows(tokenizer, chunk, n_ctx, progress=False):
             windows.append(w._replace(context_id=len(windows)))
         long_enough = sum(1 for w in windows if len(w.token_ids) >= target)
         if long_enough >= math.ceil(n_tokens / target):

@@ -31,6 +31,7 @@ from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, b
 from explorer.feature_index import (
     CorpusDocument,
     ExampleContexts,
+    WINDOWING_VERSION,
     IndexInputError,
     Window,
     fetch_example_contexts,
@@ -59,7 +60,8 @@ class IndexInputs(NamedTuple):
     sae: Any
     sae_id: str
     hook_name: str
-    layer: int
+    stop_at_layer: int
+    """The forward runs blocks 0 .. stop_at_layer - 1: up to the hook's block, no further."""
     windows: list[Window]
     n_documents: int
     config: IndexConfig
@@ -92,7 +94,9 @@ def corpus_documents(run_dir: Path) -> list[CorpusDocument]:
     ]
 
 
-def load_inputs(profile: Profile, run_dir: Path, sae_id: str | None, max_tokens: int | None) -> IndexInputs:
+def load_inputs(
+    profile: Profile, run_dir: Path, sae_id: str | None, max_tokens: int | None, *, progress: bool = True
+) -> IndexInputs:
     """Model, SAE (checked against the model), the corpus's windows and the pass configuration."""
     from explorer.feature_scores import top_phrase_token_ids
     from explorer.feature_tables import count_tokens
@@ -106,10 +110,10 @@ def load_inputs(profile: Profile, run_dir: Path, sae_id: str | None, max_tokens:
     model = load_run_model(profile, run_dir)
     loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device))
     hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.hook_name, model_name=profile.model)
-    layer = stop_layer_for_hook(hook_name)
-    if layer is None:
+    stop_at_layer = stop_layer_for_hook(hook_name)
+    if stop_at_layer is None:
         raise IndexInputError(f"Cannot tell which layer {hook_name!r} belongs to; the index needs a blocks.<n>. hook.")
-    windows = make_windows(model.tokenizer, documents, profile.n_ctx)
+    windows = make_windows(model.tokenizer, documents, profile.n_ctx, progress=progress)
     windows, notice = limit_tokens(windows, max_tokens)
     if notice:
         print(f"  {notice}", flush=True)
@@ -135,7 +139,7 @@ def load_inputs(profile: Profile, run_dir: Path, sae_id: str | None, max_tokens:
         max_offset=profile.index.context_after,
     )
     return IndexInputs(
-        model, loaded.sae, sae_id, hook_name, layer, windows, len({w.doc_id for w in windows}), config,
+        model, loaded.sae, sae_id, hook_name, stop_at_layer, windows, len({w.doc_id for w in windows}), config,
         corpus_content_hash(run_dir),
     )
 
@@ -168,10 +172,10 @@ def run_index(
     """Index one SAE (or one shard of it). Returns the database (or the partial) written."""
     run_dir = Path(run_dir)
     max_tokens = max_tokens if max_tokens is not None else (profile.index.n_tokens or None)
-    inputs = load_inputs(profile, run_dir, sae_id, max_tokens)
+    inputs = load_inputs(profile, run_dir, sae_id, max_tokens, progress=progress)
     print_config(STAGE, stage_settings(profile, inputs, batch_size, shard[1]))
     result = run_index_pass(
-        inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows, inputs.config,
+        inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, inputs.windows, inputs.config,
         batch_size=batch_size, shard=shard, progress=progress,
     )
     print(
@@ -205,7 +209,7 @@ def merge_partials(
     run_dir = Path(run_dir)
     sae_id = choose_sae_id(run_dir, sae_id)
     folder = Path(run_dir) / PARTIALS_DIR / sae_id
-    inputs, merged, metas = load_merged_partials(profile, run_dir, sae_id, folder)
+    inputs, merged, metas = load_merged_partials(profile, run_dir, sae_id, folder, progress=progress)
     if shard_contexts:
         return write_context_plan(run_dir, inputs, merged, metas, folder / CONTEXT_PLAN)
     sharded = (folder / CONTEXT_PLAN).is_file()
@@ -216,7 +220,7 @@ def merge_partials(
 
 
 def load_merged_partials(
-    profile: Profile, run_dir: Path, sae_id: str, folder: Path
+    profile: Profile, run_dir: Path, sae_id: str, folder: Path, *, progress: bool = True
 ) -> tuple[IndexInputs, FeatureIndexAccumulators, list[dict[str, Any]]]:
     """The n shard partials of `folder`, checked against each other and the run's corpus, merged."""
     paths = sorted(folder.glob("shard-*-of-*.pt")) if folder.is_dir() else []
@@ -232,7 +236,7 @@ def load_merged_partials(
         )
     if len({(m["corpus_hash"], m["batch_size"], m["n_corpus_windows"]) for m in metas}) != 1:
         raise RunFolderError(f"The partials in {folder} were built from different corpora, batch sizes or --tokens.")
-    inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"])
+    inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"], progress=progress)
     if len(inputs.windows) != metas[0]["n_corpus_windows"] or metas[0]["corpus_hash"] != inputs.corpus_hash:
         raise RunFolderError(f"The partials in {folder} were built from another corpus than {run_dir}'s.")
     merged = FeatureIndexAccumulators.from_state_dict(parts[0]["state"])
@@ -307,12 +311,12 @@ def run_context_shard(
     metas, requests = plan["metas"], ContextRequests(**plan["requests"])
     if shard[1] != metas[0]["shard"][1]:
         raise RunFolderError(f"The context plan in {folder} is for {metas[0]['shard'][1]} shards, not {shard[1]}.")
-    inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"])
+    inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"], progress=progress)
     if metas[0]["corpus_hash"] != inputs.corpus_hash:
         raise RunFolderError(f"The context plan in {folder} was made from another corpus than {run_dir}'s.")
     print(f"== index == contexts of shard {shard[0]}/{shard[1]} of {sae_id}", flush=True)
     contexts = fetch_example_contexts(
-        inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows,
+        inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, inputs.windows,
         requests.feature_N, requests.context_id_N, requests.position_N,
         before=profile.index.context_before, after=profile.index.context_after,
         batch_size=metas[0]["batch_size"], shard=shard, progress=progress,
@@ -403,7 +407,7 @@ def finish_index(
         contexts = read_contexts(requests)
     else:
         contexts = fetch_example_contexts(
-            inputs.model, inputs.sae, inputs.hook_name, inputs.layer, inputs.windows,
+            inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, inputs.windows,
             requests.feature_N, requests.context_id_N, requests.position_N,
             before=profile.index.context_before, after=profile.index.context_after, batch_size=batch_size,
             progress=progress,
@@ -448,7 +452,7 @@ def finish_index(
         "corpus_hash": inputs.corpus_hash,
         "config_json": json.dumps(
             {"index": inputs.config.to_dict(), "batch_size": batch_size, "max_tokens": metas[0].get("max_tokens"),
-             "intervals": N_INTERVALS,
+             "windowing": WINDOWING_VERSION, "intervals": N_INTERVALS,
              "per_interval": PER_INTERVAL, "interval_scheme": "quantile", "versions": package_versions()},
             sort_keys=True, default=str,
         ),
@@ -471,7 +475,7 @@ def finish_index(
 
 def index_is_current(profile: Profile, run_dir: Path) -> bool:
     """`build` skips the index when the database already holds one for every SAE of the run, built
-    from the current corpus with the profile's index settings."""
+    from the current corpus with the profile's index settings and windows cut the current way."""
     from explorer.feature_db import read_index_runs
     from precompute.train_sae_stage import corpus_content_hash
 
@@ -486,12 +490,15 @@ def index_is_current(profile: Profile, run_dir: Path) -> bool:
     if runs.empty:
         return False
     corpus_hash = corpus_content_hash(run_dir)
-    wanted = (profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None)
-    have = {
-        row.sae_id
-        for row in runs.itertuples()
-        if row.corpus_hash == corpus_hash
-        and (row.top_k, row.context_before, row.context_after, json.loads(row.config_json).get("max_tokens")) == wanted
-    }
+    wanted = (
+        profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None,
+        WINDOWING_VERSION,
+    )
+
+    def settings(row) -> tuple:
+        config = json.loads(row.config_json)
+        return row.top_k, row.context_before, row.context_after, config.get("max_tokens"), config.get("windowing", 1)
+
+    have = {row.sae_id for row in runs.itertuples() if row.corpus_hash == corpus_hash and settings(row) == wanted}
     return set(sae_ids) <= have
 

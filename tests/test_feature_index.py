@@ -1,18 +1,25 @@
 """The streaming pass of the feature index on a miniature Qwen2 and a random StandardSAE:
-top-k values equal a brute-force dense computation; shards merge to the single pass bit for bit."""
+top-k values equal a brute-force dense computation; shards merge to the single pass bit for bit;
+every window starts with BOS; the batched windowing equals a plain per-document one."""
 
 from __future__ import annotations
 
+import copy
+import math
+
+import numpy as np
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from explorer.feature_aggregates import IndexConfig
-from explorer.feature_index import CorpusDocument, encode_windows, make_windows, stream_index
-from explorer.labels import label_text, has_backtracking
-from explorer.model_loading import load_model
-from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
+from explorer.feature_index import CorpusDocument, Window, encode_windows, make_windows, stream_index
+from explorer.labels import NO_GROUP, has_backtracking, label_text, token_group_ids
+from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
+from explorer.model_loading import load_model, load_tokenizer
+from explorer.synthetic import generate_traces
+from tests.hub_fixtures import MINI_TEXTS, mini_qwen2_dir  # noqa: F401  (fixture)
 
-HOOK, LAYER, K = "blocks.0.hook_resid_post", 0, 4
+HOOK, STOP_AT_LAYER, K = "blocks.0.hook_resid_post", 1, 4  # the forward runs block 0 only
 TEXTS = [
     "Let me compute 3 + 4. Wait, that is wrong. Maybe it is 7.",
     "The answer is 12 because 3 times 4 is 12. Therefore done.",
@@ -32,31 +39,37 @@ def _setup(model_dir):
     for i, text in enumerate(TEXTS):
         spans = label_text(text)
         docs.append(CorpusDocument(f"d{i}", text, spans, has_backtracking(spans)))
-    windows = make_windows(model.tokenizer, docs, context_size=8)  # small: documents split
+    windows = make_windows(model.tokenizer, docs, context_size=8, progress=False)  # small: documents split
     config = IndexConfig(n_features=32, vocab_size=model.cfg.d_vocab, k=K)
     return model, sae, windows, config
+
+
+def _assert_top_k_is(acc, window_maxes: list[torch.Tensor]):
+    """The index's top-k values of each feature are the k highest of its window maxima; returns the examples."""
+    expected_FK = torch.stack(window_maxes).topk(K, dim=0).values.T
+    ex = acc.finalise().examples
+    got_FK = torch.zeros_like(expected_FK)
+    got_FK[ex.feature_N, ex.rank_N] = ex.value_N.float()
+    torch.testing.assert_close(got_FK, expected_FK, atol=1e-4, rtol=1e-4)
+    return ex
 
 
 def test_topk_equals_brute_force_and_shards_merge(mini_qwen2_dir):  # noqa: F811
     model, sae, windows, config = _setup(mini_qwen2_dir)
     assert len({w.doc_id for w in windows}) < len(windows)  # some document was split
-    acc, n_tokens = stream_index(model, sae, HOOK, LAYER, windows, config, batch_size=3, progress=False)
+    acc, n_tokens = stream_index(model, sae, HOOK, STOP_AT_LAYER, windows, config, batch_size=3, progress=False)
     assert n_tokens == sum(len(w.token_ids) for w in windows)
     maxes = []
     for w in windows:
-        acts_TF = encode_windows(model, sae, HOOK, LAYER, torch.from_numpy(w.token_ids)[None])[0]
+        acts_TF = encode_windows(model, sae, HOOK, STOP_AT_LAYER, torch.from_numpy(w.token_ids)[None])[0]
         acts_TF[~torch.from_numpy(w.valid)] = 0
         maxes.append(acts_TF.max(0).values)
-    expected_FK = torch.stack(maxes).topk(K, dim=0).values.T
-    ex = acc.finalise().examples
-    got_FK = torch.zeros_like(expected_FK)
-    got_FK[ex.feature_N, ex.rank_N] = ex.value_N.float()
-    torch.testing.assert_close(got_FK, expected_FK, atol=1e-4, rtol=1e-4)
+    _assert_top_k_is(acc, maxes)
 
     # The batch plan does not depend on the shard, so each window is forwarded in the same batch
     # in both runs and the merge equals the single pass bit for bit, in any merge order.
-    single_acc, _ = stream_index(model, sae, HOOK, LAYER, windows, config, batch_size=3, progress=False)
-    parts = [stream_index(model, sae, HOOK, LAYER, windows, config, batch_size=3, shard=(i, 3), progress=False)[0] for i in range(3)]
+    single_acc, _ = stream_index(model, sae, HOOK, STOP_AT_LAYER, windows, config, batch_size=3, progress=False)
+    parts = [stream_index(model, sae, HOOK, STOP_AT_LAYER, windows, config, batch_size=3, shard=(i, 3), progress=False)[0] for i in range(3)]
     merged, single = parts[2].merge(parts[0]).merge(parts[1]).state_dict(), single_acc.state_dict()
     assert merged.keys() == single.keys()
     for key in single:
@@ -65,7 +78,7 @@ def test_topk_equals_brute_force_and_shards_merge(mini_qwen2_dir):  # noqa: F811
 
 def test_max_tokens_stops_early(mini_qwen2_dir):  # noqa: F811
     model, sae, windows, config = _setup(mini_qwen2_dir)
-    _, n_tokens = stream_index(model, sae, HOOK, LAYER, windows, config, max_tokens=10, progress=False)
+    _, n_tokens = stream_index(model, sae, HOOK, STOP_AT_LAYER, windows, config, max_tokens=10, progress=False)
     assert 10 <= n_tokens < sum(len(w.token_ids) for w in windows)
 
 
@@ -81,3 +94,89 @@ def test_parse_shard():
             parse_shard(bad)
     with pytest.raises(IndexInputError, match="torchrun"):
         parse_shard("auto", {})
+
+
+def _document(doc_id: str, text: str) -> CorpusDocument:
+    spans = label_text(text)
+    return CorpusDocument(doc_id, text, spans, has_backtracking(spans))
+
+
+def test_every_window_starts_with_bos_and_sees_what_a_direct_forward_sees(mini_qwen2_dir):  # noqa: F811
+    """A long document cut into many windows: each later window is BOS and the document's next
+    tokens, so no mid-document token sits at position 0 (where Qwen models put attention-sink
+    activations the SAE never saw), and the index's values are those of a direct forward of
+    `BOS + the window's tokens` of the document."""
+    model, sae, _, config = _setup(mini_qwen2_dir)
+    tokenizer, bos = model.tokenizer, model.tokenizer.bos_token_id
+    text = " ".join(MINI_TEXTS * 3)
+    windows = make_windows(tokenizer, [_document("long", text)], context_size=16, progress=False)
+    document = [bos] + tokenizer(text, add_special_tokens=False)["input_ids"]  # BOS is the document's token 0
+    assert len(windows) > K
+    assert [int(w.token_ids[0]) for w in windows] == [bos] * len(windows)
+    assert [w.bos_prefixed for w in windows] == [False] + [True] * (len(windows) - 1)
+    assert not any(w.valid[0] for w in windows)
+    assert max(len(w.token_ids) for w in windows) == 16
+    # Together the windows hold each token of the document once, and position p of a window is the
+    # document's token `token_offset + p` (what a Live link points at).
+    assert np.concatenate([w.token_ids[1:] for w in windows]).tolist() == document[1:]
+    for w in windows:
+        assert w.token_ids[1:].tolist() == document[w.token_offset + 1 : w.token_offset + len(w.token_ids)]
+
+    acc, _ = stream_index(model, sae, HOOK, STOP_AT_LAYER, windows, config, batch_size=3, progress=False)
+    special = torch.tensor(tokenizer.all_special_ids)
+    maxes = []
+    for w in windows:
+        ids_1T = torch.tensor([[bos] + document[w.token_offset + 1 : w.token_offset + len(w.token_ids)]])
+        _, cache = model.run_with_cache(ids_1T, names_filter=HOOK)  # the whole model, as it is
+        acts_TF = sae.encode(cache[HOOK][0]).float().clamp_min(0)
+        acts_TF[torch.isin(ids_1T[0], special)] = 0
+        maxes.append(acts_TF.max(0).values)
+    ex = _assert_top_k_is(acc, maxes)
+    assert (ex.position_N > 0).all()
+
+
+def _plain_windows(tokenizer, documents, context_size: int) -> list[Window]:
+    """The reference: `make_windows` written one document and one token at a time."""
+    special, bos = set(tokenizer.all_special_ids), tokenizer.bos_token_id
+    notebook = {GROUPS.index(g) for g in NOTEBOOK_GROUPS}
+    n_bos = 0 if bos is None else 1
+    step = context_size - n_bos
+    windows = []
+    for doc in documents:
+        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        groups = token_group_ids(list(enc["offset_mapping"]), doc.spans).tolist()
+        starts = [g in notebook and (i == 0 or groups[i - 1] != g) for i, g in enumerate(groups)]
+        for k in range(max(math.ceil(len(ids) / step), n_bos)):
+            part = slice(k * step, (k + 1) * step)
+            tokens = [bos] * n_bos + ids[part]
+            windows.append(Window(
+                len(windows), doc.doc_id, k * step, np.array(tokens, dtype=np.int64),
+                np.array([t not in special for t in tokens], dtype=bool),
+                np.array([NO_GROUP] * n_bos + groups[part], dtype=np.int8),
+                np.array([False] * n_bos + starts[part], dtype=bool), doc.has_backtracking, n_bos == 1 and k > 0,
+            ))
+    return windows
+
+
+def test_make_windows_equals_a_plain_per_document_windowing(mini_qwen2_dir):  # noqa: F811
+    """Batched tokenising and vectorised masks change nothing: real-format texts (special tokens in
+    the text, unicode, an empty document, a long one), more documents than one tokenizer call takes,
+    with and without BOS."""
+    tokenizer = load_tokenizer(mini_qwen2_dir)
+    texts = MINI_TEXTS + ["", " ".join(MINI_TEXTS * 4)] + [t.record.text for t in generate_traces(600, seed=1)]
+    documents = [_document(f"d{i}", text) for i, text in enumerate(texts)]
+    assert sum(bool(d.spans) for d in documents) > 100
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.bos_token = None
+    for tok in (tokenizer, no_bos):
+        for context_size in (16, 64):
+            got = make_windows(tok, documents, context_size, progress=False)
+            expected = _plain_windows(tok, documents, context_size)
+            assert len(got) == len(expected)
+            for g, e in zip(got, expected):
+                for name, a, b in zip(Window._fields, g, e):
+                    if isinstance(b, np.ndarray):
+                        assert a.dtype == b.dtype and np.array_equal(a, b), (g.context_id, name)
+                    else:
+                        assert a == b, (g.context_id, name)

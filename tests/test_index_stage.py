@@ -30,11 +30,11 @@ from explorer.feature_index import IndexInputError, encode_windows, make_windows
 from explorer.feature_schema import FEATURE_TABLE_NAMES
 from explorer.model_loading import load_model
 from precompute.corpus_stage import run_corpus_stage
-from precompute.index_stage import corpus_documents, merge_partials, run_index
+from precompute.index_stage import corpus_documents, load_inputs, merge_partials, run_index
 from precompute.profiles import CorpusSpec, IndexSpec, Profile
-from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
+from tests.hub_fixtures import build_mini_qwen2_dir, mini_qwen2_dir  # noqa: F401  (fixture)
 
-HOOK, LAYER, D_SAE, SAE_ID = "blocks.1.hook_resid_post", 1, 48, "mini-sae"
+HOOK, STOP_AT_LAYER, D_SAE, SAE_ID = "blocks.1.hook_resid_post", 2, 48, "mini-sae"  # blocks 0 and 1 run
 INDEX = IndexSpec(top_k=5, context_before=6, context_after=3)
 TIMING_COLUMNS = {"seconds", "tokens_per_second", "built_at", "n_shards", "config_json"}
 
@@ -67,10 +67,10 @@ def dense(mini_run):
     from explorer.sae_loading import load_sae
 
     sae = load_sae(run_dir / artifacts.SAES_DIR / SAE_ID).sae
-    windows = make_windows(model.tokenizer, corpus_documents(run_dir), profile.n_ctx)
+    windows = make_windows(model.tokenizer, corpus_documents(run_dir), profile.n_ctx, progress=False)
     acts = []
     for w in windows:
-        a_TF = encode_windows(model, sae, HOOK, LAYER, torch.from_numpy(w.token_ids)[None])[0]
+        a_TF = encode_windows(model, sae, HOOK, STOP_AT_LAYER, torch.from_numpy(w.token_ids)[None])[0]
         a_TF[~torch.from_numpy(w.valid)] = 0
         acts.append(a_TF)
     return windows, acts
@@ -94,15 +94,19 @@ def test_top_examples_and_stats_equal_brute_force(mini_run, dense):
     ).fetchall()
     got_FK = torch.zeros_like(expected_FK)
     by_context = {w.context_id: (w, a) for w, a in zip(windows, acts)}
+    clipped = 0
     for feature, rank, value, context, position, first, token_ids, context_acts in rows:
         got_FK[feature, rank] = value
         w, a_TF = by_context[context]
         assert value == pytest.approx(float(a_TF[position, feature]), abs=1e-5)
         assert value == pytest.approx(float(a_TF[:, feature].max()), abs=1e-5)  # the window's maximum
-        assert first == max(0, position - INDEX.context_before)
+        # A context is a stretch of the document: a later window's BOS (position 0) is not in it.
+        assert first == max(int(w.bos_prefixed), position - INDEX.context_before)
+        clipped += w.bos_prefixed and position - INDEX.context_before < 1
         assert token_ids == w.token_ids[first : position + INDEX.context_after + 1].tolist()
         assert context_acts[position - first] == pytest.approx(value, abs=1e-6)
         np.testing.assert_allclose(context_acts, a_TF[first : position + INDEX.context_after + 1, feature], atol=1e-5)
+    assert clipped  # the corpus has such examples
     fired = expected_FK > 0
     torch.testing.assert_close(got_FK[fired], expected_FK[fired], atol=1e-5, rtol=1e-5)
 
@@ -268,7 +272,7 @@ def test_bad_inputs_fail_clearly_and_leave_the_database(mini_run, tmp_path, caps
     from explorer.feature_index import run_index_pass
 
     with pytest.raises(IndexInputError, match="corpus is empty"):
-        run_index_pass(load_model(profile.model, device="cpu"), None, HOOK, LAYER, [], IndexConfig(D_SAE, 512))
+        run_index_pass(load_model(profile.model, device="cpu"), None, HOOK, STOP_AT_LAYER, [], IndexConfig(D_SAE, 512))
     con = duckdb.connect(str(db))
     con.execute("UPDATE schema_info SET schema_version = 1")
     con.close()
@@ -288,3 +292,59 @@ def test_build_skips_a_current_index_and_redoes_a_changed_one(mini_run):
     assert index_is_current(profile, run_dir)
     for index in (dataclasses.replace(INDEX, n_tokens=1000), dataclasses.replace(INDEX, top_k=6)):
         assert not index_is_current(dataclasses.replace(profile, index=index), run_dir)
+
+
+def test_build_redoes_an_index_whose_windows_were_cut_without_bos(mini_run, tmp_path):
+    """An index from before every window started with BOS (no `windowing` in its configuration)."""
+    import json
+
+    from precompute.index_stage import index_is_current
+
+    profile, run_dir = mini_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    con = duckdb.connect(str(database_path(old)))
+    config = json.loads(con.execute("SELECT config_json FROM feature_index_runs").fetchone()[0])
+    del config["windowing"]
+    con.execute("UPDATE feature_index_runs SET config_json = ?", [json.dumps(config)])
+    con.close()
+    assert not index_is_current(profile, old)
+
+
+def test_the_forward_stops_right_after_the_hooks_block(tmp_path):
+    """On a 3-layer model with the SAE at block 1, the index's passes never run block 2, and give what
+    the whole model gives."""
+    from explorer.feature_index import fetch_example_contexts, run_index_pass
+
+    model_dir = build_mini_qwen2_dir(tmp_path / "model", n_layers=3)
+    run_dir = tmp_path / "run"
+    corpus = CorpusSpec(source="synthetic", n_traces=8, seed=0)
+    run_corpus_stage(corpus, run_dir)
+    profile = Profile(name="mini3", model=str(model_dir), hook_name=HOOK, n_ctx=64, corpus=corpus, index=INDEX)
+    _save_random_sae(run_dir / artifacts.SAES_DIR / SAE_ID, d_in=64)
+    inputs = load_inputs(profile, run_dir, None, None, progress=False)
+    assert inputs.model.cfg.n_layers == 3 and inputs.stop_at_layer == 2
+    block_2_runs = []
+    handle = inputs.model.blocks[2].register_forward_hook(lambda *_: block_2_runs.append(1))
+    try:
+        def index_pass(stop_at_layer: int):
+            acc = run_index_pass(
+                inputs.model, inputs.sae, HOOK, stop_at_layer, inputs.windows, inputs.config, batch_size=4, progress=False
+            ).accumulators
+            ex = acc.finalise().examples
+            contexts = fetch_example_contexts(
+                inputs.model, inputs.sae, HOOK, stop_at_layer, inputs.windows, ex.feature_N, ex.context_id_N,
+                ex.position_N, before=INDEX.context_before, after=INDEX.context_after, batch_size=4, progress=False,
+            )
+            return acc.state_dict(), contexts
+
+        state, contexts = index_pass(inputs.stop_at_layer)
+        assert not block_2_runs
+        whole_state, whole_contexts = index_pass(inputs.model.cfg.n_layers)
+        assert block_2_runs  # the hook does see block 2 when it runs
+    finally:
+        handle.remove()
+    assert state.keys() == whole_state.keys()
+    for key in state:
+        assert torch.equal(state[key], whole_state[key]), key
+    assert contexts.token_ids == whole_contexts.token_ids and contexts.activations == whole_contexts.activations

@@ -30,7 +30,7 @@ from explorer.sae_vis_export import (
 from precompute.export_sae_vis_cli import _auto_row_len, corpus_windows, default_html_path, parse_features
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
-HOOK, LAYER, D_SAE = "blocks.0.hook_resid_post", 0, 32
+HOOK, STOP_AT_LAYER, D_SAE = "blocks.0.hook_resid_post", 1, 32  # the forward runs block 0 only
 TEXTS = [
     "Let me compute 3 + 4. Wait, that is wrong. Maybe it is 7.",
     "The answer is 12 because 3 times 4 is 12. Therefore done.",
@@ -63,7 +63,7 @@ def setup(mini_qwen2_dir):  # noqa: F811
 def test_max_activation_equals_ours(setup):
     model, sae, windows, tokens_BT = setup
     hook_names = {name: hook.name for name, hook in sae.hook_dict.items()}
-    all_BTF = encode_windows(model, sae, HOOK, LAYER, tokens_BT)
+    all_BTF = encode_windows(model, sae, HOOK, STOP_AT_LAYER, tokens_BT)
     # Features whose maximum sits on BOS (the random SAE has some): there the two ways differ.
     bos_led = torch.nonzero(all_BTF[:, 0].amax(0) > all_BTF[:, 1:].amax((0, 1)) + 1e-3).flatten().tolist()
     assert bos_led
@@ -78,7 +78,7 @@ def test_max_activation_equals_ours(setup):
     data = compute_sae_vis_data(model, sae, HOOK, tokens_BT, FEATURES, minibatch_size_features=2, minibatch_size_tokens=4)
     no_bos = max_activations(data)
     config = IndexConfig(n_features=D_SAE, vocab_size=model.cfg.d_vocab, k=1)
-    acc, n_tokens = stream_index(model, sae, HOOK, LAYER, windows, config, batch_size=4, progress=False)
+    acc, n_tokens = stream_index(model, sae, HOOK, STOP_AT_LAYER, windows, config, batch_size=4, progress=False)
     assert n_tokens == tokens_BT.numel()
     ex = acc.finalise().examples
     top1 = torch.zeros(D_SAE)
