@@ -133,6 +133,42 @@ def test_local_directory_loads_through_the_same_function(mini_model, hf_mini_mod
     assert mini_model.cfg.n_layers == 2 and mini_model.cfg.d_model == 64
 
 
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 0.0), ("bfloat16", 2**-10)])
+def test_streamed_weights_equal_transformer_lens_own_processing(tmp_path: Path, dtype: str, tolerance: float):
+    """The one-tensor-at-a-time load gives what `from_pretrained` gives: every parameter, processed.
+
+    bfloat16 may differ by a rounding step: we fold the checkpoint's float32 weights and round once,
+    where transformer-lens folds weights transformers already rounded to bfloat16."""
+    from sae_lens import HookedSAETransformer
+
+    from explorer.model_loading import _load_hf_model, _load_tokenizer
+    from tests.hub_fixtures import build_mini_qwen2_dir
+
+    directory = build_mini_qwen2_dir(tmp_path / "model", n_layers=3)  # non-trivial norms and q/k/v biases
+    streamed = load_model(directory, device="cpu", dtype=dtype)
+    source = resolve_model_source(directory)
+    reference = HookedSAETransformer.from_pretrained(
+        source.name,
+        hf_model=_load_hf_model(source, getattr(torch, dtype)),
+        tokenizer=_load_tokenizer(source.directory),
+        device="cpu",
+        dtype=getattr(torch, dtype),
+        default_prepend_bos=True,
+        local_files_only=True,
+    )
+    assert streamed.cfg.normalization_type == reference.cfg.normalization_type == "RMSPre"
+    mine, theirs = streamed.state_dict(), reference.state_dict()
+    assert set(mine) == set(theirs)
+    for key, value in mine.items():
+        assert value.dtype == theirs[key].dtype, key
+        torch.testing.assert_close(value.float(), theirs[key].float(), atol=tolerance, rtol=tolerance * 8, msg=key)
+    tokens = streamed.to_tokens(TEXT)
+    with torch.no_grad():
+        log_probs = streamed(tokens).float().log_softmax(-1)
+        reference_log_probs = reference(tokens).float().log_softmax(-1)
+    torch.testing.assert_close(log_probs, reference_log_probs, atol=0.02 if tolerance else 0.0, rtol=0.0)
+
+
 def test_stop_at_layer_stops_after_the_hooked_block(mini_model):
     tokens = mini_model.to_tokens(TEXT)
     with torch.no_grad():

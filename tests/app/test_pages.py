@@ -102,7 +102,7 @@ def test_home_shows_the_sae_report_of_a_real_database(runs_dir, monkeypatch):
     run = runs_dir / "demo"
     row = SAETrainingReportRow(
         "blocks.0.hook_mlp_out-standard-64", "blocks.0.hook_mlp_out", "standard", 16, 64, None, "tiny", "saes/x",
-        "trained", 1000, 1.0, 500, 5.0, 0.1, 0.9, 0.0, 0.05, 0.1, 1.0, 1.1, 2.0, 0.9, utc_now(),
+        "trained", 1000, 1.0, 500, 4000, 5.0, 0.1, 0.9, 0.0, 0.05, 0.1, 1.0, 1.1, 2.0, 0.9, utc_now(),
     )
     curve = [TrainingCurvePoint(1, 64, 3.0, 2.0, 1.0, 30.0, 0.5), TrainingCurvePoint(2, 128, 2.0, 1.5, 0.5, 20.0, 0.7)]
     provenance = Provenance(profile={"name": "demo"}, package_versions={}, corpus_hash="x")
