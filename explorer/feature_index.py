@@ -304,6 +304,18 @@ class PassResult(NamedTuple):
     seconds: float
 
 
+class PassProgress(NamedTuple):
+    """How far a first pass has got: the first `batches_done` batches of its shard, and what they added.
+    Saved now and then by `run_index_pass`, so an interrupted pass resumes where it stopped."""
+
+    batches_done: int
+    n_tokens: int
+    n_windows: int
+    seconds: float
+    state: dict[str, Tensor]
+    """`FeatureIndexAccumulators.state_dict()`, on the CPU."""
+
+
 def stream_index(
     model, sae, hook_name: str, stop_at_layer: int, windows: Sequence[Window], config: IndexConfig,
     *, batch_size: int = 8, shard: tuple[int, int] = (0, 1), max_tokens: int | None = None, progress: bool = True,
@@ -320,17 +332,33 @@ def stream_index(
 def run_index_pass(
     model, sae, hook_name: str, stop_at_layer: int, windows: Sequence[Window], config: IndexConfig,
     *, batch_size: int = 8, shard: tuple[int, int] = (0, 1), progress: bool = True,
+    resume: PassProgress | None = None, save_progress: Callable[[PassProgress], None] | None = None,
+    save_every_s: float = 600.0, should_stop: Callable[[], bool] | None = None,
 ) -> PassResult:
-    """The first pass over the batches of shard `(i, n)` of the plan of `windows`."""
+    """The first pass over the batches of shard `(i, n)` of the plan of `windows`.
+
+    With `save_progress`, the pass hands its progress to it every `save_every_s` seconds (after the batch
+    that crosses the mark); `resume` continues from such a progress, skipping the batches it holds. The
+    accumulators merge exactly and see the batches in the same order, so a resumed pass ends with the
+    same state as an uninterrupted one. `should_stop` (checked before each batch) interrupts the pass
+    with KeyboardInterrupt, as Ctrl-C does.
+    """
     if not windows:
         raise IndexInputError("the corpus is empty: no context windows to index")
     device = next(model.parameters()).device
-    acc = FeatureIndexAccumulators(config, device)
     mine = shard_batches(plan_batches(windows, batch_size), shard)
-    n_tokens = n_windows = 0
-    t0 = time.perf_counter()
+    if resume is None:
+        acc = FeatureIndexAccumulators(config, device)
+        done, n_tokens, n_windows, previous_seconds = 0, 0, 0, 0.0
+    else:
+        acc = FeatureIndexAccumulators.from_state_dict(resume.state, device)
+        if acc.config != config or resume.batches_done > len(mine):
+            raise IndexInputError("the saved progress was made with another index configuration or batch plan")
+        done, n_tokens, n_windows, previous_seconds = resume.batches_done, resume.n_tokens, resume.n_windows, resume.seconds
+    t0 = last_save = time.perf_counter()
     for batch, t, acts_BTF in _forward_batches(
-        model, sae, hook_name, stop_at_layer, windows, mine, batch_size, desc=f"index {shard[0]}/{shard[1]}", progress=progress
+        model, sae, hook_name, stop_at_layer, windows, mine[done:], batch_size, desc=f"index {shard[0]}/{shard[1]}",
+        progress=progress, should_stop=should_stop,
     ):
         n = t.n_real
         rows = [windows[i] for i in batch.windows]
@@ -347,7 +375,12 @@ def run_index_pass(
         )
         n_tokens += sum(len(w.token_ids) for w in rows)
         n_windows += n
-    return PassResult(acc, n_tokens, n_windows, time.perf_counter() - t0)
+        done += 1
+        if save_progress is not None and done < len(mine) and time.perf_counter() - last_save >= save_every_s:
+            seconds = previous_seconds + time.perf_counter() - t0
+            save_progress(PassProgress(done, n_tokens, n_windows, seconds, {k: v.cpu() for k, v in acc.state_dict().items()}))
+            last_save = time.perf_counter()
+    return PassResult(acc, n_tokens, n_windows, previous_seconds + time.perf_counter() - t0)
 
 
 # --- the second pass: the context of each kept example ---------------------------------------------

@@ -161,6 +161,11 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="context windows per forward pass (default: 8)")
     parser.add_argument("--top-k", type=int, help="top examples kept per feature (default: the profile's index.top_k, 32)")
+    parser.add_argument(
+        "--save-every", type=float, default=10.0, metavar="MINUTES",
+        help="save the first pass's progress this often, so an interrupted index resumes where it stopped "
+        "when run again (default: 10; 0: never)",
+    )
 
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
@@ -262,11 +267,15 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
             return
         explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
         if not force and not explicit and index_is_current(profile, run_dir):
-            print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus); pass --force to rebuild",
+            print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus and its current weights); "
+                  "pass --force to rebuild",
                   flush=True)
             return
+        save_every = getattr(args, "save_every", 10.0)
+        if save_every < 0:
+            raise UserError(f"--save-every must be 0 (never) or a number of minutes, not {save_every}")
         run_index(profile, run_dir, sae_id=getattr(args, "sae", None), max_tokens=getattr(args, "tokens", None),
-                  batch_size=getattr(args, "batch_size", 8), shard=shard)
+                  batch_size=getattr(args, "batch_size", 8), shard=shard, save_every_s=60 * save_every)
 
 
 def run_command(args: argparse.Namespace) -> None:

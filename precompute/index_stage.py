@@ -33,6 +33,7 @@ from explorer.feature_index import (
     ExampleContexts,
     WINDOWING_VERSION,
     IndexInputError,
+    PassProgress,
     Window,
     fetch_example_contexts,
     limit_tokens,
@@ -43,10 +44,13 @@ from explorer.labels import PhraseSpan
 from explorer.runs import RunFolderError, list_sae_ids, read_documents, read_phrases
 from precompute.atomic import atomic_file
 from precompute.profiles import Profile
+from precompute.train_sae_stage import corpus_content_hash, load_run_model, provenance, sae_dir, sae_fingerprint
 from precompute.stages import package_versions, print_config
 
 STAGE = "index"
 PARTIALS_DIR = "index_partials"
+DEFAULT_SAVE_EVERY_S = 600.0
+"""How often the first pass saves its progress (`--save-every`, in minutes on the command line)."""
 CONTEXT_PLAN = "contexts-plan.pt"
 N_INTERVALS = 10
 PER_INTERVAL = 4
@@ -101,7 +105,6 @@ def load_inputs(
     from explorer.feature_scores import top_phrase_token_ids
     from explorer.feature_tables import count_tokens
     from explorer.sae_loading import check_sae_fits_model, load_sae, stop_layer_for_hook
-    from precompute.train_sae_stage import corpus_content_hash, load_run_model, sae_dir
 
     sae_id = choose_sae_id(run_dir, sae_id)
     documents = corpus_documents(run_dir)
@@ -165,18 +168,60 @@ def partial_path(run_dir: Path, sae_id: str, shard: tuple[int, int]) -> Path:
     return Path(run_dir) / PARTIALS_DIR / sae_id / f"shard-{shard[0]}-of-{shard[1]}.pt"
 
 
+def progress_path(run_dir: Path, sae_id: str, shard: tuple[int, int]) -> Path:
+    """Where an unfinished first pass keeps its progress (`--save-every`)."""
+    return Path(run_dir) / PARTIALS_DIR / sae_id / f"progress-{shard[0]}-of-{shard[1]}.pt"
+
+
+def load_progress(path: Path, identity: dict[str, Any]) -> PassProgress | None:
+    """The saved progress at `path` if it was made for exactly `identity` (corpus, plan, settings);
+    a stale one is removed with a note."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=False)
+        stale = saved["identity"] != identity
+    except Exception as err:  # a damaged file: start again rather than fail
+        print(f"  ignoring unreadable progress {path} ({type(err).__name__})", flush=True)
+        stale = True
+    if stale:
+        print(f"  removing progress {path}: it was saved for another corpus, SAE or setting", flush=True)
+        path.unlink()
+        return None
+    return PassProgress(**saved["progress"])
+
+
 def run_index(
     profile: Profile, run_dir: Path, *, sae_id: str | None = None, max_tokens: int | None = None,
     batch_size: int = 8, shard: tuple[int, int] = (0, 1), progress: bool = True,
+    save_every_s: float = DEFAULT_SAVE_EVERY_S, should_stop: Callable[[], bool] | None = None,
 ) -> Path:
-    """Index one SAE (or one shard of it). Returns the database (or the partial) written."""
+    """Index one SAE (or one shard of it). Returns the database (or the partial) written.
+
+    The first pass saves its progress every `save_every_s` seconds (0: never) under `index_partials/`;
+    run again after an interruption and it resumes from there, ending with the same index.
+    """
     run_dir = Path(run_dir)
     max_tokens = max_tokens if max_tokens is not None else (profile.index.n_tokens or None)
     inputs = load_inputs(profile, run_dir, sae_id, max_tokens, progress=progress)
     print_config(STAGE, stage_settings(profile, inputs, batch_size, shard[1]))
+    saved_at = progress_path(run_dir, inputs.sae_id, shard)
+    identity = {
+        "corpus_hash": inputs.corpus_hash, "sae": sae_fingerprint(run_dir, inputs.sae_id), "batch_size": batch_size,
+        "max_tokens": max_tokens, "n_windows": len(inputs.windows), "config": inputs.config.to_dict(),
+    }
+    resume = load_progress(saved_at, identity)
+    if resume is not None:
+        print(f"  resuming from {saved_at}: {resume.batches_done:,} batches ({resume.n_tokens:,} tokens) done", flush=True)
+
+    def save(state: PassProgress) -> None:
+        with atomic_file(saved_at) as tmp:
+            torch.save({"identity": identity, "progress": state._asdict()}, tmp)
+
     result = run_index_pass(
         inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, inputs.windows, inputs.config,
-        batch_size=batch_size, shard=shard, progress=progress,
+        batch_size=batch_size, shard=shard, progress=progress, resume=resume,
+        save_progress=save if save_every_s > 0 else None, save_every_s=save_every_s, should_stop=should_stop,
     )
     print(
         f"  pass: {result.n_tokens:,} tokens in {result.seconds:.1f}s "
@@ -191,9 +236,12 @@ def run_index(
         path = partial_path(run_dir, inputs.sae_id, shard)
         with atomic_file(path) as tmp:
             torch.save({"meta": meta, "state": {k: v.cpu() for k, v in result.accumulators.state_dict().items()}}, tmp)
+        saved_at.unlink(missing_ok=True)
         print(f"  wrote shard {shard[0]}/{shard[1]} to {path}; combine with `python -m precompute merge`", flush=True)
         return path
-    return finish_index(profile, run_dir, inputs, result.accumulators, [meta], progress=progress)
+    written = finish_index(profile, run_dir, inputs, result.accumulators, [meta], progress=progress)
+    saved_at.unlink(missing_ok=True)
+    return written
 
 
 def merge_partials(
@@ -397,7 +445,6 @@ def finish_index(
     from explorer.database import utc_now
     from explorer.feature_db import write_feature_index
     from explorer.feature_scores import logit_lens, nearest_features
-    from precompute.train_sae_stage import provenance
 
     started = time.perf_counter()
     batch_size = batch_size or metas[0]["batch_size"]
@@ -452,7 +499,8 @@ def finish_index(
         "corpus_hash": inputs.corpus_hash,
         "config_json": json.dumps(
             {"index": inputs.config.to_dict(), "batch_size": batch_size, "max_tokens": metas[0].get("max_tokens"),
-             "windowing": WINDOWING_VERSION, "intervals": N_INTERVALS,
+             "windowing": WINDOWING_VERSION, "sae_fingerprint": sae_fingerprint(run_dir, sae_id),
+             "intervals": N_INTERVALS,
              "per_interval": PER_INTERVAL, "interval_scheme": "quantile", "versions": package_versions()},
             sort_keys=True, default=str,
         ),
@@ -475,9 +523,9 @@ def finish_index(
 
 def index_is_current(profile: Profile, run_dir: Path) -> bool:
     """`build` skips the index when the database already holds one for every SAE of the run, built
-    from the current corpus with the profile's index settings and windows cut the current way."""
+    from the current corpus and the SAE's current weights, with the profile's index settings and
+    windows cut the current way."""
     from explorer.feature_db import read_index_runs
-    from precompute.train_sae_stage import corpus_content_hash
 
     db_path = database_path(run_dir)
     sae_ids = list_sae_ids(run_dir)
@@ -499,6 +547,12 @@ def index_is_current(profile: Profile, run_dir: Path) -> bool:
         config = json.loads(row.config_json)
         return row.top_k, row.context_before, row.context_after, config.get("max_tokens"), config.get("windowing", 1)
 
-    have = {row.sae_id for row in runs.itertuples() if row.corpus_hash == corpus_hash and settings(row) == wanted}
+    def same_sae(row) -> bool:  # an SAE retrained under the same id makes its index stale
+        return row.sae_id in sae_ids and json.loads(row.config_json).get("sae_fingerprint") == sae_fingerprint(run_dir, row.sae_id)
+
+    have = {
+        row.sae_id for row in runs.itertuples()
+        if row.corpus_hash == corpus_hash and settings(row) == wanted and same_sae(row)
+    }
     return set(sae_ids) <= have
 

@@ -36,6 +36,7 @@ from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_repo
 from precompute.atomic import atomic_dir
 from precompute.profiles import DEMO_MODEL, SAE_FIELDS_ADDED_LATER, Profile, ReportSpec
 from precompute.stages import (
+    config_hash,
     package_versions,
     print_config,
     print_skip,
@@ -66,6 +67,14 @@ ADDED_CONFIG_KEYS = {
 
 def sae_dir(run_dir: Path, sae_id: str) -> Path:
     return Path(run_dir) / SAES_DIR / sae_id
+
+
+def sae_fingerprint(run_dir: Path, sae_id: str) -> str:
+    """Names the SAE's weights as they are on disk (file names, sizes, modification times of its
+    config and weights): it changes when the SAE is retrained or imported again under the same id."""
+    folder = sae_dir(run_dir, sae_id)
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("cfg.json")])
+    return config_hash({p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files})
 
 
 def model_source(profile: Profile, run_dir: Path) -> Path | str:

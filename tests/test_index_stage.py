@@ -294,6 +294,60 @@ def test_build_skips_a_current_index_and_redoes_a_changed_one(mini_run):
         assert not index_is_current(dataclasses.replace(profile, index=index), run_dir)
 
 
+def test_an_interrupted_index_resumes_and_ends_as_an_uninterrupted_one(mini_run, tmp_path, capsys):
+    from precompute.index_stage import progress_path
+
+    profile, run_dir = mini_run
+    work = tmp_path / "interrupted"
+    shutil.copytree(run_dir, work, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    batches = []
+
+    def stop_after_five() -> bool:  # checked before each batch: interrupt as Ctrl-C would
+        batches.append(1)
+        return len(batches) > 5
+
+    with pytest.raises(KeyboardInterrupt):  # progress saved after every batch
+        run_index(profile, work, batch_size=4, progress=False, save_every_s=1e-9, should_stop=stop_after_five)
+    saved = progress_path(work, SAE_ID, (0, 1))
+    assert saved.is_file() and not database_path(work).exists()
+    capsys.readouterr()
+    run_index(profile, work, batch_size=4, progress=False)
+    out = capsys.readouterr().out
+    assert "resuming from" in out and ": 5 batches" in out
+    assert not saved.exists()  # done: the progress is gone
+    single = duckdb.connect(str(database_path(run_dir)), read_only=True)
+    resumed = duckdb.connect(str(database_path(work)), read_only=True)
+    for table in (*FEATURE_TABLE_NAMES, "vocabulary"):
+        assert _table(resumed, table) == _table(single, table), table
+    single.close()
+    resumed.close()
+
+
+def test_progress_saved_for_other_settings_is_not_resumed(mini_run, tmp_path, capsys):
+    from precompute.index_stage import progress_path
+
+    profile, run_dir = mini_run
+    work = tmp_path / "other"
+    shutil.copytree(run_dir, work, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    with pytest.raises(KeyboardInterrupt):
+        run_index(profile, work, batch_size=4, progress=False, save_every_s=1e-9, should_stop=lambda: progress_path(work, SAE_ID, (0, 1)).exists())
+    capsys.readouterr()
+    run_index(profile, work, batch_size=2, progress=False)  # another batch plan: start again
+    out = capsys.readouterr().out
+    assert "removing progress" in out and "resuming" not in out
+
+
+def test_an_sae_retrained_under_the_same_id_makes_its_index_stale(mini_run, tmp_path):
+    from precompute.index_stage import index_is_current
+
+    profile, run_dir = mini_run
+    retrained = tmp_path / "retrained"
+    shutil.copytree(run_dir, retrained)
+    assert index_is_current(profile, retrained)
+    _save_random_sae(retrained / artifacts.SAES_DIR / SAE_ID, d_in=64, seed=1)
+    assert not index_is_current(profile, retrained)
+
+
 def test_build_redoes_an_index_whose_windows_were_cut_without_bos(mini_run, tmp_path):
     """An index from before every window started with BOS (no `windowing` in its configuration)."""
     import json
