@@ -404,6 +404,9 @@ def load_model(
     """
     device = resolve_device(device)
     torch_dtype = _as_dtype(dtype)
+    if device.startswith("cuda"):  # float32 matmuls in TF32: about 8x the throughput, 10-bit mantissas
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     source = resolve_model_source(name_or_dir)
     # transformer-lens and sae_lens take about 9 s to import: only after the files are known to exist.
     from sae_lens import HookedSAETransformer

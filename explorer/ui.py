@@ -239,32 +239,43 @@ def render_sae_training_curve(run_dir: Path, sae_id: str) -> None:
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def cached_model(model_source: str, n_ctx: int):
-    """One model per process and source (`st.cache_resource`): every session shares it."""
+def cached_model(model_source: str, n_ctx: int, dtype: str = "float32"):
+    """One model per process, source and dtype (`st.cache_resource`): every session shares it."""
     from explorer.model_loading import load_model
 
-    return load_model(model_source, device="auto", n_ctx=n_ctx)
+    return load_model(model_source, device="auto", dtype=dtype, n_ctx=n_ctx)
 
 
 @st.cache_resource(show_spinner="Loading the SAE…")
-def cached_sae(sae_dir: str, device: str):
+def cached_sae(sae_dir: str, device: str, dtype: str = "float32"):
     from explorer.sae_loading import load_sae
 
-    return load_sae(sae_dir, device=device)
+    return load_sae(sae_dir, device=device, dtype=dtype)
 
 
 class _ModelAndSAEKey(NamedTuple):
-    """What the model, SAE and live caches are keyed on: the run's model, its context and the SAE's folder."""
+    """What the model, SAE and live caches are keyed on: the run's model, its context, the SAE's folder
+    and the dtype both run in (the run profile's)."""
 
     model_source: str
     n_ctx: int
     sae_dir: str
+    dtype: str
+
+    def model(self):
+        return cached_model(self.model_source, self.n_ctx, self.dtype)
+
+    def sae(self, device: str):
+        return cached_sae(self.sae_dir, device, self.dtype)
 
 
 def _model_and_sae_key(run_dir: Path, profile: dict, sae_id: str) -> _ModelAndSAEKey:
     from explorer.runs import run_model_source
 
-    return _ModelAndSAEKey(run_model_source(run_dir, profile), int(profile["n_ctx"]), str(run_dir / artifacts.SAES_DIR / sae_id))
+    return _ModelAndSAEKey(
+        run_model_source(run_dir, profile), int(profile["n_ctx"]), str(run_dir / artifacts.SAES_DIR / sae_id),
+        str(profile.get("dtype", "float32")),
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -274,8 +285,8 @@ def _cached_checked_hook(key: _ModelAndSAEKey, hook_name: str | None) -> str:
     from explorer.live import _MODEL_LOCK
     from explorer.sae_loading import check_sae_fits_model
 
-    model = cached_model(key.model_source, key.n_ctx)
-    loaded = cached_sae(key.sae_dir, str(model.cfg.device))
+    model = key.model()
+    loaded = key.sae(str(model.cfg.device))
     # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
     # The check runs the shared model with a cache hook: under the lock, or another session's live run
     # would read this pass's activations (the concurrency browser test).
@@ -289,8 +300,8 @@ def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
 
     key = _model_and_sae_key(run_dir, profile, sae_id)
     try:
-        model = cached_model(key.model_source, key.n_ctx)
-        loaded = cached_sae(key.sae_dir, str(model.cfg.device))
+        model = key.model()
+        loaded = key.sae(str(model.cfg.device))
         hook_name = _cached_checked_hook(key, profile.get("hook_name"))
     except user_facing_errors() as err:
         st.error(str(err))
@@ -307,8 +318,8 @@ for the R1 profile's 2,048 tokens and 24,576 features."""
 def _cached_live_activations(key: _ModelAndSAEKey, hook_name: str, text: str, max_tokens: int | None):
     from explorer.live import compute_live_activations
 
-    model = cached_model(key.model_source, key.n_ctx)
-    sae = cached_sae(key.sae_dir, str(model.cfg.device)).sae
+    model = key.model()
+    sae = key.sae(str(model.cfg.device)).sae
     return compute_live_activations(model, sae, hook_name, text, max_tokens=max_tokens)
 
 

@@ -52,6 +52,11 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
         help="run folder (default: runs/<profile>, or runs/<profile>-<dataset name> with --dataset)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"),
+        help="the model's dtype (and the SAE's at inference) wherever the command runs them "
+        "(default: the profile's, float32; bfloat16 is about 2x faster on a GPU and half the memory)",
+    )
 
 
 def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +195,8 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     }
     replace = dataclasses.replace
     profile = replace(profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report))
+    if given("dtype") is not None:
+        profile = replace(profile, dtype=given("dtype"))
     if given("top_k") is not None:
         profile = replace(profile, index=replace(profile.index, top_k=given("top_k")))
     if given("sae_steps") is not None:

@@ -111,12 +111,12 @@ def load_inputs(
     if not documents:
         raise IndexInputError(f"The corpus of {run_dir} is empty: nothing to index.")
     model = load_run_model(profile, run_dir)
-    loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device))
+    loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device), dtype=profile.dtype)
     hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.hook_name, model_name=profile.model)
     stop_at_layer = stop_layer_for_hook(hook_name)
     if stop_at_layer is None:
         raise IndexInputError(f"Cannot tell which layer {hook_name!r} belongs to; the index needs a blocks.<n>. hook.")
-    windows = make_windows(model.tokenizer, documents, profile.n_ctx, progress=progress)
+    windows = make_windows(model.tokenizer, documents, profile.n_ctx, progress=progress, max_tokens=max_tokens)
     windows, notice = limit_tokens(windows, max_tokens)
     if notice:
         print(f"  {notice}", flush=True)
@@ -209,6 +209,7 @@ def run_index(
     identity = {
         "corpus_hash": inputs.corpus_hash, "sae": sae_fingerprint(run_dir, inputs.sae_id), "batch_size": batch_size,
         "max_tokens": max_tokens, "n_windows": len(inputs.windows), "config": inputs.config.to_dict(),
+        "dtype": profile.dtype,
     }
     resume = load_progress(saved_at, identity)
     if resume is not None:
@@ -500,6 +501,7 @@ def finish_index(
         "config_json": json.dumps(
             {"index": inputs.config.to_dict(), "batch_size": batch_size, "max_tokens": metas[0].get("max_tokens"),
              "windowing": WINDOWING_VERSION, "sae_fingerprint": sae_fingerprint(run_dir, sae_id),
+             "dtype": profile.dtype,
              "intervals": N_INTERVALS,
              "per_interval": PER_INTERVAL, "interval_scheme": "quantile", "versions": package_versions()},
             sort_keys=True, default=str,
@@ -540,12 +542,15 @@ def index_is_current(profile: Profile, run_dir: Path) -> bool:
     corpus_hash = corpus_content_hash(run_dir)
     wanted = (
         profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None,
-        WINDOWING_VERSION,
+        WINDOWING_VERSION, profile.dtype,
     )
 
     def settings(row) -> tuple:
         config = json.loads(row.config_json)
-        return row.top_k, row.context_before, row.context_after, config.get("max_tokens"), config.get("windowing", 1)
+        return (
+            row.top_k, row.context_before, row.context_after, config.get("max_tokens"), config.get("windowing", 1),
+            config.get("dtype", "float32"),
+        )
 
     def same_sae(row) -> bool:  # an SAE retrained under the same id makes its index stale
         return row.sae_id in sae_ids and json.loads(row.config_json).get("sae_fingerprint") == sae_fingerprint(run_dir, row.sae_id)

@@ -181,6 +181,10 @@ class Profile:
     sae: SAERecipe = field(default_factory=SAERecipe)
     index: IndexSpec = field(default_factory=IndexSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """The model's dtype wherever it runs (SAE training's activations, the report, the index, steering,
+    Live), and the SAE's at inference; `--dtype` on the command line. The SAE trains in `sae.dtype`. On
+    CUDA, float32 matmuls use TF32."""
 
     @property
     def trains_own_model(self) -> bool:
@@ -312,7 +316,9 @@ DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
     corpus=CorpusSpec(source="open-r1/OpenR1-Math-220k", n_traces=0, seed=0),
     demo_lm=None,
     sae=SAERecipe(),  # the defaults are the notebook's recipe
-    index=IndexSpec(top_k=32, context_before=32, context_after=8),
+    # 40M tokens, about 3% of OpenR1-Math-220k: the index and its context pass in about half an hour on
+    # one H100 in float32 (TF32), a quarter of an hour with --dtype bfloat16 (docs/scaling.md, "Budget").
+    index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=40_000_000),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (DEMO, DEMO_STANDARD, DEEPSEEK_R1_DISTILL_QWEN_1_5B)}

@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> None:
             "run": str(run_dir), "sae": args.sae, "features": args.features, "mode": args.mode, "coefs": args.coefs,
             "prompts": f"{len(prompts)} from {source}", "n_samples": args.n_samples,
             "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-            "seed": args.seed, "steer_prompt": args.steer_prompt,
+            "seed": args.seed, "steer_prompt": args.steer_prompt, "dtype": profile.dtype,
         },
     )
     for skipped in configs:
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> None:
     if not todo:
         return
     model = load_run_model(profile, run_dir)
-    loaded = load_sae(sae_dir, device=str(model.cfg.device))
+    loaded = load_sae(sae_dir, device=str(model.cfg.device), dtype=profile.dtype)
     hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name, model_name=profile.model)
     for config in todo:
         started = time.time()

@@ -58,6 +58,7 @@ EVAL_BATCH_ROWS = 8
 ADDED_CONFIG_KEYS = {
     **{f"sae.{key}": value for key, value in SAE_FIELDS_ADDED_LATER.items()},
     "sparsity_tokens": 32_768,  # the report measured dead features on its eval tokens before
+    "model_dtype": "float32",
 }
 """Recipe fields added after SAEs were trained, with the value those SAEs had (`stage_is_current`)."""
 
@@ -117,7 +118,7 @@ def provenance(profile: Profile, run_dir: Path) -> Provenance:
 def load_run_model(profile: Profile, run_dir: Path) -> HookedSAETransformer:
     from explorer.model_loading import load_model
 
-    return load_model(model_source(profile, run_dir), device="auto", n_ctx=profile.n_ctx)
+    return load_model(model_source(profile, run_dir), device="auto", dtype=profile.dtype, n_ctx=profile.n_ctx)
 
 
 def report_row(
@@ -230,6 +231,7 @@ def stage_config(profile: Profile, run_dir: Path, hook_name: str) -> dict[str, A
         "heldout_fraction": HELDOUT_FRACTION,
         "eval_tokens": profile.report.n_tokens,
         "sparsity_tokens": profile.report.n_sparsity_tokens,
+        "model_dtype": profile.dtype,
     }
 
 

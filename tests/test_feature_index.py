@@ -180,3 +180,20 @@ def test_make_windows_equals_a_plain_per_document_windowing(mini_qwen2_dir):  # 
                         assert a.dtype == b.dtype and np.array_equal(a, b), (g.context_id, name)
                     else:
                         assert a == b, (g.context_id, name)
+
+
+def test_a_token_budget_stops_tokenising_early_and_keeps_the_same_windows(mini_qwen2_dir):  # noqa: F811
+    from explorer.feature_index import limit_tokens
+    from explorer.model_loading import load_tokenizer
+    from explorer.synthetic import generate_traces
+
+    tokenizer = load_tokenizer(mini_qwen2_dir)
+    docs = [CorpusDocument(t.record.doc_id, t.record.text, list(t.phrase_spans), True) for t in generate_traces(1500, seed=3)]
+    everything = make_windows(tokenizer, docs, 64, progress=False)
+    budget = 5_000
+    early = make_windows(tokenizer, docs, 64, progress=False, max_tokens=budget)
+    assert len(early) < len(everything) / 2  # it stopped after the first chunk of 512 documents
+    kept_early, kept_all = limit_tokens(early, budget)[0], limit_tokens(everything, budget)[0]
+    assert len(kept_early) == len(kept_all)
+    for a, b in zip(kept_early, kept_all):
+        assert a.context_id == b.context_id and a.doc_id == b.doc_id and (a.token_ids == b.token_ids).all()

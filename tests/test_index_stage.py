@@ -337,6 +337,45 @@ def test_progress_saved_for_other_settings_is_not_resumed(mini_run, tmp_path, ca
     assert "removing progress" in out and "resuming" not in out
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_reduced_precision_index_stays_within_tolerance_of_float32(mini_run, tmp_path, dtype):
+    """Tolerance: per feature, the largest activation within 1% of the largest of all features of
+    float32's (a 16-bit float keeps 3 significant digits at best), so is each of its top examples' value,
+    and the backtracking AUROC is within 0.02."""
+    from precompute.index_stage import index_is_current
+
+    profile, run_dir = mini_run
+    work = tmp_path / dtype
+    shutil.copytree(run_dir, work, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    reduced = dataclasses.replace(profile, dtype=dtype)
+    run_index(reduced, work, batch_size=4, progress=False)
+    assert index_is_current(reduced, work) and not index_is_current(profile, work)  # a dtype is part of an index
+
+    def read(db, sql):
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return con.execute(sql, [SAE_ID]).fetchall()
+        finally:
+            con.close()
+
+    stats = "SELECT feature_id, max_activation FROM feature_activation_stats WHERE sae_id = ? ORDER BY feature_id"
+    full, low = dict(read(database_path(run_dir), stats)), dict(read(database_path(work), stats))
+    assert set(full) == set(low)
+    scale = max(full.values())
+    for feature, value in full.items():
+        assert abs(low[feature] - value) <= 0.01 * scale, (feature, low[feature], value, scale)
+    scores = "SELECT feature_id, auroc_notebook FROM feature_backtracking_scores WHERE sae_id = ? ORDER BY feature_id"
+    for (feature, a), (_, b) in zip(read(database_path(run_dir), scores), read(database_path(work), scores)):
+        assert abs(a - b) <= 0.02, feature
+    # Every rank of every feature's top examples: the same values, up to the tolerance (which window
+    # wins between near-ties may change).
+    examples = "SELECT feature_id, rank, activation FROM feature_top_examples WHERE sae_id = ? ORDER BY feature_id, rank"
+    full_top, low_top = read(database_path(run_dir), examples), read(database_path(work), examples)
+    assert [row[:2] for row in full_top] == [row[:2] for row in low_top] and len(full_top) >= 3 * INDEX.top_k
+    for (feature, rank, a), (_, _, b) in zip(full_top, low_top):
+        assert abs(a - b) <= 0.01 * scale, (feature, rank)
+
+
 def test_an_sae_retrained_under_the_same_id_makes_its_index_stale(mini_run, tmp_path):
     from precompute.index_stage import index_is_current
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from sae_lens import (
@@ -336,6 +338,19 @@ def test_the_stage_trains_records_and_then_skips(tiny_run, capsys):
     other = run_train_sae_stage(profile, run_dir, hook="blocks.0.hook_resid_post")
     assert other == "blocks.0.hook_resid_post-standard-128"
     assert read_sae_ids(db) == sorted([sae_id, other])
+
+
+def test_a_bfloat16_model_feeds_a_float32_sae(tiny_run, tmp_path):
+    """`--dtype bfloat16`: the model runs in bfloat16, the SAE still trains and is measured in float32."""
+    profile, run_dir = tiny_run
+    work = tmp_path / "bf16"
+    shutil.copytree(run_dir, work)
+    reduced = dataclasses.replace(profile, dtype="bfloat16")
+    sae_id = run_train_sae_stage(reduced, work, force=True)
+    row = read_sae_training_report(database_path(work), sae_id)
+    assert row.n_tokens > 0 and np.isfinite(row.mse) and np.isfinite(row.ce_loss_recovered)
+    assert row.explained_variance > 0  # it learnt something from the bfloat16 activations
+    assert load_sae(work / SAES_DIR / sae_id).sae.W_enc.dtype == torch.float32
 
 
 def test_the_report_command_remeasures_and_imports(tiny_run, tmp_path):
