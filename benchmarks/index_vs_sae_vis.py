@@ -13,6 +13,14 @@ accumulator of the index, all d_sae features) + `finalise()`; sae-vis = `SaeVisD
 forward passes through the whole model plus everything its dashboards need), HTML rendering not
 included (timed apart). Both are warmed up once on 4 rows first (not timed). The last line is
 `speedup: X` with X = sae-vis time for its features / our time for all features.
+
+SAEDashboard (sae-dashboard 0.8, the maintained fork of sae_vis) is timed too, on a copy of the SAE (its
+runner folds the decoder norms into the SAE it is given), when it is installed. It is not one of the
+project's requirements (its declared pins conflict with ours); install it for this benchmark alone:
+
+    .venv/bin/pip install --no-deps sae-dashboard==0.8.0
+
+and the script prints `speedup vs SAEDashboard: Y` as well.
 """
 
 from __future__ import annotations
@@ -111,11 +119,28 @@ def main(argv: list[str] | None = None) -> None:
             minibatch_size_features=len(features), minibatch_size_tokens=args.batch_rows,
         )
 
+    try:
+        from sae_dashboard.sae_vis_data import SaeVisConfig as DashboardConfig
+        from sae_dashboard.sae_vis_runner import SaeVisRunner
+    except ImportError:
+        SaeVisRunner = None
+
+    def dashboard(t_BT, feats):
+        import copy
+
+        config = DashboardConfig(
+            hook_point=hook, features=feats, minibatch_size_features=len(features),
+            minibatch_size_tokens=args.batch_rows, device=args.device,
+        )
+        return SaeVisRunner(config).run(encoder=copy.deepcopy(loaded.sae), model=model, tokens=t_BT)
+
     print(f"run: {args.run}   SAE: {sae_id} ({hook}, d_sae {loaded.d_sae})   device: {args.device}   "
           f"torch threads: {torch.get_num_threads()}")
     print(f"tokens: {tokens_BT.shape[0]} rows x {ctx} = {n_tok} (profile n_ctx {n_ctx})   rows per forward: {args.batch_rows}")
     ours(windows[:4])  # warm-up, not timed
     theirs(tokens_BT[:4], features[:2])
+    if SaeVisRunner is not None:
+        dashboard(tokens_BT[:4], features[:2])
 
     t0, c0 = time.perf_counter(), time.process_time()
     assert ours(windows) == n_tok
@@ -136,6 +161,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sae-vis HTML rendering (not in the ratio): {t_html:.2f} s")
     print(f"per feature, sae-vis / ours: {(t_vis / len(features)) / (t_ours / loaded.d_sae):.1f}x wall; "
           f"CPU-time ratio {c_vis / c_ours:.2f} (less sensitive to other load on the machine)")
+    if SaeVisRunner is None:
+        print("SAEDashboard: not installed (`.venv/bin/pip install --no-deps sae-dashboard==0.8.0` to time it)")
+    else:
+        t0, c0 = time.perf_counter(), time.process_time()
+        dashboard(tokens_BT, features)
+        t_dash, c_dash = time.perf_counter() - t0, time.process_time() - c0
+        print(f"SAEDashboard (SaeVisRunner.run, {len(features)} features): {t_dash:8.2f} s wall ({c_dash:.2f} s CPU)   "
+              f"{n_tok / t_dash:8.0f} tokens/s   {t_dash / len(features) * 1000:8.2f} ms/feature")
+        print(f"speedup vs SAEDashboard: {t_dash / t_ours:.2f}")
     print(f"speedup: {t_vis / t_ours:.2f}")
 
 
