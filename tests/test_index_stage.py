@@ -81,6 +81,17 @@ def _table(con, table: str) -> list[tuple]:
     return con.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY ALL").fetchall()
 
 
+def assert_same_index(db, reference_db) -> None:
+    """Every feature table and the vocabulary, row for row (timings aside)."""
+    got, want = duckdb.connect(str(db), read_only=True), duckdb.connect(str(reference_db), read_only=True)
+    try:
+        for table in (*FEATURE_TABLE_NAMES, "vocabulary"):
+            assert _table(got, table) == _table(want, table), table
+    finally:
+        got.close()
+        want.close()
+
+
 def test_top_examples_and_stats_equal_brute_force(mini_run, dense):
     profile, run_dir = mini_run
     windows, acts = dense
@@ -134,12 +145,9 @@ def test_shards_merge_into_the_single_run(mini_run, tmp_path):
         run_index(profile, sharded, batch_size=4, shard=(i, 3), progress=False)
     assert not database_path(sharded).exists()  # a shard writes only its partial
     merge_partials(profile, sharded, progress=False)
-    single = duckdb.connect(str(database_path(run_dir)), read_only=True)
+    assert_same_index(database_path(sharded), database_path(run_dir))
     merged = duckdb.connect(str(database_path(sharded)), read_only=True)
-    for table in (*FEATURE_TABLE_NAMES, "vocabulary"):
-        assert _table(merged, table) == _table(single, table), table
     assert merged.execute("SELECT n_shards FROM feature_index_runs").fetchone()[0] == 3
-    single.close()
     merged.close()
 
 
@@ -168,12 +176,7 @@ def test_sharded_context_pass_merges_into_the_single_run(mini_run, tmp_path):
     fetched = [torch.load(folder / f"contexts-{i}-of-3.pt", weights_only=True)["requests"] for i in range(3)]
     assert all(fetched) and sorted(sum(fetched, [])) == list(range(sum(map(len, fetched))))  # a partition
     assert main(["merge", *common]) == 0
-    single = duckdb.connect(str(database_path(run_dir)), read_only=True)
-    merged = duckdb.connect(str(database_path(sharded)), read_only=True)
-    for table in (*FEATURE_TABLE_NAMES, "vocabulary"):
-        assert _table(merged, table) == _table(single, table), table
-    single.close()
-    merged.close()
+    assert_same_index(database_path(sharded), database_path(run_dir))
 
 
 def test_a_context_shard_needs_a_plan_and_a_stale_plan_is_refused(mini_run, tmp_path, capsys):
@@ -315,12 +318,7 @@ def test_an_interrupted_index_resumes_and_ends_as_an_uninterrupted_one(mini_run,
     out = capsys.readouterr().out
     assert "resuming from" in out and ": 5 batches" in out
     assert not saved.exists()  # done: the progress is gone
-    single = duckdb.connect(str(database_path(run_dir)), read_only=True)
-    resumed = duckdb.connect(str(database_path(work)), read_only=True)
-    for table in (*FEATURE_TABLE_NAMES, "vocabulary"):
-        assert _table(resumed, table) == _table(single, table), table
-    single.close()
-    resumed.close()
+    assert_same_index(database_path(work), database_path(run_dir))
 
 
 def test_progress_saved_for_other_settings_is_not_resumed(mini_run, tmp_path, capsys):
