@@ -352,10 +352,12 @@ def _stream_rmsnorm_weights(
         for name in ("W_Q", f"{kv}W_K", f"{kv}W_V"):  # [n_heads, d_model, d_head]
             put(f"{block}.attn.{name}", take(f"{block}.attn.{name}") * ln1_D[None, :, None])
         W_O_NHD = take(f"{block}.attn.W_O")  # [n_heads, d_head, d_model]
-        b_V_NH = torch.repeat_interleave(take(f"{block}.attn.{kv}b_V"), repeats, dim=0)
-        put(f"{block}.attn.b_O", take(f"{block}.attn.b_O") + (b_V_NH[:, :, None] * W_O_NHD).sum((0, 1)))
+        b_V_key = f"{block}.attn.{kv}b_V"
+        if b_V_key in state:  # fold the value biases into the output bias
+            b_V_NH = torch.repeat_interleave(take(b_V_key), repeats, dim=0)
+            put(f"{block}.attn.b_O", take(f"{block}.attn.b_O") + (b_V_NH[:, :, None] * W_O_NHD).sum((0, 1)))
+            put(b_V_key, torch.zeros_like(targets[b_V_key]))
         put(f"{block}.attn.W_O", W_O_NHD)
-        put(f"{block}.attn.{kv}b_V", torch.zeros_like(targets[f"{block}.attn.{kv}b_V"]))
         for name in ("W_in", "W_gate"):  # [d_model, d_mlp]
             put(f"{block}.mlp.{name}", take(f"{block}.mlp.{name}") * ln2_D[:, None])
     for key in list(state):
