@@ -30,11 +30,14 @@ trace, a feature card), failing on any Streamlit exception (`tests/browser/strea
 What is measured, per stage:
 - wall time, from the parent, process start to exit;
 - peak RSS: a wrapper (`STAGE_WRAPPER`) runs `precompute.cli.main` inside the stage's process and, on
-  the way out, writes its own `ru_maxrss` (RUSAGE_SELF: the peak resident set of the process that holds
-  the model and the arrays; the maximum with RUSAGE_CHILDREN covers a subprocess, should a stage start
-  one). The parent's `getrusage(RUSAGE_CHILDREN)` would not do: it is the maximum over every child
-  waited for so far, so a stage after a larger one reports the larger one's peak. The app's peak is its
-  server process's VmHWM (/proc/<pid>/status), read before the server stops;
+  the way out, writes the process's VmHWM (/proc/self/status: the high-water mark of its resident set,
+  kept by the kernel for the address space the stage runs in). Two easier figures are wrong here. The
+  parent's `getrusage(RUSAGE_CHILDREN).ru_maxrss` is the largest child waited for so far, so a stage
+  after a larger one reports the larger one's peak. The child's own `ru_maxrss` (RUSAGE_SELF) starts at
+  the parent's peak: Linux folds the resident high-water mark of the address space that `exec` replaces
+  (the forked parent's) into it, so after this script has built the stand-in (3.6 GB of weights) even
+  the corpus stage read 3.7 GiB. No stage starts a process of its own. The app's peak is its server
+  process's VmHWM, read before the server stops;
 - tokens: a global forward hook in the wrapper counts the tokens entering the model's embedding (every
   forward, stopped early or not, each generation step included) and leaving its unembedding (the full
   forwards: CE loss, generation), and when the first forward started (about the model's load). Tokens/s
@@ -118,7 +121,7 @@ PAGE_TIMEOUT_MS = 15 * 60 * 1000
 """Live loads the real-shaped model inside the server on its first visit: minutes on 2 cores."""
 
 STAGE_WRAPPER = r"""
-import json, resource, sys, time
+import json, sys, time
 started = time.perf_counter()
 from torch.nn.modules.module import register_module_forward_hook
 counts = {"embed_tokens": 0, "unembed_tokens": 0, "first_forward_s": None}
@@ -136,9 +139,9 @@ rc = 1
 try:
     rc = main(sys.argv[2:])
 finally:
-    peak_kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    from benchmarks.full_scale_rehearsal import vm_hwm_gib
     with open(sys.argv[1], "w") as f:
-        json.dump({**counts, "rc": rc, "peak_rss_gib": peak_kib / 2**20}, f)
+        json.dump({**counts, "rc": rc, "peak_rss_gib": vm_hwm_gib("self")}, f)
 """
 
 
@@ -326,8 +329,8 @@ def visit_pages(runs_dir: Path, env: dict[str, str], pages: list[tuple[str, str,
     return visits, peak
 
 
-def vm_hwm_gib(pid: int) -> float | None:
-    """A live process's peak resident set (VmHWM), in GiB."""
+def vm_hwm_gib(pid: int | str) -> float | None:
+    """A live process's (or "self"'s) peak resident set (VmHWM), in GiB."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -497,7 +500,7 @@ def rehearse(work: Path, shapes: Shapes, n_layers: int, hook: str | None, args: 
         results[3] = results[3]._replace(note=note)
         sae_id = sorted(p.name for p in (run_dir / "saes").iterdir())[0]
         feature = top_candidate(run_dir, sae_id)
-        steer = ["steer", "--profile", PROFILE, "--out", str(run_dir), "--sae", sae_id, "--features", str(feature)]
+        steer = ["steer", "--out", str(run_dir), "--sae", sae_id, "--features", str(feature)]  # the run's profile
         results.append(run_stage("steer", steer + STEER_FLAGS, env, work))
     print_table(results)
     ok = len(results) == 5 and all(r.rc == 0 for r in results)
