@@ -1,8 +1,8 @@
 """A rehearsal at the real model's scale: every stage of the `deepseek-r1-distill-qwen-1.5b` profile and the
 app, on a stand-in with the real shapes, measured; then what the real budget costs on one H100.
 
-    python benchmarks/full_scale_rehearsal.py --out-json /tmp/rehearsal.json   # real shapes: 30-40 min, 2 cores
-    python benchmarks/full_scale_rehearsal.py --tiny --no-browser               # tiny shapes: about a minute
+    python benchmarks/full_scale_rehearsal.py --out-json /tmp/rehearsal.json   # real shapes: about 25 min, 2 cores
+    python benchmarks/full_scale_rehearsal.py --tiny --no-browser               # tiny shapes: about 40 s
 
 What it builds, in a temporary folder (`--keep` keeps it):
 
