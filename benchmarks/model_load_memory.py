@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,9 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.full_shapes import REAL_QWEN2  # noqa: E402
-
-REPO_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
-REVISION = "0123456789abcdef0123456789abcdef01234567"
+from tests.hub_fixtures import REAL_REPO_ID, hub_env, hub_snapshot_dir, write_real_tokenizer_config  # noqa: E402
 
 LOAD = r"""
 import json, resource, sys, time, torch
@@ -56,33 +53,32 @@ print("RESULT " + json.dumps({"load_s": load_s, "forward_s": forward_s, "weights
 """
 
 
-def build_stand_in(hf_home: Path, n_layers: int) -> None:
-    """The real config with `n_layers` layers and random bfloat16 weights, in a hub cache at `hf_home`."""
+def build_stand_in(hf_home: Path, n_layers: int, *, config: dict = REAL_QWEN2, tokenizer=None) -> Path:
+    """`config` with `n_layers` layers and random bfloat16 weights, saved with `tokenizer` (default: a
+    small BPE with the real special tokens) in a hub cache at `hf_home` under the real hub id; returns the
+    snapshot folder."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from explorer.demo_lm import train_tokenizer
 
-    snapshot = hf_home / "hub" / ("models--" + REPO_ID.replace("/", "--")) / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
-    train_tokenizer(["Wait, let me check: 3 + 4 = 7.", "<think>\nHmm.\n</think>"] * 50, 400).save_pretrained(snapshot)
-    config = Qwen2Config(**{**REAL_QWEN2, "num_hidden_layers": n_layers})
+    snapshot = hub_snapshot_dir(hf_home)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(["Wait, let me check: 3 + 4 = 7.", "<think>\nHmm.\n</think>"] * 50, 400)
+    tokenizer.save_pretrained(snapshot)
+    write_real_tokenizer_config(snapshot)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     try:
-        Qwen2ForCausalLM(config).save_pretrained(snapshot)
+        Qwen2ForCausalLM(Qwen2Config(**{**config, "num_hidden_layers": n_layers})).save_pretrained(snapshot)
     finally:
         torch.set_default_dtype(torch.float32)
+    return snapshot
 
 
 def measure(hf_home: Path, route: str, dtype: str, layer: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run([sys.executable, "-c", LOAD, route, dtype, str(layer), REPO_ID],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", LOAD, route, dtype, str(layer), REAL_REPO_ID],
+                          env=hub_env({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}), capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])

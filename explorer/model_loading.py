@@ -36,6 +36,13 @@ and each weight is converted, folded in float32 as transformer-lens does, and co
 peak is then about the model in the target dtype plus the mapped checkpoint; tests check that every
 parameter equals `from_pretrained`'s.
 
+Layout. transformer-lens 3.9's gated MLP and unembedding call `F.linear(x, W.T.contiguous())` on every
+forward, copying W_in, W_gate, W_out and W_U each time (nn.Linear's layout, so that bfloat16 rounds as
+in transformers). A generation step forwards one token per row, and at the real shapes those copies were
+80% of its time (docs/benchmarks.md, "Full-scale rehearsal"). The streamed load holds these four weights
+in that layout already (each is the transpose of a contiguous [out, in] tensor), so `.T.contiguous()`
+is the tensor itself: the same values reach `F.linear` in the same layout, without the copy.
+
 BOS: transformer-lens's Qwen2 config says `default_prepend_bos=False`, but DeepSeek-R1-Distill's
 tokenizer prepends `<｜begin▁of▁sentence｜>` and the model always saw it first. We set
 `default_prepend_bos=True`, so `model.to_tokens(text)` equals the tokenizer's `input_ids`: one BOS.
@@ -314,6 +321,10 @@ def _tl_version() -> str:
     return version("transformer-lens")
 
 
+_TRANSPOSED_WEIGHTS = ("mlp.W_in", "mlp.W_gate", "mlp.W_out", "unembed.W_U")
+"""Weights transformer-lens passes to `F.linear` as `W.T.contiguous()` on every forward."""
+
+
 def _stream_rmsnorm_weights(
     source: ModelSource, tokenizer: PreTrainedTokenizerBase, device: str, dtype: torch.dtype, n_ctx: int | None
 ) -> HookedSAETransformer:
@@ -326,6 +337,9 @@ def _stream_rmsnorm_weights(
     cfg.init_weights = False  # every parameter is overwritten below; an untouched page costs no memory
     model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
     targets = dict(model.named_parameters())
+    for key, param in targets.items():
+        if key.endswith(_TRANSPOSED_WEIGHTS):  # [in, out], a view of a contiguous [out, in] (module docstring)
+            param.data = torch.empty(param.shape[::-1], dtype=param.dtype, device=param.device).T
     unset = set(targets)
 
     def take(key: str) -> torch.Tensor:

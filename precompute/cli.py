@@ -67,6 +67,11 @@ def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
         help="train the SAE for N steps instead of the profile's (a scaled-down run; the schedules' "
         "fractions stay, so warm-up and decay shrink with it)",
     )
+    parser.add_argument(
+        "--norm-batches", type=int, metavar="N",
+        help="estimate the activations' mean norm over N training batches before the first step instead of the "
+        "profile's sae.n_batches_for_norm_estimate (1,000 in the real profile: 2M tokens through the model)",
+    )
     _add_report_args(parser)
 
 
@@ -184,7 +189,7 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     def given(name: str) -> int | None:
         return getattr(args, name, None)
 
-    for flag in ("top_k", "eval_tokens", "sparsity_tokens", "sae_steps"):
+    for flag in ("top_k", "eval_tokens", "sparsity_tokens", "sae_steps", "norm_batches"):
         if given(flag) is not None and given(flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {given(flag)}")
     corpus = {field: given(field) for field in ("n_traces", "seed", "balanced") if given(field) is not None}
@@ -201,6 +206,8 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         profile = replace(profile, index=replace(profile.index, top_k=given("top_k")))
     if given("sae_steps") is not None:
         profile = replace(profile, sae=replace(profile.sae, training_steps=given("sae_steps")))
+    if given("norm_batches") is not None:
+        profile = replace(profile, sae=replace(profile.sae, n_batches_for_norm_estimate=given("norm_batches")))
     if given("steps") is not None and profile.demo_lm is not None:
         profile = replace(profile, demo_lm=replace(profile.demo_lm, steps=given("steps")))
     return profile

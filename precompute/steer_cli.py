@@ -66,6 +66,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_args(parser)
+    parser.set_defaults(profile=None)  # the run's own profile.json (`with_saved_profile`)
+    next(a for a in parser._actions if a.dest == "profile").help = (
+        "built-in profile or a saved profile.json (default: the run folder's profile.json, else demo)"
+    )
     parser.add_argument("--sae", required=True, help="SAE id (a folder under <run>/saes/)")
     parser.add_argument("--features", required=True, type=_int_list, help="feature ids, comma-separated")
     parser.add_argument(
@@ -159,6 +163,15 @@ def format_result_table(result: SteeringResult) -> str:
     return "\n".join(lines)
 
 
+def with_saved_profile(args: argparse.Namespace) -> argparse.Namespace:
+    """Without --profile, steer runs the model the run was built with: the run folder's profile.json (a
+    DeepSeek run has no `model/` folder for the demo profile to load), or the demo's when there is none."""
+    if args.profile is None:
+        saved = (args.out if args.out is not None else artifacts.default_run_dir("demo")) / artifacts.PROFILE_FILE
+        args.profile = str(saved) if saved.is_file() else "demo"
+    return args
+
+
 def run(args: argparse.Namespace) -> None:
     """Run `steer` (raises `precompute.cli.UserError` or a user-facing library error on bad input)."""
     from explorer.database import database_path
@@ -169,7 +182,7 @@ def run(args: argparse.Namespace) -> None:
     from precompute.stages import print_config
     from precompute.train_sae_stage import load_run_model
 
-    profile = resolve_profile(args)
+    profile = resolve_profile(with_saved_profile(args))
     run_dir = resolve_run_dir(args, profile)
     sae_dir = run_dir / artifacts.SAES_DIR / args.sae
     if not (sae_dir / "cfg.json").is_file():

@@ -79,24 +79,36 @@ def build_mini_qwen2_dir(
                 param.add_(0.1 * torch.randn_like(param))
     model.save_pretrained(directory)
     if real_tokenizer_config:
-        config_path = directory / "tokenizer_config.json"
-        tokenizer_config = json.loads(config_path.read_text())
-        tokenizer_config.update(
-            {"add_bos_token": True, "add_eos_token": False, "legacy": True, "tokenizer_class": "LlamaTokenizerFast"}
-        )
-        config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
+        write_real_tokenizer_config(directory)
     return directory
+
+
+def write_real_tokenizer_config(directory: Path) -> None:
+    """Make the saved tokenizer_config.json say what the real repo's says: `LlamaTokenizerFast`,
+    `add_bos_token: true`, `legacy: true` (the transformers 5 Llama-class trap, explorer.model_loading)."""
+    config_path = Path(directory) / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config.update(
+        {"add_bos_token": True, "add_eos_token": False, "legacy": True, "tokenizer_class": "LlamaTokenizerFast"}
+    )
+    config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
+
+
+def hub_snapshot_dir(hf_home: Path, repo_id: str = REAL_REPO_ID, revision: str = FAKE_REVISION) -> Path:
+    """The (created) snapshot folder of `repo_id` in the hub cache under `hf_home`, with refs/main naming it."""
+    repo_dir = Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    return snapshot
 
 
 def make_fake_hub_cache(
     hf_home: Path, model_dir: Path, repo_id: str = REAL_REPO_ID, revision: str = FAKE_REVISION
 ) -> Path:
     """Lay `model_dir`'s files out as the hub cache under `hf_home` holds `repo_id`; return the snapshot."""
-    repo_dir = Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo_dir / "snapshots" / revision
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(revision)
+    snapshot = hub_snapshot_dir(hf_home, repo_id, revision)
     for path in Path(model_dir).iterdir():
         if path.is_file():
             shutil.copy2(path, snapshot / path.name)
@@ -108,11 +120,18 @@ def run_python(
 ) -> subprocess.CompletedProcess:
     """Run `code` with `args` (its `sys.argv[1:]`) in a fresh interpreter from the repository root,
     with the parent's HF_* variables dropped and `env_overrides` set."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=hub_env(env_overrides), capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+def hub_env(env_overrides: dict[str, str]) -> dict[str, str]:
+    """This process's environment for a child that imports the repository and reads a hub cache: the HF_*
+    variables dropped (a child must see only the cache it is given), `env_overrides` set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update({"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false", **env_overrides})
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return env
 
 
 @pytest.fixture(scope="session")

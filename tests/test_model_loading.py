@@ -169,6 +169,16 @@ def test_streamed_weights_equal_transformer_lens_own_processing(tmp_path: Path, 
     torch.testing.assert_close(log_probs, reference_log_probs, atol=0.02 if tolerance else 0.0, rtol=0.0)
 
 
+def test_linear_weights_are_held_as_f_linear_takes_them(mini_model):
+    """transformer-lens passes `W.T.contiguous()` to F.linear on every forward; the streamed load holds
+    W_in, W_gate, W_out and W_U so that this is the tensor itself, not a copy per call."""
+    mlp = mini_model.blocks[0].mlp
+    for weight in (mlp.W_in, mlp.W_gate, mlp.W_out, mini_model.unembed.W_U):
+        assert weight.T.is_contiguous()
+        assert weight.T.contiguous().data_ptr() == weight.data_ptr()
+    assert mini_model.blocks[0].attn.W_Q.is_contiguous()  # the rest keep transformer-lens's own layout
+
+
 def test_stop_at_layer_stops_after_the_hooked_block(mini_model):
     tokens = mini_model.to_tokens(TEXT)
     with torch.no_grad():

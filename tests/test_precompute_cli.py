@@ -190,15 +190,17 @@ def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys
 def test_flags_scale_the_real_profile_down(tmp_path, capsys):
     from precompute.cli import build_parser, main, resolve_profile
 
-    flags = ["--sae-steps", "6", "--eval-tokens", "1024", "--sparsity-tokens", "4096", "--tokens", "8192"]
+    flags = ["--sae-steps", "6", "--norm-batches", "2", "--eval-tokens", "1024", "--sparsity-tokens", "4096",
+             "--tokens", "8192"]
     args = build_parser().parse_args(["build", "--profile", DEEPSEEK_R1_DISTILL_QWEN_1_5B.name, *flags])
     profile = resolve_profile(args)
     assert profile.sae.training_steps == 6 and profile.sae.training_tokens == 6 * 2048
+    assert profile.sae.n_batches_for_norm_estimate == 2
     assert (profile.report.n_tokens, profile.report.n_sparsity_tokens) == (1024, 4096)
     assert DEEPSEEK_R1_DISTILL_QWEN_1_5B.report.n_sparsity_tokens == 2_000_000  # the profile is untouched
     args = build_parser().parse_args(["sae-report", "--eval-tokens", "512"])
     assert resolve_profile(args).report.n_tokens == 512
-    for flag in ("--sae-steps", "--eval-tokens", "--sparsity-tokens"):
+    for flag in ("--sae-steps", "--norm-batches", "--eval-tokens", "--sparsity-tokens"):
         assert main(["train-sae", flag, "0", "--out", str(tmp_path / "run")]) == 2
         assert f"{flag} must be at least 1, not 0" in capsys.readouterr().err
 

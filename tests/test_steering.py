@@ -310,7 +310,8 @@ def test_steer_command_stores_and_prints_a_table(tmp_path, mini_qwen2_dir, capsy
     from precompute.steer_cli import run
 
     run_dir = build_tiny_steering_run(tmp_path, mini_qwen2_dir)
-    argv = ["steer", "--profile", str(run_dir / artifacts.PROFILE_FILE), "--out", str(run_dir), "--sae", "mini-sae",
+    # No --profile: the run's profile.json names its model (the demo profile would look for <run>/model/).
+    argv = ["steer", "--out", str(run_dir), "--sae", "mini-sae",
             "--features", "1,2", "--coefs=-5,5", "--from-corpus", "2", "--n-samples", "2", "--max-new-tokens", "6"]
     run(steer_parser().parse_args(argv))
     out = capsys.readouterr().out
@@ -325,9 +326,9 @@ def test_steer_command_stores_and_prints_a_table(tmp_path, mini_qwen2_dir, capsy
     run(steer_parser().parse_args([*argv[:-6], *from_file]))
     assert len(read_steering_runs(database_path(run_dir), "mini-sae")) == 4
     with pytest.raises(UserError, match="no SAE 'nope'"):
-        run(steer_parser().parse_args([*argv[:6], "nope", *argv[7:]]))
+        run(steer_parser().parse_args([*argv[:4], "nope", *argv[5:]]))
     with pytest.raises(UserError, match="does not exist"):
-        run(steer_parser().parse_args([*argv[:8], "999", *argv[9:]]))
+        run(steer_parser().parse_args([*argv[:6], "999", *argv[7:]]))
 
 
 def openr1_rows(n_problems: int) -> list[dict]:

@@ -42,8 +42,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_app(runs_dir: Path) -> Iterator[str]:
     """`streamlit run app.py` on `runs_dir` (EXPLORER_RUNS_DIR); yields its URL once it answers."""
+    with serve_app_process(runs_dir) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_app_process(runs_dir: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`serve_app` in the environment `env` (default: this process's), yielding the server process too."""
     port = free_port()
-    env = {**os.environ, "EXPLORER_RUNS_DIR": str(runs_dir)}
+    env = {**(os.environ if env is None else env), "EXPLORER_RUNS_DIR": str(runs_dir)}
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -60,7 +67,7 @@ def serve_app(runs_dir: Path) -> Iterator[str]:
                 if time.time() > deadline or process.poll() is not None:
                     pytest.fail(f"streamlit did not answer /_stcore/health within {SERVER_START_S} s")
                 time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         stop_process(process, timeout_s=20)
 
