@@ -96,7 +96,7 @@ def boundary_differences(records: Sequence[TraceRecord], spans_by_doc: dict[str,
     differences = []
     for record in records:
         text = record.text
-        if word_boundary_has_backtracking(text) or not notebook_has_backtracking(text):
+        if not notebook_has_backtracking(text) or word_boundary_has_backtracking(text):  # the cheap test first
             continue
         inside = [
             s for s in spans_by_doc.get(record.doc_id, ())

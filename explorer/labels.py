@@ -55,8 +55,9 @@ class TokenSpan(NamedTuple):
 
 
 def _word_pattern(phrase: str) -> str:
+    """The phrase, ending on a word boundary (the start's boundary is checked once, before the alternation)."""
     tail = r"(?!\w)" if phrase[-1].isalnum() else ""
-    return r"(?<!\w)" + re.escape(phrase) + tail
+    return re.escape(phrase) + tail
 
 
 def _alternation(phrases: Sequence[str], word_boundaries: bool) -> tuple[re.Pattern[str], tuple[str, ...]]:
@@ -68,7 +69,9 @@ def _alternation(phrases: Sequence[str], word_boundaries: bool) -> tuple[re.Patt
     )
     # A look-ahead on the possible first letters rejects most positions before the alternation is tried.
     first_letters = re.escape("".join(sorted({p[0] for p in ordered})))
-    return re.compile(rf"(?=[{first_letters}])(?:{body})"), ordered
+    assert all(p[0].isalpha() for p in ordered), "every phrase starts with a letter (the boundary below)"
+    start = r"(?<!\w)" if word_boundaries else ""
+    return re.compile(rf"{start}(?=[{first_letters}])(?:{body})"), ordered
 
 
 @lru_cache(maxsize=None)
