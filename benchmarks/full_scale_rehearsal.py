@@ -418,9 +418,9 @@ def extrapolate(config: dict) -> list[tuple[str, float]]:
         ("sae-report", report_flops,
          f"CE {report.n_tokens:,} x (3 x {full / G:.3f} + 2 x {encoder / G:.4f}) + sparsity "
          f"{report.n_sparsity_tokens:,} x ({to_hook / G:.3f} + {encoder / G:.4f})"),
-        ("index", index_tokens * 2 * (to_hook_index + encoder),
-         f"{index_tokens:,} tokens{assumed} x 2 passes (the context pass re-forwards nearly every window) x "
-         f"({to_hook_index / G:.3f} + {encoder / G:.4f}); the accumulators are not FLOPs"),
+        ("index", index_tokens * (to_hook_index + encoder),
+         f"{index_tokens:,} tokens{assumed} x one pass ({to_hook_index / G:.3f} + {encoder / G:.4f}); the "
+         "accumulators and the kept contexts are not FLOPs"),
         ("steer", steer_tokens * full,
          f"{n_prompts} prompts x {n_samples} samples x {n_conditions} conditions x {n_new} tokens = "
          f"{steer_tokens:,} x {full / G:.3f} (KV cache; per-step overhead not modelled)"),

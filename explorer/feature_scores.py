@@ -347,6 +347,8 @@ class IntervalSampleRecords(NamedTuple):
     value_N: Tensor
     context_id_N: Tensor
     position_N: Tensor
+    context_values_NL: Tensor | None = None
+    """Each sample's context (`SampleRecords.context_values_NL`)."""
 
 
 class IntervalBounds(NamedTuple):
@@ -415,6 +417,7 @@ def select_interval_samples(
     records = IntervalSampleRecords(
         samples.feature_N[keep], interval_N[keep], rank,
         samples.value_N[keep], samples.context_id_N[keep], samples.position_N[keep],
+        None if samples.context_values_NL is None else samples.context_values_NL[keep],
     )
     return IntervalSelection(records, _interval_bounds(stats, interval_FB, n_intervals, samples.feature_offset))
 

@@ -139,19 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="i/n: index only shard i of n and write a partial (combine with `merge`); `auto` takes i and n "
         "from torchrun's RANK and WORLD_SIZE (one GPU per process, by LOCAL_RANK)",
     )
-    index.add_argument(
-        "--contexts", action="store_true",
-        help="with --shard: the second round of a sharded index, fetching this shard's share of the kept "
-        "examples' contexts (after `merge --shard-contexts`; docs/scaling.md)",
-    )
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
     _add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
-    merge.add_argument(
-        "--shard-contexts", action="store_true",
-        help="merge, then plan the kept examples' contexts for the shards to fetch (`index --shard i/n "
-        "--contexts`), instead of fetching them all in this process; run `merge` again after them",
-    )
     from precompute import export_sae_vis_cli, steer_cli
 
     export_sae_vis_cli.add_parser(sub)
@@ -274,11 +264,6 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
             if torch.cuda.is_available():  # one GPU per torchrun process
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        if getattr(args, "contexts", False):
-            from precompute.index_stage import run_context_shard
-
-            run_context_shard(profile, run_dir, sae_id=getattr(args, "sae", None), shard=shard)
-            return
         explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
         if not force and not explicit and index_is_current(profile, run_dir):
             print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus and its current weights); "
@@ -293,11 +278,6 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
 
 def run_command(args: argparse.Namespace) -> None:
-    if getattr(args, "contexts", False):
-        from explorer.feature_index import parse_shard
-
-        if not args.shard or (args.shard != "auto" and parse_shard(args.shard)[1] == 1):
-            raise UserError("--contexts is the second round of a sharded index: give --shard i/n (n > 1) or auto.")
     profile = resolve_profile(args)
     stages = stages_to_run(args.command, profile)
     run_dir = resolve_run_dir(args, profile)
@@ -309,7 +289,7 @@ def run_command(args: argparse.Namespace) -> None:
     if args.command == "merge":
         from precompute.index_stage import merge_partials
 
-        merge_partials(profile, run_dir, sae_id=args.sae, shard_contexts=args.shard_contexts)
+        merge_partials(profile, run_dir, sae_id=args.sae)
     if args.command == "sae-report":
         from precompute.sae_report_cli import run_sae_report
 
