@@ -35,10 +35,8 @@ def best(runs):
 def page(path: Path, runs: Path, monkeypatch, **params) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs))
     import explorer.artifacts
-    import explorer.ui
 
-    importlib.reload(explorer.artifacts)
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     at = AppTest.from_file(str(path), default_timeout=120)
     for name, value in {"run": "mini", **params}.items():
         at.query_params[name] = str(value)

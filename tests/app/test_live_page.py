@@ -46,10 +46,8 @@ def tiny_run(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
 def live_app(runs: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs))
     import explorer.artifacts
-    import explorer.ui
 
-    importlib.reload(explorer.artifacts)
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     return AppTest.from_file(str(LIVE_PAGE), default_timeout=120)
 
 

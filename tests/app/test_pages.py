@@ -23,10 +23,7 @@ def app_test(page: Path, runs_root: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs_root))
     import explorer.artifacts
 
-    importlib.reload(explorer.artifacts)
-    import explorer.ui
-
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     return AppTest.from_file(str(page), default_timeout=60)
 
 

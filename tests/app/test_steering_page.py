@@ -25,10 +25,8 @@ def tiny_run(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
 def steering_app(runs: Path, monkeypatch, feature: int | None = None) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs))
     import explorer.artifacts
-    import explorer.ui
 
-    importlib.reload(explorer.artifacts)
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     at = AppTest.from_file(str(PAGE), default_timeout=120)
     if feature is not None:
         at.query_params["feature"] = str(feature)
