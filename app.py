@@ -1,16 +1,6 @@
-"""Home: what is loaded, and what each page is for."""
+"""The app's entry point (`streamlit run app.py`): the pages in `app_pages/`, listed in the sidebar with
+Home first (explorer.app.navigation)."""
 
-import streamlit as st
+from explorer.app.navigation import run_app
 
-from explorer.app import home, pickers
-
-st.set_page_config(page_title="Backtracking feature explorer", page_icon="↩", layout="wide")
-st.title("Backtracking feature explorer")
-st.caption("Find the SAE features that carry backtracking (\"Wait, I made a mistake\") in reasoning models.")
-
-run_dir, summary = pickers.pick_summary_or_stop()
-home.render_run_and_corpus(run_dir, summary)
-home.render_demo_model(summary)
-home.render_saes(run_dir)
-home.render_index_runs(run_dir)
-home.render_page_guide()
+run_app()

@@ -1,7 +1,7 @@
 """The Streamlit app's helpers, one job per module. This package is the only part of `explorer` that
-imports Streamlit; the pages (`app.py`, `pages/`) read widgets, call these modules and render.
+imports Streamlit; the pages (`app_pages/`, run by `app.py`) read widgets, call these modules and render.
 
-- `navigation`: the page list (Home first), page titles and URL paths.
+- `navigation`: the pages in the sidebar (Home first), their titles and URL paths.
 - `messages`: errors shown as messages, never as tracebacks.
 - `pickers`: the sidebar's run and SAE pickers (`?run=`, `?sae=`).
 - `empty_state`: no run yet: how to build one, and the button that builds the demo.

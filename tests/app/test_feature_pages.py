@@ -14,9 +14,9 @@ from tests.app.indexed_runs import D_SAE, SAE_ID, UNINDEXED_SAE_ID, indexed_runs
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
-FEATURES = REPO / "pages" / "3_Features.py"
-CANDIDATES = REPO / "pages" / "4_Candidates.py"
-LIVE = REPO / "pages" / "2_Live.py"
+FEATURES = REPO / "app_pages" / "features.py"
+CANDIDATES = REPO / "app_pages" / "candidates.py"
+LIVE = REPO / "app_pages" / "live.py"
 
 
 @pytest.fixture(scope="module")

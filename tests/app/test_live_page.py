@@ -22,7 +22,7 @@ from precompute.train_sae_stage import run_train_sae_stage
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
-LIVE_PAGE = REPO / "pages" / "2_Live.py"
+LIVE_PAGE = REPO / "app_pages" / "live.py"
 HOOK = "blocks.1.hook_mlp_out"
 TINY_SAE = SAERecipe(
     expansion_factor=2, l1_coefficient=1.0, lr=3e-3, lr_scheduler_name="constant", training_steps=30,

@@ -13,7 +13,7 @@ from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 from tests.test_steering import build_tiny_steering_run
 
 REPO = Path(__file__).resolve().parents[2]
-PAGE = REPO / "pages" / "5_Steering.py"
+PAGE = REPO / "app_pages" / "steering.py"
 
 
 @pytest.fixture(scope="module")

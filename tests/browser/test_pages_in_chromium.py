@@ -72,6 +72,18 @@ def test_page_renders_without_exception(server, browser_page, path, expected_tex
     visit(browser_page, server + path, expected_text, screenshot)
 
 
+def test_the_sidebar_lists_home_first_then_every_page(server, browser_page):
+    from explorer.app.navigation import PAGES
+
+    visit(browser_page, f"{server}/Corpus?run=mini", "Only traces with backtracking", "corpus-mini.png")
+    entries = browser_page.locator('[data-testid="stSidebarNav"] a')
+    assert entries.all_inner_texts() == [page.title for page in PAGES]
+    assert entries.first.inner_text() == "Home"
+    entries.first.click()
+    browser_page.get_by_text("With backtracking").first.wait_for(timeout=60_000)
+    assert browser_page.title() == "Backtracking feature explorer"
+
+
 def test_deep_link_opens_the_linked_trace_with_marked_phrases(server, browser_page):
     visit(browser_page, server + "/Corpus?doc=synth-000016", "Solve this math problem", "corpus-deep-link.png")
     from explorer.synthetic import generate_traces

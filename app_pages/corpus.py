@@ -8,7 +8,6 @@ import streamlit as st
 from explorer.app import pickers, run_cache, traces
 from explorer.corpus_views import filter_documents
 
-st.set_page_config(page_title="Corpus · Backtracking feature explorer", layout="wide")
 st.title("Corpus")
 
 run_dir = pickers.pick_run_or_stop()

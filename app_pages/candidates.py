@@ -6,7 +6,6 @@ import streamlit as st
 from explorer.app import candidates, index_cache, pickers
 from explorer.feature_views import candidates_table, ranking_choices, split_ranking
 
-st.set_page_config(page_title="Candidates · Backtracking feature explorer", layout="wide")
 st.title("Backtracking candidates")
 
 run_dir, sae_id, db, index_run = pickers.pick_indexed_sae_or_stop()

@@ -4,7 +4,6 @@ import streamlit as st
 
 from explorer.app import model_cache, pickers, run_cache, steering_run, steering_views
 
-st.set_page_config(page_title="Steering · Backtracking feature explorer", layout="wide")
 st.title("Steering")
 
 run_dir, sae_id, summary = pickers.pick_sae_with_summary_or_stop()

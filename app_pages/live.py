@@ -8,7 +8,6 @@ from explorer.app import live_links, model_cache, pickers, run_cache, traces
 from explorer.html import activation_html
 from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_top_features, wrap_in_prompt
 
-st.set_page_config(page_title="Live · Backtracking feature explorer", layout="wide")
 st.title("Live activations")
 
 run_dir, sae_id, summary = pickers.pick_sae_with_summary_or_stop()

@@ -5,7 +5,6 @@ import streamlit as st
 
 from explorer.app import card, finder, index_cache, pickers, sae_vis_dashboard
 
-st.set_page_config(page_title="Features · Backtracking feature explorer", layout="wide")
 st.title("Feature browser")
 
 run_dir, sae_id, db, index_run = pickers.pick_indexed_sae_or_stop()
