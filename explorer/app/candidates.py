@@ -1,12 +1,12 @@
-"""The Candidates table and its lead-lag grid."""
+"""The Candidates table and its lead-lag grid, and the top candidate the Features page opens on."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from explorer.app.index_cache import FeatureDB, load_lead_lag_profiles
-from explorer.feature_views import lead_lag_grid
+from explorer.app.index_cache import FeatureDB, load_candidates, load_lead_lag_profiles
+from explorer.feature_views import lead_lag_grid, ranking_choices, split_ranking
 
 DEFAULT_RANKING = "auroc_notebook"
 """What the Candidates page ranks by until another score is chosen (the first of `ranking_choices`)."""
@@ -31,3 +31,20 @@ def render_lead_lag_grid(db: FeatureDB, sae_id: str, top: pd.DataFrame) -> None:
     if profiles is not None:
         titles = {int(r.feature_id): f"{int(r.feature_id)} ({r.score:.3f})" for r in top.itertuples(index=False)}
         st.plotly_chart(lead_lag_grid(profiles, list(titles), titles), width="stretch", key="lead_lag_grid")
+
+
+def load_top_candidate(db: FeatureDB, sae_id: str) -> int | None:
+    """The Candidates page's first row at its defaults (`DEFAULT_RANKING`, density at least
+    `DEFAULT_MIN_DENSITY`, token detectors shown); None when no feature passes."""
+    score, group = split_ranking(DEFAULT_RANKING)
+    top = load_candidates(db, sae_id, score, group, min_density=DEFAULT_MIN_DENSITY, limit=1)
+    return int(top["feature_id"].iloc[0]) if top is not None and not top.empty else None
+
+
+def top_candidate_note(feature_id: int) -> str:
+    """What the Features page says when it opens on the top candidate."""
+    return (
+        f"Showing feature {feature_id}, the top candidate: ranked first by {ranking_choices()[DEFAULT_RANKING]} "
+        f"among features with density at least {DEFAULT_MIN_DENSITY:.0e} (the **Candidates** page's default "
+        "ranking). Type another id, or find a feature below."
+    )

@@ -1,5 +1,6 @@
-"""The Features page's feature id: typed, taken from the link (`?feature=`), or picked from a search (by
-logit-lens token, by top-example token, or by the features that fire on a text)."""
+"""The Features page's feature id: typed, taken from the link (`?feature=`), picked from a search (by
+logit-lens token, by top-example token, or by the features that fire on a text), or, on a fresh visit
+with no link, the top candidate."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
+from explorer.app.candidates import load_top_candidate, top_candidate_note
 from explorer.app.index_cache import FeatureDB
 from explorer.app.messages import shown
 from explorer.app.model_cache import load_model_and_sae
@@ -20,17 +22,21 @@ from explorer.live import LiveInputError, compute_live_activations, compute_top_
 FEATURE_PARAM = "feature"
 FEATURE_KEY = "feature_id"
 """Session key of the Features page's feature id (a number input; links set it through `?feature=`)."""
+TOP_CANDIDATE_KEY = "feature_top_candidate"
+"""Session key of the (SAE, feature) the page opened on as the top candidate."""
 
 
 def render_feature_finder(db: FeatureDB, run_dir: Path, sae_id: str, d_sae: int) -> int | None:
     """The feature id to show, or None when there is none (the input was cleared)."""
     wanted = st.query_params.get(FEATURE_PARAM)
     if FEATURE_KEY not in st.session_state:
-        st.session_state[FEATURE_KEY] = parse_feature_id(wanted)
+        st.session_state[FEATURE_KEY] = parse_feature_id(wanted) if wanted is not None else _open_top_candidate(db, sae_id)
     if wanted is not None and parse_feature_id(wanted) is None and st.session_state[FEATURE_KEY] is None:
         st.error(f"The link's feature {wanted!r} is not a feature id: ids are whole numbers from 0 to {d_sae - 1}.")
     feature = st.number_input(f"Feature id (0 to {d_sae - 1})", value=None, step=1, key=FEATURE_KEY,
                               placeholder="type an id, or find a feature below")
+    if feature is not None and st.session_state.get(TOP_CANDIDATE_KEY) == (sae_id, int(feature)):
+        st.info(top_candidate_note(int(feature)))
     run = run_dir.name
     with st.expander("Find a feature", expanded=feature is None):
         by_logit, by_example, by_text = st.tabs(["By logit-lens token", "By top-example token", "Fires on a text"])
@@ -48,6 +54,14 @@ def render_feature_finder(db: FeatureDB, run_dir: Path, sae_id: str, d_sae: int)
         with by_text:
             _render_fires_on_text(run_dir, sae_id)
     return int(feature) if feature is not None else None
+
+
+def _open_top_candidate(db: FeatureDB, sae_id: str) -> int | None:
+    """The top candidate, remembered so the page can say why it shows it; None when no feature passes."""
+    top = load_top_candidate(db, sae_id)
+    if top is not None:
+        st.session_state[TOP_CANDIDATE_KEY] = (sae_id, top)
+    return top
 
 
 def _open_picked(pick_key: str) -> None:

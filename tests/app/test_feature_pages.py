@@ -70,15 +70,37 @@ def test_a_deep_link_reproduces_the_card(runs, best, monkeypatch):
     neighbours = linked.dataframe[-1].value
     assert neighbours["card"].str.startswith(f"Features?run=mini&sae={SAE_ID}&feature=").all()
 
+    assert "top candidate" not in messages(linked)  # a linked card is not the page's own choice
+
     # The same card reached by typing the id in a fresh session.
     typed = page(FEATURES, runs, monkeypatch, sae=SAE_ID)
     typed.run()
-    assert "Type a feature id" in typed.info[0].value
     typed.number_input(key="feature_id").set_value(f).run()
     assert not typed.exception
     assert typed.subheader[0].value == f"Feature {f}"
     assert html_bodies(typed) == body
     assert typed.query_params["feature"] in ([str(f)], str(f))
+
+
+def test_without_a_feature_the_page_opens_on_the_top_candidate_and_says_so(runs, monkeypatch):
+    top = read_candidates(database_path(runs / "mini"), SAE_ID, "auroc_notebook", min_density=1e-4, limit=1)
+    f = int(top["feature_id"][0])  # the Candidates page's first row at its defaults
+    at = page(FEATURES, runs, monkeypatch, sae=SAE_ID)
+    at.run()
+    assert not at.exception and not at.error
+    assert at.number_input(key="feature_id").value == f
+    assert at.subheader[0].value == f"Feature {f}"
+    assert at.query_params["feature"] in ([str(f)], str(f))
+    note = at.info[0].value
+    assert f"Showing feature {f}, the top candidate" in note
+    assert "Backtracking AUROC (the notebook's six groups)" in note and "density at least 1e-04" in note
+
+    other = (f + 1) % D_SAE
+    at.number_input(key="feature_id").set_value(other).run()
+    assert not at.exception and at.subheader[0].value == f"Feature {other}"
+    assert "top candidate" not in messages(at)
+    at.number_input(key="feature_id").set_value(None).run()  # cleared: the page asks for an id
+    assert not at.exception and "Type a feature id" in at.info[0].value
 
 
 def test_unknown_ids_and_stale_links_get_a_message(runs, monkeypatch):

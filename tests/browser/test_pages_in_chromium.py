@@ -63,7 +63,7 @@ def visit(page, url: str, expected_text: str, screenshot: str) -> None:
         ("/Corpus?doc=synth-000016", "Solve this math problem", "corpus-deep-link.png"),
         ("/Live", "This run has no SAE yet", "live-without-sae.png"),
         ("/Features", "This run has no SAE yet", "features-without-sae.png"),
-        ("/Features?run=mini", "Type a feature id", "features.png"),
+        ("/Features?run=mini", "the top candidate", "features.png"),
         ("/Candidates?run=mini", "Lead-lag profiles of the top features", "candidates.png"),
         ("/Features?run=mini&feature=100000", "does not exist", "features-unknown-id.png"),
     ],
