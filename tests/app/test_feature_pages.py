@@ -3,6 +3,7 @@ indexed run: deep links reproduce a card, widgets drive it by key, broken links 
 message, and token strings are shown as text."""
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,26 @@ def test_candidates_rank_filter_link_and_download(runs, monkeypatch):
         assert (filtered["density"] >= 1e-2).all() and not filtered["is_token_detector"].any()
     else:
         assert "No feature passes these filters" in at.info[0].value
+
+
+def test_every_candidates_column_has_a_readable_label_and_help(runs, monkeypatch):
+    at = page(CANDIDATES, runs, monkeypatch, sae=SAE_ID)
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0]
+    config = json.loads(table.proto.columns)  # st.column_config as the browser gets it
+    for name in table.value.columns:
+        assert config.get(name, {}).get("help"), f"column {name!r} has no help"
+        assert config[name].get("label"), f"column {name!r} has no label"
+    window = config["doc_window_max_delta"]
+    assert window["label"] == "window max: with − without"
+    assert "in traces with backtracking minus traces without" in window["help"]
+    identity = config["margin_over_identity"]
+    assert identity["label"] == "margin over token identity" and "token id alone" in identity["help"]
+    assert "Backtracking AUROC (the notebook's six groups)" in config["score"]["help"]
+
+    at.selectbox(key="rank_by").set_value("reason_score").run()
+    assert "ReasonScore" in json.loads(at.dataframe[0].proto.columns)["score"]["help"]
 
 
 def test_a_candidates_link_reproduces_the_ranking(runs, monkeypatch):
