@@ -4,6 +4,7 @@ it can draw anything: each `pick_..._or_stop` stops the page after saying what i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 
@@ -17,6 +18,8 @@ RUN_PARAM = "run"
 SAE_PARAM = "sae"
 RUN_PICKER_KEY = "run_picker"
 SAE_PICKER_KEY = "sae_picker"
+
+T = TypeVar("T")
 
 
 def render_run_picker(root: Path | None = None) -> Path | None:
@@ -59,31 +62,29 @@ def pick_run_or_stop() -> Path:
     return run_dir
 
 
+def stop_if_none(value: T | None) -> T:
+    """`value`, or stop the page when it is None (whoever returned None has said why)."""
+    if value is None:
+        st.stop()
+    return value
+
+
 def pick_summary_or_stop() -> tuple[Path, RunSummary]:
     """The sidebar's run and its summary (profile, corpus, model); the page stops when either is missing."""
     run_dir = pick_run_or_stop()
-    summary = load_run_summary(run_dir)
-    if summary is None:
-        st.stop()
-    return run_dir, summary
+    return run_dir, stop_if_none(load_run_summary(run_dir))
 
 
 def pick_sae_or_stop() -> tuple[Path, str]:
     """The sidebar's run and SAE; the page stops (after saying why) when either is missing."""
     run_dir = pick_run_or_stop()
-    sae_id = render_sae_picker(run_dir)
-    if sae_id is None:
-        st.stop()
-    return run_dir, sae_id
+    return run_dir, stop_if_none(render_sae_picker(run_dir))
 
 
 def pick_sae_with_summary_or_stop() -> tuple[Path, str, RunSummary]:
     """The sidebar's run and SAE and the run's summary (profile, model); the page stops when any is missing."""
     run_dir, sae_id = pick_sae_or_stop()
-    summary = load_run_summary(run_dir)
-    if summary is None:
-        st.stop()
-    return run_dir, sae_id, summary
+    return run_dir, sae_id, stop_if_none(load_run_summary(run_dir))
 
 
 def pick_indexed_sae_or_stop() -> tuple[Path, str, FeatureDB, dict]:
@@ -91,7 +92,4 @@ def pick_indexed_sae_or_stop() -> tuple[Path, str, FeatureDB, dict]:
     why) when any of them is missing."""
     run_dir, sae_id = pick_sae_or_stop()
     db = open_feature_db(run_dir)
-    index_run = load_index_run(db, sae_id) if db is not None else None
-    if index_run is None:
-        st.stop()
-    return run_dir, sae_id, db, index_run
+    return run_dir, sae_id, db, stop_if_none(load_index_run(db, sae_id) if db is not None else None)
