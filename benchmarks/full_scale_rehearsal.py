@@ -513,7 +513,7 @@ def rehearse(work: Path, shapes: Shapes, n_layers: int, hook: str | None, args: 
             ("Home", f"/{q}", "Feature index"),
             ("Corpus", f"/Corpus{q}", "Only traces with backtracking"),
             ("Corpus deep link", f"/Corpus{q}&doc={deep_doc}", deep_line[:40]),
-            ("Features", f"/Features{q}", "Type a feature id"),
+            ("Features", f"/Features{q}", re.compile("the top candidate|Type a feature id")),
             ("Feature card", f"/Features{q}&sae={sae_id}&feature={feature}", "Backtracking evidence"),
             ("Candidates", f"/Candidates{q}", "Backtracking candidates"),
             ("Live", f"/Live{q}", re.compile("Top features over the text|No feature fires on this text")),

@@ -21,7 +21,8 @@ from explorer.sae_loading import stop_layer_for_hook
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
 
-_MODEL_LOCK = threading.Lock()
+MODEL_LOCK = threading.Lock()
+"""Held around every call of a shared model (the app's pages, the SAE check, steering, the sae_vis export)."""
 
 EXAMPLE_PROBLEM = "A shirt costs $40 and is on sale for 15% off. What is the sale price in dollars?"
 EXAMPLE_THINKING = (
@@ -88,7 +89,7 @@ def compute_live_activations(
     special = set(tokenizer.all_special_ids)
     token_texts = [tokenizer.decode([i]) if i in special else text[s:e] for i, (s, e) in zip(ids, offsets)]
     started = time.perf_counter()
-    with _MODEL_LOCK, torch.no_grad():
+    with MODEL_LOCK, torch.no_grad():
         tokens_1T = torch.tensor([ids], device=model.cfg.device)
         _, cache = model.run_with_cache(tokens_1T, names_filter=hook_name, stop_at_layer=stop_layer_for_hook(hook_name))
         acts_TF = sae.encode(cache[hook_name][0].to(sae.device, sae.dtype)).float().cpu()
