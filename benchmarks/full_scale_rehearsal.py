@@ -1,8 +1,8 @@
 """A rehearsal at the real model's scale: every stage of the `deepseek-r1-distill-qwen-1.5b` profile and the
 app, on a stand-in with the real shapes, measured; then what the real budget costs on one H100.
 
-    python benchmarks/full_scale_rehearsal.py --out-json /tmp/rehearsal.json   # real shapes: about 25 min, 2 cores
-    python benchmarks/full_scale_rehearsal.py --tiny --no-browser               # tiny shapes: about 40 s
+    python benchmarks/full_scale_rehearsal.py --out-json /tmp/rehearsal.json   # real shapes (docs/benchmarks.md)
+    python benchmarks/full_scale_rehearsal.py --tiny --no-browser               # tiny shapes: a smoke test
 
 What it builds, in a temporary folder (`--keep` keeps it):
 
@@ -369,7 +369,8 @@ H100 = (
 OPENR1_INDEX_TOKENS = 300_000_000
 """Assumed tokens of OpenR1-Math-220k's generations, for a profile that indexes the whole corpus (0)."""
 STEER_EXPERIMENT = (60, 4, 5, 256)
-"""The README's steering experiment: 60 corpus prompts x 4 samples x (baseline + 4 coefficients) x 256 tokens."""
+"""The demo's steering experiment (docs/results.md): 60 corpus prompts x 4 samples x (baseline + 4
+coefficients) x 256 tokens."""
 
 
 def extrapolate(config: dict) -> list[tuple[str, float]]:

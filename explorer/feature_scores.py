@@ -120,7 +120,7 @@ class ReasonScores(NamedTuple):
 
 
 def compute_reason_score(totals: ReasonTotals, alpha: float = 0.7, eps: float = 0.0) -> ReasonScores:
-    """ReasonScore exactly as in research.md (Galichin et al. 2025), over every feature in `totals`.
+    """ReasonScore exactly as in Galichin et al. 2025 (docs/index-math.md), over every feature in `totals`.
 
     alpha = 0.7 as in the paper (the reference code's default is 1). The sums over j run over all
     features, so pass totals covering the whole SAE (`concat_reason_totals` joins feature chunks).
