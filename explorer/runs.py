@@ -74,6 +74,23 @@ def read_run_summary(run_dir: Path) -> RunSummary:
     )
 
 
+def run_summary_stamp(run_dir: Path) -> tuple[int, ...]:
+    """The modification times of the files `read_run_summary` reads (0 for one that is missing): what
+    the app caches a run's summary under. profile.json changes only when a command builds something with
+    other settings, so a rebuilt corpus or model must show through its own files. Raises OSError when
+    the run has no profile.json."""
+    run_dir = Path(run_dir)
+    stamps = [(run_dir / artifacts.PROFILE_FILE).stat().st_mtime_ns]
+    for path in (
+        run_dir / artifacts.CORPUS_DIR / artifacts.STAGE_MANIFEST,
+        run_dir / artifacts.CORPUS_DIR / artifacts.CORPUS_SUMMARY_FILE,
+        run_dir / artifacts.MODEL_DIR / artifacts.STAGE_MANIFEST,
+        run_dir / artifacts.MODEL_DIR / artifacts.TRAIN_REPORT_FILE,
+    ):
+        stamps.append(path.stat().st_mtime_ns if path.is_file() else 0)
+    return tuple(stamps)
+
+
 def documents_path(run_dir: Path) -> Path:
     """The run's `corpus/documents.parquet`; a clear error when the corpus stage has not run."""
     path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE

@@ -11,9 +11,14 @@
     build       every stage in order: corpus, train-lm (demo), train-sae, index
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
-is skipped when its output is already current (pass --force to rebuild). A stage command first runs
-the stages it needs (`train-sae` runs `corpus`, and `train-lm` on the demo), skipping those that are
-current.
+is skipped when its output is already current for the command's settings (pass --force to rebuild). A
+stage command first makes sure the stages it needs are there (`train-sae` needs `corpus`, and `train-lm`
+on the demo): it uses each one's output as it was built, with whatever flags its own command was given,
+and builds it only when it is missing or stale (made from another corpus or model than the run's, or
+from another --dataset). `build` checks every stage against its own flags.
+
+profile.json records what the run's outputs were built with (`precompute.run_record`): a command
+changes it only where it built something with other settings, and prints each change.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from explorer import artifacts
 from precompute.atomic import write_text_atomic
 from precompute.profiles import PROFILES, Profile, get_profile
+from precompute.run_record import RunRecord, same_profile
 
 
 class UserError(Exception):
@@ -170,11 +176,19 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
     """The profile named by `--profile`, with the command line's overrides applied."""
+    return apply_overrides(named_profile(args).with_dataset(args.dataset), args)
+
+
+def named_profile(args: argparse.Namespace) -> Profile:
+    """The profile `--profile` names, as it is."""
     try:
-        profile = get_profile(args.profile)
+        return get_profile(args.profile)
     except ValueError as err:
         raise UserError(str(err)) from None
-    profile = profile.with_dataset(args.dataset)
+
+
+def apply_overrides(profile: Profile, args: argparse.Namespace) -> Profile:
+    """`profile` with the settings the command line gives."""
 
     def given(name: str) -> int | None:
         return getattr(args, name, None)
@@ -182,18 +196,22 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     for flag in ("top_k", "eval_tokens", "sparsity_tokens", "sae_steps", "norm_batches"):
         if given(flag) is not None and given(flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {given(flag)}")
+    if given("tokens") is not None and given("tokens") < 0:
+        raise UserError(f"--tokens must be 0 (the whole corpus) or a number of tokens, not {given('tokens')}")
     corpus = {field: given(field) for field in ("n_traces", "seed", "balanced") if given(field) is not None}
     report = {
         field: given(flag)
         for field, flag in (("n_tokens", "eval_tokens"), ("n_sparsity_tokens", "sparsity_tokens"))
         if given(flag) is not None
     }
+    index = {field: given(flag) for field, flag in (("top_k", "top_k"), ("n_tokens", "tokens")) if given(flag) is not None}
     replace = dataclasses.replace
-    profile = replace(profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report))
+    profile = replace(
+        profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report),
+        index=replace(profile.index, **index),
+    )
     if given("dtype") is not None:
         profile = replace(profile, dtype=given("dtype"))
-    if given("top_k") is not None:
-        profile = replace(profile, index=replace(profile.index, top_k=given("top_k")))
     if given("sae_steps") is not None:
         profile = replace(profile, sae=replace(profile.sae, training_steps=given("sae_steps")))
     if given("norm_batches") is not None:
@@ -201,6 +219,17 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     if given("steps") is not None and profile.demo_lm is not None:
         profile = replace(profile, demo_lm=replace(profile.demo_lm, steps=given("steps")))
     return profile
+
+
+def upstream_profile(args: argparse.Namespace, profile: Profile, saved: Profile | None) -> Profile:
+    """What a command builds the stages it needs first with, when one is missing or stale: the run's
+    recorded profile (when it is the same profile as the command's `profile`), with the command line's
+    overrides, so that a stale SAE is retrained as it was; else the command's own profile."""
+    if saved is None or not same_profile(saved, profile):
+        return profile
+    if args.dataset and saved.corpus.source != str(args.dataset):
+        saved = saved.with_dataset(args.dataset)
+    return apply_overrides(saved, args)
 
 
 def resolve_run_dir(args: argparse.Namespace, profile: Profile) -> Path:
@@ -213,6 +242,7 @@ def resolve_run_dir(args: argparse.Namespace, profile: Profile) -> Path:
 
 
 def save_profile(profile: Profile, run_dir: Path) -> None:
+    """Write `profile` as the run's profile.json, whatever it held (commands go through `RunRecord`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / artifacts.PROFILE_FILE, profile.to_json() + "\n")
 
@@ -241,6 +271,26 @@ def stages_to_run(command: str, profile: Profile) -> list[str]:
     return [s for s in stages if s != "train-lm" or profile.trains_own_model]
 
 
+def reuse_stage(stage: str, named: Profile, profile: Profile, run_dir: Path, args: argparse.Namespace) -> bool:
+    """Whether a stage the command needs first is used as it was built (printed); False when it must be
+    built first because it is missing or stale (printed why)."""
+    if stage == "corpus":
+        from precompute.corpus_stage import reuse_corpus
+
+        return reuse_corpus(run_dir, named.corpus, args.dataset)
+    if stage == "train-lm":
+        from precompute.train_lm_stage import reuse_model
+
+        return reuse_model(run_dir, named.demo_lm or profile.demo_lm)
+    if stage == "train-sae":
+        from precompute.train_sae_stage import SCALE_DOWN_ARGS, reuse_sae
+
+        given = {arg: getattr(args, arg, None) for arg in SCALE_DOWN_ARGS}
+        return reuse_sae(profile, named, run_dir, getattr(args, "hook", None) or profile.hook_name,
+                         sae_id=getattr(args, "sae", None), given=given)
+    raise ValueError(f"{stage} is no stage another one needs")
+
+
 def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namespace, force: bool) -> None:
     if stage == "corpus":
         from precompute.corpus_stage import run_corpus_stage
@@ -264,7 +314,7 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
             if torch.cuda.is_available():  # one GPU per torchrun process
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
+        explicit = getattr(args, "sae", None) or shard != (0, 1)
         if not force and not explicit and index_is_current(profile, run_dir):
             print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus and its current weights); "
                   "pass --force to rebuild",
@@ -273,27 +323,38 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
         save_every = getattr(args, "save_every", 10.0)
         if save_every < 0:
             raise UserError(f"--save-every must be 0 (never) or a number of minutes, not {save_every}")
-        run_index(profile, run_dir, sae_id=getattr(args, "sae", None), max_tokens=getattr(args, "tokens", None),
-                  batch_size=getattr(args, "batch_size", 8), shard=shard, save_every_s=60 * save_every)
+        run_index(profile, run_dir, sae_id=getattr(args, "sae", None), batch_size=getattr(args, "batch_size", 8),
+                  shard=shard, save_every_s=60 * save_every)
 
 
 def run_command(args: argparse.Namespace) -> None:
     profile = resolve_profile(args)
     stages = stages_to_run(args.command, profile)
     run_dir = resolve_run_dir(args, profile)
-    save_profile(profile, run_dir)
+    record = RunRecord(run_dir)
+    # The stages the command needs first are built, when they must be, as the run recorded them; `merge`
+    # finishes what `index --shard` started, with the recorded settings.
+    upstream = upstream_profile(args, profile, record.saved)
     print(f"run folder: {run_dir}   profile: {profile.name}", flush=True)
     for stage in stages:
-        # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
-        run_stage(stage, profile, run_dir, args, force=args.force and (args.command in (stage, "build")))
+        if args.command in (stage, "build"):
+            # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
+            run_stage(stage, profile, run_dir, args, force=args.force)
+            record.record(stage, profile)
+        elif not reuse_stage(stage, named_profile(args), upstream, run_dir, args):
+            run_stage(stage, upstream, run_dir, args, force=False)
+            record.record(stage, upstream)
     if args.command == "merge":
         from precompute.index_stage import merge_partials
 
-        merge_partials(profile, run_dir, sae_id=args.sae)
+        merge_partials(upstream, run_dir, sae_id=args.sae)
+        record.record("index", upstream)
     if args.command == "sae-report":
         from precompute.sae_report_cli import run_sae_report
 
         run_sae_report(profile, run_dir, sae=args.sae, sae_id=args.sae_id, hook=args.hook, force=args.force)
+        record.record("sae-report", profile)
+    record.ensure_saved(profile)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -365,7 +365,7 @@ def finish_index(
     }
     vocabulary = tables.vocabulary_rows(tokenizer, inputs.model.cfg.d_vocab)
     db_path = database_path(run_dir)
-    write_feature_index(db_path, sae_id, run_row, frames, vocabulary, provenance(profile, run_dir))
+    write_feature_index(db_path, sae_id, run_row, frames, vocabulary, provenance(profile, run_dir, STAGE))
     print(
         f"  wrote the index of {sae_id} ({inputs.config.n_features:,} features, {n_tokens:,} tokens) to {db_path} "
         f"in {seconds:.1f}s", flush=True,
