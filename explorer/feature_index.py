@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -87,7 +88,7 @@ class CorpusDocument:
 
 
 def make_windows(
-    tokenizer, documents: Sequence[CorpusDocument], context_size: int, *, progress: bool = True,
+    tokenizer, documents: Iterable[CorpusDocument], context_size: int, *, progress: bool = True,
     max_tokens: int | None = None,
 ) -> list[Window]:
     """Tokenise every document and cut it into windows of at most `context_size` tokens, each one BOS
@@ -96,7 +97,10 @@ def make_windows(
 
     Context ids are assigned in document order, so they are the same whatever the sharding. With
     `max_tokens`, tokenising stops once the windows hold that many tokens (`limit_tokens` then cuts
-    them exactly): an index of 40M tokens of a 1B-token corpus tokenises 40M, not 1B.
+    them exactly): an index of 40M tokens of a 1B-token corpus tokenises 40M, not 1B. `documents` is
+    iterated `TOKENISE_CHUNK` at a time and no further than that, so a lazy reader of the corpus
+    (`precompute.index_stage.CorpusReader`) reads no more of it than the windows need; the windows are
+    the same as from a list of the same documents.
     """
     bos = tokenizer.bos_token_id
     n_bos = 0 if bos is None else 1
@@ -105,9 +109,10 @@ def make_windows(
     special_ids = np.asarray(sorted(tokenizer.all_special_ids), dtype=np.int64)
     windows: list[Window] = []
     n_tokens = 0
-    with tqdm(total=len(documents), desc="tokenising", unit="doc", disable=not progress, smoothing=0.1) as bar:
-        for start in range(0, len(documents), TOKENISE_CHUNK):
-            chunk = documents[start : start + TOKENISE_CHUNK]
+    total = len(documents) if isinstance(documents, Sized) else None
+    remaining = iter(documents)
+    with tqdm(total=total, desc="tokenising", unit="doc", disable=not progress, smoothing=0.1) as bar:
+        while chunk := list(itertools.islice(remaining, TOKENISE_CHUNK)):
             made = _chunk_windows(tokenizer, chunk, context_size, bos, special_ids, first_context_id=len(windows))
             windows.extend(made)
             bar.update(len(chunk))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +35,14 @@ from explorer.feature_index import (
     run_index_pass,
 )
 from explorer.labels import PhraseSpan
-from explorer.runs import RunFolderError, list_sae_ids, read_documents, read_phrases
+from explorer.runs import (
+    DOCUMENT_BATCH_ROWS,
+    RunFolderError,
+    count_documents,
+    iter_documents,
+    iter_phrases,
+    list_sae_ids,
+)
 from precompute.atomic import atomic_file
 from precompute.profiles import Profile
 from precompute.train_sae_stage import corpus_content_hash, load_run_model, provenance, sae_dir, sae_fingerprint
@@ -79,16 +86,44 @@ def choose_sae_id(run_dir: Path, sae_id: str | None) -> str:
     return sae_id
 
 
-def corpus_documents(run_dir: Path) -> list[CorpusDocument]:
-    docs = read_documents(run_dir, columns=["doc_id", "text", "has_backtracking"])
-    phrases = read_phrases(run_dir)
-    spans: dict[str, list[PhraseSpan]] = {}
-    for row in phrases.itertuples(index=False):
-        spans.setdefault(row.doc_id, []).append(PhraseSpan(int(row.start), int(row.end), row.group, row.phrase))
-    return [
-        CorpusDocument(doc_id, text, sorted(spans.get(doc_id, [])), bool(flag))
-        for doc_id, text, flag in zip(docs["doc_id"], docs["text"], docs["has_backtracking"])
-    ]
+class CorpusReader:
+    """A run's corpus documents with their labelled phrases, read `batch_rows` documents at a time as
+    they are iterated, in corpus order: `make_windows` stops iterating once its token budget is met,
+    so an index of 40M tokens never reads the rest of OpenR1-Math-220k's 3 GB of text.
+
+    Phrases are read alongside, as far as the documents read so far need: each document says how many
+    it has (`n_phrases`), and the corpus stage writes them in document order, so only a batch or two
+    is held at a time (in another order, those read ahead wait in memory for their documents)."""
+
+    def __init__(self, run_dir: Path, *, batch_rows: int = DOCUMENT_BATCH_ROWS) -> None:
+        self.run_dir = Path(run_dir)
+        self.batch_rows = batch_rows
+        self.n_documents = count_documents(run_dir)
+        self.rows_read = 0
+        """Documents read from the file so far (whole batches)."""
+
+    def __len__(self) -> int:
+        return self.n_documents
+
+    def __iter__(self) -> Iterator[CorpusDocument]:
+        columns = ["doc_id", "text", "has_backtracking", "n_phrases"]
+        phrases = iter_phrases(self.run_dir)
+        waiting: dict[str, list[PhraseSpan]] = {}
+        for batch in iter_documents(self.run_dir, columns, batch_rows=self.batch_rows):
+            self.rows_read += len(batch["doc_id"])
+            for doc_id, text, flag, n_phrases in zip(*(batch[c] for c in columns)):
+                while len(waiting.get(doc_id, ())) < n_phrases:
+                    more = next(phrases, None)
+                    if more is None:
+                        break
+                    for row in zip(more["doc_id"], more["start"], more["end"], more["group"], more["phrase"]):
+                        waiting.setdefault(row[0], []).append(PhraseSpan(int(row[1]), int(row[2]), row[3], row[4]))
+                yield CorpusDocument(doc_id, text, sorted(waiting.pop(doc_id, [])), bool(flag))
+
+
+def corpus_documents(run_dir: Path) -> CorpusReader:
+    """The run's corpus as `make_windows` reads it: documents and their phrases, a batch at a time."""
+    return CorpusReader(run_dir)
 
 
 def load_inputs(
@@ -101,7 +136,7 @@ def load_inputs(
 
     sae_id = choose_sae_id(run_dir, sae_id)
     documents = corpus_documents(run_dir)
-    if not documents:
+    if not len(documents):
         raise IndexInputError(f"The corpus of {run_dir} is empty: nothing to index.")
     model = load_run_model(profile, run_dir)
     loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device), dtype=profile.dtype)
