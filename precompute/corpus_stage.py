@@ -29,15 +29,8 @@ from explorer.synthetic import GENERATOR_VERSION, generate_traces
 from precompute.atomic import atomic_dir
 from precompute.profiles import CorpusSpec
 from precompute.stages import (
-    config_hash,
-    print_config,
-    print_rebuild,
-    print_reuse,
-    print_skip,
-    read_manifest,
-    settings_as_flags,
-    stage_is_current,
-    write_manifest,
+    config_hash, print_config, print_rebuild, print_reuse, print_skip, read_manifest,
+    settings_as_flags, stage_is_current, write_manifest
 )
 
 STAGE = "corpus"

@@ -17,14 +17,8 @@ from explorer.runs import RunFolderError, read_documents
 from precompute.atomic import atomic_dir
 from precompute.profiles import DemoLMSpec
 from precompute.stages import (
-    print_config,
-    print_rebuild,
-    print_reuse,
-    print_skip,
-    read_manifest,
-    settings_as_flags,
-    stage_is_current,
-    write_manifest,
+    print_config, print_rebuild, print_reuse, print_skip, read_manifest, settings_as_flags,
+    stage_is_current, write_manifest
 )
 
 STAGE = "train-lm"

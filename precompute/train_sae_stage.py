@@ -36,16 +36,8 @@ from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_repo
 from precompute.atomic import atomic_dir
 from precompute.profiles import DEMO_MODEL, SAE_FIELDS_ADDED_LATER, Profile, ReportSpec
 from precompute.stages import (
-    config_hash,
-    package_versions,
-    print_config,
-    print_rebuild,
-    print_reuse,
-    print_skip,
-    read_manifest,
-    settings_as_flags,
-    stage_is_current,
-    write_manifest,
+    config_hash, package_versions, print_config, print_rebuild, print_reuse, print_skip,
+    read_manifest, settings_as_flags, stage_is_current, write_manifest
 )
 
 if TYPE_CHECKING:
