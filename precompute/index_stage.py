@@ -34,6 +34,7 @@ from explorer.feature_index import (
     make_windows,
     run_index_pass,
 )
+from explorer.feature_tables import LabelSetInfo
 from explorer.labels import PhraseSpan
 from explorer.runs import (
     DOCUMENT_BATCH_ROWS,
@@ -70,6 +71,8 @@ class IndexInputs(NamedTuple):
     n_documents: int
     config: IndexConfig
     corpus_hash: str
+    label_infos: dict[str, LabelSetInfo] = {}
+    """The label sets scored (`config.labels`): kind and source of each."""
 
 
 def choose_sae_id(run_dir: Path, sae_id: str | None) -> str:
@@ -365,6 +368,7 @@ def finish_index(
         "feature_logit_lens": tables.logit_lens_rows(sae_id, lens),
         "feature_neighbours": tables.neighbour_rows(sae_id, nearest),
         **scores,
+        **tables.label_set_rows(sae_id, totals, inputs.label_infos),
     }
     n_tokens = sum(m["n_tokens"] for m in metas)
     pass_seconds = max(m["seconds"] for m in metas)  # shards run side by side
