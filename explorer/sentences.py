@@ -46,8 +46,6 @@ from explorer import artifacts
 from explorer.prompts import THINK_CLOSE, THINK_OPEN
 
 SENTENCE_RULE_VERSION = 1
-SENTENCES_FILE = "sentences.parquet"
-"""In the run's `corpus/`: one row per sentence (doc_id, sentence_index, start, end)."""
 SENTENCE_COLUMNS = ("doc_id", "sentence_index", "start", "end")
 RULE_VERSION_KEY = b"sentence_rule_version"
 """Parquet key-value metadata of `sentences.parquet`: the rule version it was made with."""
@@ -173,7 +171,7 @@ def sentences_frame(documents: Iterable[tuple[str, str]]) -> pd.DataFrame:
 
 
 def sentences_path(run_dir: Path) -> Path:
-    return Path(run_dir) / artifacts.CORPUS_DIR / SENTENCES_FILE
+    return Path(run_dir) / artifacts.CORPUS_DIR / artifacts.SENTENCES_FILE
 
 
 def iter_document_texts(run_dir: Path) -> Iterable[tuple[str, str]]:
