@@ -379,7 +379,8 @@ def read_regex_file(path: Path) -> list[re.Pattern[str]]:
 def match_label_set(
     run_dir: Path, name: str, patterns: Sequence[re.Pattern[str]], *, source: str, description: str
 ) -> LabelSetData:
-    """A span set of every non-empty match of `patterns` in every document (overlapping matches merged)."""
+    """A span set of every non-empty match of `patterns` in every document; matches that overlap or touch
+    (of two expressions, or `\\d` on "42") become one span."""
     check_name(name)
     rows = []
     documents = []
@@ -388,7 +389,7 @@ def match_label_set(
         for pattern in patterns:
             rows.extend((doc_id, m.start(), m.end()) for m in pattern.finditer(text) if m.end() > m.start())
     spans = pd.DataFrame(rows, columns=SPAN_COLUMNS)
-    if len(spans):  # overlapping matches (of two expressions) become one span
+    if len(spans):
         ids, [(starts, ends)] = _on_line([spans])
         spans = _off_line(ids, *_union(starts, ends))
     return LabelSetData(LabelSet(name, SPAN, source, description), _as_spans(spans), documents, {"n_patterns": len(patterns)})
