@@ -878,15 +878,18 @@ def intro_tag(intro: str) -> str:
     return PLAN_GENERATION
 
 
-def sentence_tags(trace: SyntheticTrace) -> list[tuple[int, int, tuple[str, ...]]]:
-    """Each sentence of the trace (`explorer.sentences.segment`) as `(start, end, tags)`: the tags of the
-    lines it overlaps (one line each, so one tag each). Text after `</think>` has no sentences."""
+def sentence_tags(
+    trace: SyntheticTrace, sentences: Sequence[tuple[int, int]] | None = None
+) -> list[tuple[int, int, tuple[str, ...]]]:
+    """Each sentence of the trace (`explorer.sentences.segment`, or `sentences` when the caller has them)
+    as `(start, end, tags)`: the tags of the lines it overlaps (one line each, so one tag each). Text after
+    `</think>` has no sentences."""
     from explorer.sentences import segment
 
     tagged = []
-    for sentence in segment(trace.record.text):
-        tags = tuple(dict.fromkeys(tag for start, end, tag in trace.line_tags if start < sentence.end and end > sentence.start))
-        tagged.append((sentence.start, sentence.end, tags))
+    for start, end in segment(trace.record.text) if sentences is None else sentences:
+        tags = tuple(dict.fromkeys(tag for line_start, line_end, tag in trace.line_tags if line_start < end and line_end > start))
+        tagged.append((start, end, tags))
     return tagged
 
 

@@ -32,7 +32,7 @@ from explorer.label_sets import (
     set_folder_name,
     stored_label_sets,
 )
-from explorer.sentences import compute_sentences, sentences_are_current, sentences_path, sentences_table
+from explorer.sentences import compute_sentences, read_sentences, sentences_are_current, sentences_path, sentences_table
 from explorer.synthetic import GENERATOR_VERSION, SyntheticTrace, generate_traces, sentence_tags
 from precompute.atomic import atomic_dir, atomic_file
 
@@ -123,18 +123,17 @@ def import_tag_file(
 # The synthetic corpus's sentence tags
 
 
-def write_synthetic_tags_jsonl(traces: Iterable[SyntheticTrace], path: Path, doc_ids: set[str] | None = None) -> int:
-    """The traces' sentence tags in the documented JSONL format (sentences by start/end). Returns lines written."""
-    n = 0
+def write_synthetic_tags_jsonl(traces: Iterable[SyntheticTrace], path: Path, sentences: pd.DataFrame | None = None) -> None:
+    """The traces' sentence tags in the documented JSONL format, sentences by start/end (`sentences`: the
+    run's, when the caller has them, else each trace is segmented here)."""
+    by_doc = None
+    if sentences is not None:
+        by_doc = {doc_id: list(zip(group["start"].tolist(), group["end"].tolist())) for doc_id, group in sentences.groupby("doc_id", sort=False)}
     with open(path, "w", encoding="utf-8") as out:
         for trace in traces:
-            doc_id = trace.record.doc_id
-            if doc_ids is not None and doc_id not in doc_ids:
-                continue
-            sentences = [{"start": s, "end": e, "tags": list(tags)} for s, e, tags in sentence_tags(trace)]
-            out.write(json.dumps({"trace_id": doc_id, "sentences": sentences}) + "\n")
-            n += 1
-    return n
+            spans = None if by_doc is None else by_doc.get(trace.record.doc_id, [])
+            tagged = [{"start": s, "end": e, "tags": list(tags)} for s, e, tags in sentence_tags(trace, spans)]
+            out.write(json.dumps({"trace_id": trace.record.doc_id, "sentences": tagged}) + "\n")
 
 
 def synthetic_tags_are_current(run_dir: Path) -> bool:
@@ -164,7 +163,7 @@ def import_synthetic_tags(run_dir: Path, n_traces: int, seed: int, traces: Seque
         )
     with tempfile.TemporaryDirectory(prefix="synthetic-tags-") as tmp:
         path = Path(tmp) / "sentence_tags.jsonl"
-        write_synthetic_tags_jsonl(kept, path)
+        write_synthetic_tags_jsonl(kept, path, read_sentences(run_dir))
         sets, report, _ = import_tag_file(
             run_dir, SYNTHETIC_TAG_PREFIX, read_tag_jsonl(path), source=SYNTHETIC_TAGS_SOURCE, strict=True
         )
