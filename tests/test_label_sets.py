@@ -406,3 +406,18 @@ def test_corpus_stage_stores_sentences_and_tags_and_adds_them_to_a_run_built_wit
     assert set(n for n in read_label_sets(run) if n.startswith("tag:")) == set(tags)
     run_corpus_stage(spec, run)  # and a third time: nothing to add
     assert "sentence tags:" not in capsys.readouterr().out
+
+
+def test_the_jsonl_example_in_docs_imports_as_it_says(tmp_path):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "labels.md").read_text(encoding="utf-8")
+    example = re.search(r"```jsonl\n(.*?)```", doc, re.DOTALL).group(1)
+    run = make_run(tmp_path / "run", {t.record.doc_id: t.record.text for t in generate_traces(3)})
+    path = tmp_path / "example.jsonl"
+    path.write_text(example, encoding="utf-8")
+    assert main(["labels", "--out", str(run), "--add", "NAME", "--from", str(path)]) == 0
+    counts = {n: len(read_label_spans(run, n)) for n in read_label_sets(run) if n.startswith("NAME:")}
+    assert counts == {"NAME:plan_generation": 2, "NAME:active_computation": 2, "NAME:fact_retrieval": 1,
+                      "NAME:final_answer_emission": 1}
+    assert read_label_documents(run, "NAME:fact_retrieval") == ["synth-000001", "synth-000002"]
+    text = generate_traces(2)[1].record.text
+    assert [text[s:e] for _, s, e in read_label_spans(run, "NAME:active_computation").values][0] == "First, 6 * 8 = 48."
