@@ -3,7 +3,8 @@ regular expressions. Nothing here writes: `precompute.label_store` stores what t
 
 Sentence tags (docs/labels.md gives the JSONL format with an example):
 - a trace maps to the run's document whose `doc_id` is its trace id; failing that, to the document whose
-  text, ignoring whitespace, equals the trace's text, contains it, or is contained in it;
+  text, ignoring whitespace, equals the trace's text, or else contains it or is contained in it (the
+  shorter at least half the longer);
 - a sentence given by `text` is found in that document ignoring whitespace, searching on from the previous
   sentence (then from the start), so a labeller's re-spaced or re-wrapped sentence still lands; one given by
   `start`/`end` counts characters of the trace's `text` (of the document's, without one); one given by
@@ -206,7 +207,7 @@ def _match_documents(run_dir: Path, traces: list[TaggedTrace], report: ImportRep
                 found[exact[key]] = doc_id
                 continue
             for trace_id, keys in wanted.items():
-                if trace_id not in found and any(k and (k in key or key in k) for k in keys):
+                if trace_id not in found and any(_contained(k, key) for k in keys):
                     found[trace_id] = doc_id
         matched.update(found)
         report.matched_by_text = len(found)
@@ -217,6 +218,13 @@ def _match_documents(run_dir: Path, traces: list[TaggedTrace], report: ImportRep
             raise LabelSetError(f"Traces {by_doc[doc_id]!r} and {trace_id!r} both map to document {doc_id!r}.")
         by_doc[doc_id] = trace_id
     return matched
+
+
+def _contained(a: str, b: str) -> bool:
+    """Whether one of two whitespace-free texts contains the other, the shorter being at least half the
+    longer (a document that adds a prompt to the trace, or lacks the trace's prompt; not a stray sentence)."""
+    short, long = sorted((a, b), key=len)
+    return bool(short) and 2 * len(short) >= len(long) and short in long
 
 
 def _place(trace: TaggedTrace, doc_text: str, doc_id: str, report: ImportReport) -> list[tuple[int, int, list[str]]]:
@@ -310,7 +318,8 @@ def import_sentence_tags(
             + ("\n  ..." if len(report.unplaced) > 10 else "")
         )
     if not by_tag:
-        raise LabelSetError(f"No tagged sentence to import from {source}: every sentence's `tags` list is empty.")
+        why = "none of its tagged sentences could be placed" if report.unplaced else "every sentence's `tags` list is empty"
+        raise LabelSetError(f"No tagged sentence to import from {source}: {why}.")
     documents = sorted(matched.values())
     sets = []
     for tag in sorted(by_tag):

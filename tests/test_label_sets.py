@@ -246,6 +246,10 @@ def test_thought_anchors_folders_are_imported_and_a_chunk_that_does_not_match_is
 
 BAD_INPUT = {
     "unknown trace id": ([{"trace_id": "zzz", "sentences": [{"index": 0, "tags": ["x"]}]}], "match no document of"),
+    # A text that only a small part of a document holds does not find it ("Done." is b's last sentence).
+    "a trace text too short to be a document": (
+        [{"trace_id": "zzz", "text": "Done.", "sentences": [{"index": 0, "tags": ["x"]}]}], "match no document of",
+    ),
     "a sentence index past the end": (
         [{"trace_id": "a", "sentences": [{"index": 9, "tags": ["x"]}]}], "sentence index 9, but document 'a' has 4 sentences",
     ),
