@@ -33,6 +33,7 @@ other span in a run (`explorer.labels`).
 
 from __future__ import annotations
 
+import bisect
 import re
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -111,7 +112,8 @@ def _is_boundary(text: str, match: re.Match[str], region_start: int, protected: 
     if match.group().startswith("\n"):
         return True  # a blank line always ends a sentence
     dot = match.start()
-    if any(lo <= dot < hi for lo, hi in protected):
+    inside = bisect.bisect_right(protected, (dot, len(text) + 1)) - 1  # the last range starting at or before it
+    if inside >= 0 and dot < protected[inside][1]:
         return False
     if text[dot] != ".":
         return True
