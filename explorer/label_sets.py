@@ -24,6 +24,7 @@ labeller's sentence that straddles two of ours marks the one it mostly covers, a
 both; where the labeller used this segmentation, as the demo's tags do, it is exact).
 
 Imports (sentence tags, phrase lists, regular expressions) are made by `explorer.label_import`.
+`read_sentences` (the run's sentences, `explorer.sentences`) can be imported from here too.
 """
 
 from __future__ import annotations
