@@ -8,6 +8,9 @@ A run folder (default `runs/<profile>/`) holds:
                                  of 256 traces, so one trace's text is read without the rest)
         phrases.parquet          one row per labelled backtracking phrase (character spans)
         error_steps.parquet      synthetic corpora only: the wrong step before each correction
+        sentences.parquet        one row per sentence of each trace's thinking (explorer/sentences.py)
+        label_sets/<set>/        one folder per stored label set: label_set.json, spans.parquet,
+                                 documents.parquet (explorer/label_sets.py, docs/labels.md)
         summary.json             counts, and agreement with the source's own labels
         stage.json               the stage manifest (what made it, when)
     model/                       stage `train-lm` (demo profiles): a Hugging Face model directory
@@ -34,6 +37,8 @@ DOCUMENTS_FILE = "documents.parquet"
 PHRASES_FILE = "phrases.parquet"
 ERROR_STEPS_FILE = "error_steps.parquet"
 CORPUS_SUMMARY_FILE = "summary.json"
+SENTENCES_FILE = "sentences.parquet"
+LABEL_SETS_DIR = "label_sets"
 
 MODEL_DIR = "model"
 DEMO_MODEL = "demo"

@@ -9,6 +9,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from explorer.demo_lm import DemoLMSettingsError
     from explorer.feature_db import NoIndexError, UnknownFeatureError
     from explorer.feature_index import IndexInputError
+    from explorer.label_sets import LabelSetError
     from explorer.model_loading import ModelLoadError
     from explorer.runs import RunFolderError
     from explorer.sae_loading import SAELoadError
@@ -17,7 +18,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
 
     return (
         CorpusError, DatabaseError, ModelLoadError, RunFolderError, SAELoadError, IndexInputError, NoIndexError,
-        UnknownFeatureError, SaeVisExportError, SteeringInputError, DemoLMSettingsError,
+        UnknownFeatureError, SaeVisExportError, SteeringInputError, DemoLMSettingsError, LabelSetError,
     )
 
 

@@ -132,12 +132,15 @@ class SyntheticTrace(NamedTuple):
     """A generated trace and its exact labels.
 
     `phrase_spans` are the backtracking phrases (what `explorer.labels.label_text(record.text)` finds);
-    `error_spans` are the character spans of the wrong step lines, one per correction, in text order.
+    `error_spans` are the character spans of the wrong step lines, one per correction, in text order;
+    `line_tags` are the thinking's lines as `(start, end, tag)`, each with its function in Thought Anchors'
+    taxonomy (`LINE_TAGS` says which line gets which; `sentence_tags` gives them per sentence).
     """
 
     record: TraceRecord
     phrase_spans: tuple[PhraseSpan, ...]
     error_spans: tuple[tuple[int, int], ...]
+    line_tags: tuple[tuple[int, int, str], ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -841,6 +844,56 @@ BOX_LEADS: tuple[str, ...] = ("Therefore, ", "The answer is ", "Final answer: ")
 
 
 # ----------------------------------------------------------------------------------------------------
+# Sentence tags in Thought Anchors' taxonomy (`explorer.label_sets.THOUGHT_ANCHORS_TAGS`)
+
+PROBLEM_SETUP = "problem_setup"
+PLAN_GENERATION = "plan_generation"
+FACT_RETRIEVAL = "fact_retrieval"
+ACTIVE_COMPUTATION = "active_computation"
+UNCERTAINTY_MANAGEMENT = "uncertainty_management"
+RESULT_CONSOLIDATION = "result_consolidation"
+SELF_CHECKING = "self_checking"
+FINAL_ANSWER_EMISSION = "final_answer_emission"
+LINE_TAGS = {
+    "intro that restates the problem (\"I need to evaluate 6 * 8 - 27, ...\")": PROBLEM_SETUP,
+    "intro that states a plan (\"Let me break this into steps.\")": PLAN_GENERATION,
+    "intro that states a rule (\"The power rule says ...\", \"20% of 50 means 50 * 20 / 100.\")": FACT_RETRIEVAL,
+    "a step, right or wrong": ACTIVE_COMPUTATION,
+    "a correction line (\"Wait, that's not right. 17 * 4 = 68, not 64.\")": UNCERTAINTY_MANAGEMENT,
+    "the corrected result restated (\"So 17 * 4 = 68.\")": RESULT_CONSOLIDATION,
+    "a double-check (\"Let me double-check: 3 * 4 = 12. Yes, that's correct.\")": SELF_CHECKING,
+    "the conclusion (\"So the answer is 21.\")": FINAL_ANSWER_EMISSION,
+}
+"""Which line of a synthetic trace's thinking gets which tag: every sentence in a line gets the line's."""
+_PROBLEM_SETUP_INTROS = ("I need to evaluate ", "I want x by itself")
+_FACT_INTROS = (" means ", " says ", "numerators multiply together")
+
+
+def intro_tag(intro: str) -> str:
+    """The tag of a problem's intro line: a restated problem, a stated rule or a plan."""
+    if intro.startswith(_PROBLEM_SETUP_INTROS):
+        return PROBLEM_SETUP
+    if any(marker in intro for marker in _FACT_INTROS):
+        return FACT_RETRIEVAL
+    return PLAN_GENERATION
+
+
+def sentence_tags(
+    trace: SyntheticTrace, sentences: Sequence[tuple[int, int]] | None = None
+) -> list[tuple[int, int, tuple[str, ...]]]:
+    """Each sentence of the trace (`explorer.sentences.segment`, or `sentences` when the caller has them)
+    as `(start, end, tags)`: the tags of the lines it overlaps (one line each, so one tag each). Text after
+    `</think>` has no sentences."""
+    from explorer.sentences import segment
+
+    tagged = []
+    for start, end in segment(trace.record.text) if sentences is None else sentences:
+        tags = tuple(dict.fromkeys(tag for line_start, line_end, tag in trace.line_tags if line_start < end and line_end > start))
+        tagged.append((start, end, tags))
+    return tagged
+
+
+# ----------------------------------------------------------------------------------------------------
 # Assembling a trace
 
 
@@ -855,29 +908,35 @@ class TracePlan(NamedTuple):
 
 
 class _TextBuilder:
-    """Appends text and records where each phrase and each wrong step lands."""
+    """Appends text and records where each phrase, each wrong step and each tagged line lands."""
 
     def __init__(self, start: str) -> None:
         self.parts = [start]
         self.length = len(start)
         self.phrase_spans: list[PhraseSpan] = []
         self.error_spans: list[tuple[int, int]] = []
+        self.line_tags: list[tuple[int, int, str]] = []
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, tag: str | None = None) -> None:
+        if tag is not None:
+            self.line_tags.append((self.length, self.length + len(text), tag))
         self.parts.append(text)
         self.length += len(text)
 
-    def add_line(self, text: str) -> tuple[int, int]:
+    def add_line(self, text: str, tag: str) -> tuple[int, int]:
         start = self.length
-        self.add(text + "\n")
+        self.add(text, tag)
+        self.add("\n")
         return start, start + len(text)
 
-    def add_segments_line(self, segments: Sequence[Segment]) -> None:
+    def add_segments_line(self, segments: Sequence[Segment], tag: str) -> None:
+        start_of_line = self.length
         for text, phrase in segments:
             start = self.length
             self.add(text)
             if phrase is not None:
                 self.phrase_spans.append(PhraseSpan(start, self.length, PHRASE_GROUP[phrase], phrase))
+        self.line_tags.append((start_of_line, self.length, tag))
         self.add("\n")
 
     def text(self) -> str:
@@ -915,10 +974,10 @@ def plan_trace(rng: random.Random, problem: Problem, kind: str, wrong_final: boo
 
 def write_trace(
     rng: random.Random, problem: Problem, plan: TracePlan
-) -> tuple[str, list[PhraseSpan], list[tuple[int, int]]]:
-    """The full text of a trace, with its phrase spans and wrong-step spans."""
+) -> tuple[str, list[PhraseSpan], list[tuple[int, int]], list[tuple[int, int, str]]]:
+    """The full text of a trace, with its phrase spans, wrong-step spans and tagged lines."""
     builder = _TextBuilder(format_prompt(problem.text))
-    builder.add_line(problem.intro)
+    builder.add_line(problem.intro, intro_tag(problem.intro))
     last = len(problem.steps) - 1
     pending: int | None = None  # a delayed correction, written after the next step
     for i, step in enumerate(problem.steps):
@@ -927,7 +986,7 @@ def write_trace(
         caught_at_once = i in plan.corrected and i not in plan.delayed
         if caught_at_once and line.endswith(".") and rng.random() < SLIP_CUE_PROBABILITY:
             line = line[:-1] + "?"  # the writer hesitates: a cue a reader sees before the correction
-        span = builder.add_line(line)
+        span = builder.add_line(line, ACTIVE_COMPUTATION)  # a wrong step is computation too
         if i in plan.corrected:
             builder.error_spans.append(span)
         if pending is not None:
@@ -939,21 +998,21 @@ def write_trace(
             else:
                 write_correction(rng, builder, step)
         if i in plan.checked:
-            builder.add_line(rng.choice(CHECK_FRAMES).format(claim=step.claim()))
+            builder.add_line(rng.choice(CHECK_FRAMES).format(claim=step.claim()), SELF_CHECKING)
     answer = problem.answer(wrong=plan.wrong_final)
-    builder.add(rng.choice(CONCLUSION_FRAMES).format(answer=answer))
+    builder.add(rng.choice(CONCLUSION_FRAMES).format(answer=answer), FINAL_ANSWER_EMISSION)
     builder.add(f"\n{THINK_CLOSE}\n\n")
     builder.add(capitalize(problem.summary.replace(ANSWER, answer)))
     builder.add(f"\n\n{rng.choice(BOX_LEADS)}\\boxed{{{answer}}}")
-    return builder.text(), builder.phrase_spans, builder.error_spans
+    return builder.text(), builder.phrase_spans, builder.error_spans, builder.line_tags
 
 
 def write_correction(rng: random.Random, builder: _TextBuilder, step: Step) -> None:
-    builder.add_segments_line(correction_segments(rng, step))
+    builder.add_segments_line(correction_segments(rng, step), UNCERTAINTY_MANAGEMENT)
     if rng.random() < RESTATE_AFTER_CORRECTION_PROBABILITY:
         # "That gives the derivative of 2x^3 is 6x^2" would not parse: those only for "a = b" claims.
         frames = EQUATION_RESTATE_FRAMES if step.relation == " = " else RESTATE_FRAMES
-        builder.add_line(rng.choice(frames).format(claim=step.claim()))
+        builder.add_line(rng.choice(frames).format(claim=step.claim()), RESULT_CONSOLIDATION)
 
 
 def choose_kind(rng: random.Random, backtrack_fraction: float, double_check_fraction: float) -> str:
@@ -983,7 +1042,7 @@ def generate_trace(
         plan = plan_trace(rng, problem, kind, wrong_final)
         if plan is not None:
             break
-    text, phrase_spans, error_spans = write_trace(rng, problem, plan)
+    text, phrase_spans, error_spans, line_tags = write_trace(rng, problem, plan)
     ground_truth = problem.answer()
     metadata = {
         "problem_id": index,
@@ -998,7 +1057,7 @@ def generate_trace(
         "source_index": index,
     }
     record = TraceRecord(f"synth-{index:06d}", text, metadata)
-    return SyntheticTrace(record, tuple(phrase_spans), tuple(error_spans))
+    return SyntheticTrace(record, tuple(phrase_spans), tuple(error_spans), tuple(line_tags))
 
 
 def generate_traces(

@@ -8,6 +8,7 @@
     merge       combine the partials of `index --shard i/n` into the index
     export-sae-vis  sae_vis's feature-centric HTML dashboards of chosen features
     steer       generate with a feature added or clamped, and count backtracking against a baseline
+    labels      list, add (sentence tags, phrases, regular expressions), remove and compare label sets
     build       every stage in order: corpus, train-lm (demo), train-sae, index
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
@@ -148,10 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
     _add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
-    from precompute import export_sae_vis_cli, steer_cli
+    from precompute import export_sae_vis_cli, labels_cli, steer_cli
 
     export_sae_vis_cli.add_parser(sub)
     steer_cli.add_parser(sub)
+    labels_cli.add_parser(sub)
     build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
     _add_run_args(build)
     _add_sae_training_args(build)
@@ -368,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             from precompute import steer_cli
 
             steer_cli.run(args)
+        elif args.command == "labels":  # reads and writes the run's label sets only
+            from precompute import labels_cli
+
+            labels_cli.run(args)
         else:
             run_command(args)
     except KeyboardInterrupt:

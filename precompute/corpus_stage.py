@@ -54,6 +54,8 @@ class LabelledCorpus(NamedTuple):
     """Synthetic only: character spans of the wrong step before each correction."""
     exact: bool
     """True when the labels were recorded by the generator rather than found by the lexicon."""
+    synthetic_traces: tuple = ()
+    """Synthetic only: the generated traces, whose sentence tags the stage imports (`precompute.label_store`)."""
 
 
 class CorpusSummary(NamedTuple):
@@ -108,6 +110,7 @@ def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:
             spans_by_doc={t.record.doc_id: list(t.phrase_spans) for t in traces},
             error_steps_by_doc={t.record.doc_id: list(t.error_spans) for t in traces},
             exact=True,
+            synthetic_traces=tuple(traces),
         )
     from explorer.corpus import load_corpus
 
@@ -250,6 +253,7 @@ def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) ->
     config = stage_config(spec)
     if not force and stage_is_current(out_dir, config):
         print_skip(STAGE, out_dir)
+        _add_sentences_and_tags(spec, run_dir)
         return out_dir
     print_config(STAGE, config)
     started = time.time()
@@ -266,6 +270,16 @@ def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) ->
         (tmp / artifacts.CORPUS_SUMMARY_FILE).write_text(json.dumps(summary_dict(summary), indent=2))
         write_manifest(tmp, STAGE, config, started, n_documents=summary.n_documents)
     print_summary(summary)
+    _add_sentences_and_tags(spec, run_dir, corpus.synthetic_traces)
     print(f"  wrote {out_dir} in {time.time() - started:.1f}s", flush=True)
     return out_dir
+
+
+def _add_sentences_and_tags(spec: CorpusSpec, run_dir: Path, traces: tuple = ()) -> None:
+    """The corpus's sentences, and a synthetic corpus's sentence tags (added to a run built without them)."""
+    from precompute.label_store import ensure_corpus_labels
+
+    ensure_corpus_labels(
+        run_dir, synthetic=spec.source == SYNTHETIC, n_traces=spec.n_traces, seed=spec.seed, traces=traces or None
+    )
 

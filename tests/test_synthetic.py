@@ -159,3 +159,24 @@ def test_traces_are_short(traces):
     lengths = [len(trace.record.text) for trace in traces]
     assert sum(250 <= n <= 1200 for n in lengths) / len(lengths) > 0.95
     assert max(lengths) < 1600
+
+
+# sha256 of the first 1,000 traces' texts for seed 0 (each followed by a NUL byte), computed on the
+# generator before it recorded sentence tags. The demo LM, its planted feature and the planted-feature
+# checks were all made on these texts: recording anything new must leave them byte for byte as they were.
+TEXTS_SHA256_SEED0_N1000 = "948f1c842a6ba395804ab3f267d99dae89c72ab56ab965048ef854ddcc22a0b3"
+# The same for the phrase spans, wrong-step spans and metadata of those traces.
+LABELS_SHA256_SEED0_N1000 = "bb88bb66bfc9eb85577ec33c150dcb3bdd71a4e24f3f81350da02d20543ad785"
+
+
+def test_generated_texts_and_labels_are_unchanged_for_a_fixed_seed():
+    import hashlib
+
+    traces = generate_traces(1000, seed=0)
+    texts = hashlib.sha256()
+    labels = hashlib.sha256()
+    for t in traces:
+        texts.update(t.record.text.encode() + b"\x00")
+        labels.update(repr((t.phrase_spans, t.error_spans, sorted(t.record.metadata.items()))).encode())
+    assert texts.hexdigest() == TEXTS_SHA256_SEED0_N1000
+    assert labels.hexdigest() == LABELS_SHA256_SEED0_N1000
