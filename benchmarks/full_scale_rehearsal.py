@@ -374,7 +374,7 @@ STEER_EXPERIMENT = (60, 4, 5, 256)
 
 def extrapolate(config: dict) -> list[tuple[str, float]]:
     """Print the real budget's FLOPs per stage and its time at each `H100` throughput; return (stage, FLOPs)."""
-    from precompute.profiles import get_profile
+    from explorer.config import get_profile
 
     profile = get_profile(PROFILE)
     d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]

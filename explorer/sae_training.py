@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from explorer.config import SAERecipe
 from explorer.sae_loading import LoadedSAE, load_sae
 from explorer.sae_metrics import TrainingCurvePoint, TrainingCurveRecorder
 
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from sae_lens import LanguageModelSAERunnerConfig, TrainingSAE
     from transformer_lens import HookedTransformer
     from transformers import PreTrainedTokenizerBase
-
-    from precompute.profiles import SAERecipe
 
 HELDOUT_FRACTION = 0.02
 """Share of documents kept out of SAE training, for the report."""

@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.config import PROFILES, Profile, get_profile
 from precompute.atomic import write_text_atomic
-from precompute.profiles import PROFILES, Profile, get_profile
 
 
 class UserError(Exception):

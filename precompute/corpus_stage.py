@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from explorer import artifacts
+from explorer.config import CorpusSpec
 from explorer.corpus import CorpusError
 from explorer.correctness import is_correct
 from explorer.label_audit import BoundaryDifference, LabelAgreement, audit_against_source, boundary_differences
@@ -27,7 +28,6 @@ from explorer.records import TraceRecord
 from explorer.sampling import SamplingError, balanced_sample
 from explorer.synthetic import GENERATOR_VERSION, generate_traces
 from precompute.atomic import atomic_dir
-from precompute.profiles import CorpusSpec
 from precompute.stages import config_hash, print_config, print_skip, stage_is_current, write_manifest
 
 STAGE = "corpus"

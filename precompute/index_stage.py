@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import torch
 
+from explorer.config import Profile
 from explorer.database import database_path
 from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, build_reasoning_vocab
 from explorer.feature_index import (
@@ -43,9 +44,8 @@ from explorer.feature_index import (
 from explorer.labels import PhraseSpan
 from explorer.runs import RunFolderError, list_sae_ids, read_documents, read_phrases
 from precompute.atomic import atomic_file
-from precompute.profiles import Profile
-from precompute.train_sae_stage import corpus_content_hash, load_run_model, provenance, sae_dir, sae_fingerprint
 from precompute.stages import package_versions, print_config
+from precompute.train_sae_stage import corpus_content_hash, load_run_model, provenance, sae_dir, sae_fingerprint
 
 STAGE = "index"
 PARTIALS_DIR = "index_partials"

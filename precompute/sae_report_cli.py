@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from explorer.config import Profile
 from explorer.database import database_path, write_sae_training_report
 from explorer.runs import RunFolderError, read_documents
 from explorer.sae_metrics import SAEReport, TrainingCurvePoint
 from precompute.atomic import atomic_dir, write_text_atomic
-from precompute.profiles import Profile
 from precompute.stages import print_config, write_manifest
 from precompute.train_sae_stage import (
     SAES_DIR,

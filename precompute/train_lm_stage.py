@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.config import DemoLMSpec
 from explorer.runs import RunFolderError, read_documents
 from precompute.atomic import atomic_dir
-from precompute.profiles import DemoLMSpec
 from precompute.stages import print_config, print_skip, read_manifest, stage_is_current, write_manifest
 
 STAGE = "train-lm"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explorer import artifacts
+from explorer.config import SAE_FIELDS_ADDED_LATER, Profile, ReportSpec
 from explorer.database import (
     Provenance,
     SAETrainingReportRow,
@@ -34,7 +35,6 @@ from explorer.database import (
 from explorer.runs import RunFolderError, read_documents
 from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_report
 from precompute.atomic import atomic_dir
-from precompute.profiles import DEMO_MODEL, SAE_FIELDS_ADDED_LATER, Profile, ReportSpec
 from precompute.stages import (
     config_hash,
     package_versions,
@@ -80,12 +80,12 @@ def sae_fingerprint(run_dir: Path, sae_id: str) -> str:
 
 def model_source(profile: Profile, run_dir: Path) -> Path | str:
     """The model the profile runs: the run's own `model/` for the demo, else the hub id or folder."""
-    return Path(run_dir) / artifacts.MODEL_DIR if profile.model == DEMO_MODEL else profile.model
+    return Path(run_dir) / artifacts.MODEL_DIR if profile.model == artifacts.DEMO_MODEL else profile.model
 
 
 def model_identity(profile: Profile, run_dir: Path) -> str:
     """What identifies the model in a stage config: the demo model's manifest hash, else its name."""
-    if profile.model != DEMO_MODEL:
+    if profile.model != artifacts.DEMO_MODEL:
         return profile.model
     manifest = read_manifest(Path(run_dir) / artifacts.MODEL_DIR)
     if manifest is None:

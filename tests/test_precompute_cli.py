@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from explorer import artifacts
+from explorer.config import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, PROFILES, Profile, get_profile
 from precompute.atomic import atomic_dir
 from precompute.cli import main
-from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, PROFILES, Profile, get_profile
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_flags_scale_the_real_profile_down(tmp_path, capsys):
 
 
 def test_a_profile_saved_before_the_notebooks_fields_reads_back_as_it_was():
-    from precompute.profiles import DEMO, SAE_FIELDS_ADDED_LATER, Profile
+    from explorer.config import DEMO, SAE_FIELDS_ADDED_LATER, Profile
 
     saved = json.loads(DEMO.to_json())
     for key in set(SAE_FIELDS_ADDED_LATER) - {"matryoshka_widths"}:  # the demo's widths came first

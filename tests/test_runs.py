@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from explorer import artifacts
+from explorer.config import CorpusSpec
 from explorer.prompts import prompt_of_trace
 from explorer.runs import (
     DOCUMENT_LIST_COLUMNS,
@@ -18,7 +19,6 @@ from explorer.runs import (
     read_documents,
 )
 from precompute.corpus_stage import DOCUMENTS_ROW_GROUP_ROWS, run_corpus_stage
-from precompute.profiles import CorpusSpec
 
 N_TRACES = 2 * DOCUMENTS_ROW_GROUP_ROWS + 10  # three row groups
 

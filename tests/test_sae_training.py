@@ -21,6 +21,7 @@ from sae_lens import (
 )
 
 from explorer import artifacts
+from explorer.config import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_STANDARD, CorpusSpec, Profile, SAERecipe
 from explorer.database import database_path, read_sae_ids, read_sae_training_curve, read_sae_training_report
 from explorer.model_loading import load_model
 from explorer.sae_loading import check_sae_fits_model, load_sae, make_sae_id
@@ -34,7 +35,6 @@ from explorer.sae_training import (
     train_sae,
 )
 from precompute.corpus_stage import run_corpus_stage
-from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_STANDARD, CorpusSpec, Profile, SAERecipe
 from precompute.sae_report_cli import run_sae_report
 from precompute.train_sae_stage import SAES_DIR, TRAINING_REPORT_FILE, run_train_sae_stage
 from tests.hub_fixtures import MINI_TEXTS, mini_qwen2_dir  # noqa: F401

@@ -283,7 +283,7 @@ def build_tiny_steering_run(root: Path, model_dir: Path, sae_id: str = "mini-sae
     """A run folder on the mini Qwen2: a 20-trace synthetic corpus and a random SAE under saes/."""
     from precompute.cli import save_profile
     from precompute.corpus_stage import run_corpus_stage
-    from precompute.profiles import CorpusSpec, Profile
+    from explorer.config import CorpusSpec, Profile
 
     run_dir = root / "tiny"
     corpus = CorpusSpec(source="synthetic", n_traces=20, seed=0)
@@ -349,7 +349,7 @@ def test_openr1_corpus_gives_each_problem_its_own_prompt(tmp_path):
     import datasets
 
     from precompute.corpus_stage import run_corpus_stage
-    from precompute.profiles import CorpusSpec
+    from explorer.config import CorpusSpec
     from precompute.steer_cli import corpus_prompts
 
     rows = openr1_rows(3)
