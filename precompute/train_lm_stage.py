@@ -44,7 +44,7 @@ def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) 
     started = time.time()
     texts = read_documents(run_dir, columns=["text"])["text"].tolist()
     with atomic_dir(out_dir) as tmp:
-        report = train_demo_lm(texts, tmp, **dataclasses.asdict(spec))
+        report = train_demo_lm(texts, tmp, spec)
         (tmp / artifacts.TRAIN_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
         write_manifest(tmp, STAGE, config, started, n_params=report.n_params)
     print(
