@@ -3,8 +3,9 @@
 import streamlit as st
 
 from explorer import ui
-from explorer.database import DatabaseError, database_path
+from explorer.database import DatabaseError
 from explorer.feature_db import read_index_runs
+from explorer.runs import database_path
 
 st.set_page_config(page_title="Backtracking feature explorer", page_icon="↩", layout="wide")
 st.title("Backtracking feature explorer")
@@ -20,8 +21,8 @@ left, right = st.columns(2)
 with left:
     st.subheader("Run")
     st.markdown(
-        f"- **Folder:** `{run_dir}`\n- **Profile:** `{profile['name']}`\n- **Model:** `{profile['model']}`\n"
-        f"- **Hook:** `{profile['hook_name']}`\n- **Corpus:** `{profile['corpus']['source']}`"
+        f"- **Folder:** `{run_dir}`\n- **Profile:** `{profile.name}`\n- **Model:** `{profile.model}`\n"
+        f"- **Hook:** `{profile.hook_name}`\n- **Corpus:** `{profile.corpus.source}`"
     )
 with right:
     st.subheader("Corpus")

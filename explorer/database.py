@@ -1,5 +1,5 @@
-"""The run's DuckDB file, `runs/<run>/explorer.duckdb`: opening, atomic writes, the schema version,
-and the SAE tables. `explorer.feature_db` reads and writes the feature index's tables and
+"""The run's DuckDB file (`runs/<run>/explorer.duckdb`, `explorer.runs.database_path`): opening, atomic
+writes, the schema version, and the SAE tables. `explorer.feature_db` reads and writes the feature index's tables and
 `explorer.steering_store` the steering results; no other code runs SQL.
 
 Tables (docs/schema.md lists them all, with example queries):
@@ -38,7 +38,6 @@ import duckdb
 from explorer.feature_schema import FEATURE_TABLES
 from explorer.sae_metrics import TrainingCurvePoint
 
-DATABASE_FILE = "explorer.duckdb"
 SCHEMA_VERSION = 3
 """1: SAE training reports. 2: the feature index's tables (explorer.feature_schema)."""
 
@@ -166,10 +165,6 @@ class SAETrainingReportRow(NamedTuple):
 
 _REPORT_COLUMNS = SAETrainingReportRow._fields
 _CURVE_COLUMNS = ("sae_id", *TrainingCurvePoint._fields)
-
-
-def database_path(run_dir: Path) -> Path:
-    return Path(run_dir) / DATABASE_FILE
 
 
 def utc_now() -> datetime:

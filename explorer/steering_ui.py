@@ -227,7 +227,8 @@ def render_result(
 
 def load_stored_runs(run_dir: Path, sae_id: str, feature_id: int):
     """The stored steering runs of a feature (newest first), or [] when the run has no database."""
-    from explorer.database import DatabaseError, database_path
+    from explorer.database import DatabaseError
+    from explorer.runs import database_path
     from explorer.steering_store import read_steering_runs
 
     path = database_path(run_dir)
@@ -249,7 +250,8 @@ def describe_run(run) -> str:
 
 def load_stored_result(run_dir: Path, run_id: str):
     """A stored run read back (`StoredSteering`), or None after showing why not."""
-    from explorer.database import DatabaseError, database_path
+    from explorer.database import DatabaseError
+    from explorer.runs import database_path
     from explorer.steering_store import read_steering_result
 
     try:
@@ -261,8 +263,8 @@ def load_stored_result(run_dir: Path, run_id: str):
 
 def save_result(run_dir: Path, sae_id: str, result) -> None:
     """Store a page generation in the run's database; a failure is shown, not raised."""
-    from explorer.database import database_path
     from explorer.errors import user_facing_errors
+    from explorer.runs import database_path
     from explorer.steering_store import write_steering_result
 
     try:

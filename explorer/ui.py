@@ -11,17 +11,21 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explorer import artifacts
+from explorer.config import Profile
 from explorer.html import ERROR_STEP_COLOUR, GROUP_COLOURS, Mark, highlight_html, legend_html
 from explorer.runs import (
     RunFolderError,
     RunSummary,
+    database_path,
     find_runs,
+    model_source,
     read_document_list,
     read_document_text,
     read_document_texts,
     read_error_steps,
     read_phrases,
     read_run_summary,
+    sae_dir,
 )
 
 RUN_PARAM = "run"
@@ -204,7 +208,7 @@ def render_phrases(text: str, phrases, extra_marks: list[Mark] = ()) -> None:
 
 def load_sae_reports(run_dir: Path) -> pd.DataFrame | None:
     """The run's SAE training reports as a table (None when the run has no database yet)."""
-    from explorer.database import DatabaseError, database_path, read_sae_training_reports
+    from explorer.database import DatabaseError, read_sae_training_reports
 
     path = database_path(run_dir)
     if not path.is_file():
@@ -218,7 +222,7 @@ def load_sae_reports(run_dir: Path) -> pd.DataFrame | None:
 
 
 def render_sae_training_curve(run_dir: Path, sae_id: str) -> None:
-    from explorer.database import database_path, read_sae_training_curve
+    from explorer.database import read_sae_training_curve
 
     curve = read_sae_training_curve(database_path(run_dir), sae_id)
     if not curve:
@@ -269,13 +273,9 @@ class _ModelAndSAEKey(NamedTuple):
         return cached_sae(self.sae_dir, device, self.dtype)
 
 
-def _model_and_sae_key(run_dir: Path, profile: dict, sae_id: str) -> _ModelAndSAEKey:
-    from explorer.runs import run_model_source
-
-    return _ModelAndSAEKey(
-        run_model_source(run_dir, profile), int(profile["n_ctx"]), str(run_dir / artifacts.SAES_DIR / sae_id),
-        str(profile.get("dtype", "float32")),
-    )
+def _model_and_sae_key(run_dir: Path, profile: Profile, sae_id: str) -> _ModelAndSAEKey:
+    source, folder = str(model_source(run_dir, profile)), str(sae_dir(run_dir, sae_id))
+    return _ModelAndSAEKey(source, profile.n_ctx, folder, profile.dtype)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -294,7 +294,7 @@ def _cached_checked_hook(key: _ModelAndSAEKey, hook_name: str | None) -> str:
         return check_sae_fits_model(loaded.sae, model, loaded.hook_name or hook_name)
 
 
-def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
+def load_model_and_sae(run_dir: Path, profile: Profile, sae_id: str):
     """The run's model and one of its SAEs, checked against each other; None after showing the error."""
     from explorer.errors import user_facing_errors
 
@@ -302,7 +302,7 @@ def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
     try:
         model = key.model()
         loaded = key.sae(str(model.cfg.device))
-        hook_name = _cached_checked_hook(key, profile.get("hook_name"))
+        hook_name = _cached_checked_hook(key, profile.hook_name)
     except user_facing_errors() as err:
         st.error(str(err))
         return None
@@ -323,7 +323,7 @@ def _cached_live_activations(key: _ModelAndSAEKey, hook_name: str, text: str, ma
     return compute_live_activations(model, sae, hook_name, text, max_tokens=max_tokens)
 
 
-def load_live_activations(run_dir: Path, profile: dict, sae_id: str, hook_name: str, text: str,
+def load_live_activations(run_dir: Path, profile: Profile, sae_id: str, hook_name: str, text: str,
                           *, max_tokens: int | None = None):
     """`explorer.live.compute_live_activations` of `text`, run once per (model, SAE, hook, text, max
     tokens): the page's display widgets (feature, token) rerun the page, not the model. The result is
@@ -397,8 +397,6 @@ def _shown(call, *args, **kwargs):
 
 def open_feature_db(run_dir: Path, *, quiet: bool = False) -> FeatureDB | None:
     """The run's database for the cached reads below; None after saying why (unless `quiet`)."""
-    from explorer.database import database_path
-
     path = database_path(run_dir)
     if not path.is_file():
         if not quiet:
@@ -756,7 +754,7 @@ def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
     order = list(dict.fromkeys([*first, *documents["doc_id"].head(2 * SAE_VIS_ROWS)]))[: 2 * SAE_VIS_ROWS]
     by_id = read_document_texts(run_dir, order)
     texts = [by_id[d] for d in order if d in by_id]
-    row_len = min(SAE_VIS_ROW_LEN, int(summary.profile["n_ctx"]))
+    row_len = min(SAE_VIS_ROW_LEN, summary.profile.n_ctx)
     try:
         with st.spinner("Running sae_vis on the model…"):
             tokens_BT = compute_sae_vis_tokens(model.tokenizer, list(texts), row_len, SAE_VIS_ROWS)

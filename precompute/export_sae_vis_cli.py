@@ -15,11 +15,13 @@ sae-vis is optional: `pip install --no-deps -r requirements-sae-vis.txt` (`make 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from explorer.config import Profile
+from explorer.runs import read_profile
 
 DEFAULT_TOKENS = 8192
 DOC_CHUNK = 256
@@ -126,21 +128,19 @@ def _truncate(window, row_len: int):
     )
 
 
-def _run_paths(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+def _run_paths(args: argparse.Namespace) -> tuple[Path, Profile]:
     from explorer import artifacts
     from precompute.cli import UserError, resolve_profile, resolve_run_dir
 
     run_dir = resolve_run_dir(args, resolve_profile(args))
-    profile_path = run_dir / artifacts.PROFILE_FILE
-    if not profile_path.is_file():
+    if not (run_dir / artifacts.PROFILE_FILE).is_file():
         raise UserError(f"{run_dir} is not a built run (no {artifacts.PROFILE_FILE}): run `python -m precompute build` first.")
-    return run_dir, json.loads(profile_path.read_text(encoding="utf-8"))
+    return run_dir, read_profile(run_dir)
 
 
 def run(args: argparse.Namespace) -> Path:
     """Export the dashboards; returns the HTML path."""
-    from explorer import artifacts
-    from explorer.runs import list_sae_ids, read_documents, run_model_source
+    from explorer.runs import list_sae_ids, model_source, read_documents, sae_dir
     from explorer.sae_vis_export import SaeVisExportError, require_sae_vis, check_features, export_to_file, token_rows
     from precompute.cli import UserError
 
@@ -165,14 +165,14 @@ def run(args: argparse.Namespace) -> Path:
     from explorer.sae_loading import load_sae
 
     device = str(get_device())  # sae-vis moves tokens to the device it picked on import
-    loaded = load_sae(run_dir / artifacts.SAES_DIR / sae_id, device=device)
-    hook_name = loaded.hook_name or profile["hook_name"]
+    loaded = load_sae(sae_dir(run_dir, sae_id), device=device)
+    hook_name = loaded.hook_name or profile.hook_name
     try:
         features = check_features(args.features, loaded.d_sae)
     except SaeVisExportError as err:
         raise UserError(str(err)) from None
-    n_ctx = int(profile["n_ctx"])
-    model = load_model(run_model_source(run_dir, profile), device=device, n_ctx=n_ctx)
+    n_ctx = profile.n_ctx
+    model = load_model(model_source(run_dir, profile), device=device, n_ctx=n_ctx)
     docs = read_documents(run_dir, columns=["doc_id", "text"])
     try:
         windows, row_len = corpus_windows(model.tokenizer, docs, n_ctx, args.tokens, args.ctx)

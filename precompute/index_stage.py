@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from explorer.config import Profile
-from explorer.database import database_path
 from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, build_reasoning_vocab
 from explorer.feature_index import (
     CorpusDocument,
@@ -42,10 +41,18 @@ from explorer.feature_index import (
     run_index_pass,
 )
 from explorer.labels import PhraseSpan
-from explorer.runs import RunFolderError, list_sae_ids, read_documents, read_phrases
+from explorer.runs import (
+    RunFolderError,
+    corpus_content_hash,
+    database_path,
+    list_sae_ids,
+    read_documents,
+    read_phrases,
+    sae_dir,
+)
 from precompute.atomic import atomic_file
 from precompute.stages import package_versions, print_config
-from precompute.train_sae_stage import corpus_content_hash, load_run_model, provenance, sae_dir, sae_fingerprint
+from precompute.train_sae_stage import load_run_model, provenance, sae_fingerprint
 
 STAGE = "index"
 PARTIALS_DIR = "index_partials"

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from explorer.config import Profile
-from explorer.database import database_path, write_sae_training_report
-from explorer.runs import RunFolderError, read_documents
+from explorer.database import write_sae_training_report
+from explorer.runs import RunFolderError, database_path, list_sae_ids, read_documents, sae_dir
 from explorer.sae_metrics import SAEReport, TrainingCurvePoint
 from precompute.atomic import atomic_dir, write_text_atomic
 from precompute.stages import print_config, write_manifest
@@ -33,7 +33,6 @@ from precompute.train_sae_stage import (
     provenance,
     report_row,
     row_from_training_report,
-    sae_dir,
     training_report_json,
 )
 
@@ -68,7 +67,7 @@ def run_sae_report(
 
     run_dir = Path(run_dir)
     if sae is None:
-        ids = sorted(p.name for p in (run_dir / SAES_DIR).glob("*") if (p / "cfg.json").is_file())
+        ids = list_sae_ids(run_dir)
         if not ids:
             raise RunFolderError(f"{run_dir} holds no SAEs yet: run `python -m precompute train-sae` or pass --sae.")
         model = load_run_model(profile, run_dir)

@@ -174,7 +174,7 @@ def with_saved_profile(args: argparse.Namespace) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> None:
     """Run `steer` (raises `precompute.cli.UserError` or a user-facing library error on bad input)."""
-    from explorer.database import database_path
+    from explorer.runs import database_path, list_sae_ids, sae_dir
     from explorer.sae_loading import check_sae_fits_model, load_sae
     from explorer.steering import compute_steering
     from explorer.steering_store import make_run_id, read_steering_runs, write_steering_result
@@ -184,12 +184,9 @@ def run(args: argparse.Namespace) -> None:
 
     profile = resolve_profile(with_saved_profile(args))
     run_dir = resolve_run_dir(args, profile)
-    sae_dir = run_dir / artifacts.SAES_DIR / args.sae
-    if not (sae_dir / "cfg.json").is_file():
-        from explorer.runs import list_sae_ids
-
-        known = ", ".join(list_sae_ids(run_dir)) or "none"
-        raise UserError(f"{run_dir} has no SAE {args.sae!r} (it has: {known}).")
+    known = list_sae_ids(run_dir)
+    if args.sae not in known:
+        raise UserError(f"{run_dir} has no SAE {args.sae!r} (it has: {', '.join(known) or 'none'}).")
     try:
         if args.prompts is not None:
             prompts, source = read_prompt_file(args.prompts), str(args.prompts)
@@ -226,7 +223,7 @@ def run(args: argparse.Namespace) -> None:
     if not todo:
         return
     model = load_run_model(profile, run_dir)
-    loaded = load_sae(sae_dir, device=str(model.cfg.device), dtype=profile.dtype)
+    loaded = load_sae(sae_dir(run_dir, args.sae), device=str(model.cfg.device), dtype=profile.dtype)
     hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name, model_name=profile.model)
     for config in todo:
         started = time.time()

@@ -16,7 +16,6 @@ already holds an SAE made with the same config (recipe, hook, model, corpus).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from explorer import artifacts
 from explorer.config import SAE_FIELDS_ADDED_LATER, Profile, ReportSpec
-from explorer.database import (
-    Provenance,
-    SAETrainingReportRow,
+from explorer.database import Provenance, SAETrainingReportRow, read_sae_ids, utc_now, write_sae_training_report
+from explorer.runs import (
+    RunFolderError,
+    corpus_content_hash,
     database_path,
-    read_sae_ids,
-    utc_now,
-    write_sae_training_report,
+    list_sae_ids,
+    model_source,
+    read_documents,
+    sae_dir,
 )
-from explorer.runs import RunFolderError, read_documents
 from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_report
 from precompute.atomic import atomic_dir
 from precompute.stages import (
@@ -66,21 +66,12 @@ ADDED_CONFIG_KEYS = {
 # --- shared with the on-demand report (precompute.sae_report_cli) ----------------------------------
 
 
-def sae_dir(run_dir: Path, sae_id: str) -> Path:
-    return Path(run_dir) / SAES_DIR / sae_id
-
-
 def sae_fingerprint(run_dir: Path, sae_id: str) -> str:
     """Names the SAE's weights as they are on disk (file names, sizes, modification times of its
     config and weights): it changes when the SAE is retrained or imported again under the same id."""
     folder = sae_dir(run_dir, sae_id)
     files = sorted([*folder.glob("*.safetensors"), *folder.glob("cfg.json")])
     return config_hash({p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files})
-
-
-def model_source(profile: Profile, run_dir: Path) -> Path | str:
-    """The model the profile runs: the run's own `model/` for the demo, else the hub id or folder."""
-    return Path(run_dir) / artifacts.MODEL_DIR if profile.model == artifacts.DEMO_MODEL else profile.model
 
 
 def model_identity(profile: Profile, run_dir: Path) -> str:
@@ -100,15 +91,6 @@ def corpus_config_hash(run_dir: Path) -> str:
     return manifest["config_hash"]
 
 
-def corpus_content_hash(run_dir: Path) -> str:
-    """sha256 (first 16 hex digits) of the corpus's documents.parquet: the provenance's corpus hash."""
-    digest = hashlib.sha256()
-    with open(Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def provenance(profile: Profile, run_dir: Path) -> Provenance:
     return Provenance(
         profile=profile.to_dict(), package_versions=package_versions(), corpus_hash=corpus_content_hash(run_dir)
@@ -118,7 +100,7 @@ def provenance(profile: Profile, run_dir: Path) -> Provenance:
 def load_run_model(profile: Profile, run_dir: Path) -> HookedSAETransformer:
     from explorer.model_loading import load_model
 
-    return load_model(model_source(profile, run_dir), device="auto", dtype=profile.dtype, n_ctx=profile.n_ctx)
+    return load_model(model_source(run_dir, profile), device="auto", dtype=profile.dtype, n_ctx=profile.n_ctx)
 
 
 def report_row(
@@ -237,13 +219,11 @@ def stage_config(profile: Profile, run_dir: Path, hook_name: str) -> dict[str, A
 
 def find_current_sae(run_dir: Path, config: dict[str, Any]) -> str | None:
     """The id of an SAE folder in the run already built with exactly `config`."""
-    root = Path(run_dir) / SAES_DIR
-    if not root.is_dir():
-        return None
-    for folder in sorted(root.iterdir()):
+    for sae_id in list_sae_ids(run_dir):
+        folder = sae_dir(run_dir, sae_id)
         manifest = read_manifest(folder)
-        if folder.is_dir() and manifest and manifest.get("stage") == STAGE and stage_is_current(folder, config, ADDED_CONFIG_KEYS):
-            return folder.name
+        if manifest and manifest.get("stage") == STAGE and stage_is_current(folder, config, ADDED_CONFIG_KEYS):
+            return sae_id
     return None
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from explorer.artifacts import DATABASE_FILE
 from explorer.database import (
-    DATABASE_FILE,
     SCHEMA_VERSION,
     DatabaseError,
     Provenance,
     SAETrainingReportRow,
-    database_path,
     open_read_only,
     read_sae_ids,
     read_sae_training_curve,
@@ -25,6 +24,7 @@ from explorer.database import (
     write_sae_training_report,
     write_transaction,
 )
+from explorer.runs import database_path
 from explorer.sae_metrics import TrainingCurvePoint
 
 PROVENANCE = Provenance(

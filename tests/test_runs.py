@@ -1,22 +1,34 @@
-"""Reading a run's corpus without its whole text column: the light listing, one document's text from
-the row group that holds it, and the steering prompts a batch at a time."""
+"""The run folder's API: its typed profile and the paths of its model, SAEs and database; reading its
+corpus without the whole text column: the light listing, one document's text from the row group that
+holds it, and the steering prompts a batch at a time."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from explorer import artifacts
-from explorer.config import CorpusSpec
+from explorer.config import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, CorpusSpec
 from explorer.prompts import prompt_of_trace
 from explorer.runs import (
     DOCUMENT_LIST_COLUMNS,
+    RunFolderError,
+    database_path,
+    list_sae_ids,
+    model_source,
     read_corpus_prompts,
     read_document_list,
     read_document_text,
     read_document_texts,
     read_documents,
+    read_profile,
+    read_run_summary,
+    sae_dir,
 )
 from precompute.corpus_stage import DOCUMENTS_ROW_GROUP_ROWS, run_corpus_stage
 
@@ -57,3 +69,30 @@ def test_corpus_prompts_are_read_in_batches(run_dir):
     texts = read_documents(run_dir, columns=["text"])["text"]
     assert read_corpus_prompts(run_dir) == [prompt_of_trace(t) for t in texts]
     assert read_corpus_prompts(run_dir, max_documents=300) == [prompt_of_trace(t) for t in texts[:300]]
+
+
+def test_the_run_folder_names_its_model_saes_and_database(tmp_path: Path):
+    run = tmp_path / "run"
+    assert model_source(run, DEMO) == run / artifacts.MODEL_DIR  # the demo runs the model train-lm wrote
+    assert model_source(run, DEEPSEEK_R1_DISTILL_QWEN_1_5B) == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert sae_dir(run, "s") == run / artifacts.SAES_DIR / "s"
+    assert database_path(run) == run / artifacts.DATABASE_FILE
+    assert list_sae_ids(run) == []
+    (sae_dir(run, "b")).mkdir(parents=True)
+    (sae_dir(run, "b") / "cfg.json").write_text("{}")
+    (sae_dir(run, "a")).mkdir()  # no sae_lens config: not an SAE
+    assert list_sae_ids(run) == ["b"]
+
+
+def test_the_profile_reads_back_typed(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        read_profile(run)
+    profile = dataclasses.replace(DEMO, n_ctx=64)
+    (run / artifacts.PROFILE_FILE).write_text(profile.to_json())
+    assert read_profile(run) == profile
+    assert read_run_summary(run).profile == profile
+    (run / artifacts.PROFILE_FILE).write_text(json.dumps({"name": "x"}))
+    with pytest.raises(RunFolderError, match="does not hold a profile"):
+        read_profile(run)

@@ -22,8 +22,9 @@ from sae_lens import (
 
 from explorer import artifacts
 from explorer.config import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_STANDARD, CorpusSpec, Profile, SAERecipe
-from explorer.database import database_path, read_sae_ids, read_sae_training_curve, read_sae_training_report
+from explorer.database import read_sae_ids, read_sae_training_curve, read_sae_training_report
 from explorer.model_loading import load_model
+from explorer.runs import database_path
 from explorer.sae_loading import check_sae_fits_model, load_sae, make_sae_id
 from explorer.sae_training import (
     CHECKPOINTS_DIR,

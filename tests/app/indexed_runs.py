@@ -12,7 +12,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from explorer import artifacts
 from explorer.config import CorpusSpec, IndexSpec, Profile
-from explorer.database import database_path
+from explorer.runs import database_path
 from precompute.cli import save_profile
 from precompute.corpus_stage import run_corpus_stage
 from precompute.index_stage import run_index
