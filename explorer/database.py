@@ -35,6 +35,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import duckdb
 
+from explorer.errors import ExplorerError
 from explorer.feature_schema import FEATURE_TABLES
 from explorer.sae_metrics import TrainingCurvePoint
 
@@ -108,7 +109,7 @@ def all_table_statements() -> tuple[str, ...]:
     return (*_SCHEMA, *STEERING_TABLES)
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(ExplorerError, RuntimeError):
     """The run's DuckDB file is missing, unreadable or from another schema; the message says what to do."""
 
 

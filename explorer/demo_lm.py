@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from explorer.config import DemoLMSpec
+from explorer.errors import ExplorerError
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ class TrainReport:
         return asdict(self)
 
 
-class DemoLMSettingsError(ValueError):
+class DemoLMSettingsError(ExplorerError, ValueError):
     """A demo-LM setting that cannot work (raised before any training)."""
 
 

@@ -26,14 +26,15 @@ from explorer.database import (
     write_provenance,
     write_transaction,
 )
+from explorer.errors import ExplorerError
 from explorer.feature_schema import FEATURE_TABLE_NAMES
 
 
-class UnknownFeatureError(LookupError):
+class UnknownFeatureError(ExplorerError, LookupError):
     """A feature id the index does not hold; the message says which ids exist."""
 
 
-class NoIndexError(LookupError):
+class NoIndexError(ExplorerError, LookupError):
     """The database holds no feature index for this SAE; the message says how to build one."""
 
 

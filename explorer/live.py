@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from explorer.errors import ExplorerError
 from explorer.labels import PhraseSpan, label_text
 from explorer.prompts import THINK_CLOSE, format_prompt
 from explorer.sae_loading import stop_layer_for_hook
@@ -61,7 +62,7 @@ class LiveActivations(NamedTuple):
         return self.n_text_tokens > len(self.token_ids)
 
 
-class LiveInputError(ValueError):
+class LiveInputError(ExplorerError, ValueError):
     """Text the live view cannot run (empty); the message is a hint for the user."""
 
 

@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from explorer.errors import ExplorerError
+
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
     from transformer_lens import HookedTransformerConfig
@@ -79,7 +81,7 @@ _WEIGHT_FILES = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ExplorerError, RuntimeError):
     """A model or tokenizer could not be loaded. The message says what to do about it."""
 
 

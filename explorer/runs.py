@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from explorer import artifacts
 from explorer.config import Profile
+from explorer.errors import ExplorerError
 from explorer.prompts import prompt_of_document
 
 DOCUMENT_LIST_COLUMNS = (
@@ -41,7 +42,7 @@ class RunSummary(NamedTuple):
     train_report: dict[str, Any] | None
 
 
-class RunFolderError(ValueError):
+class RunFolderError(ExplorerError, ValueError):
     """A run folder that is missing or unreadable; the message says how to build one."""
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from explorer.errors import ExplorerError
+
 SAE_VIS_VERSION = "0.3.7"
 INSTALL_HINT = (
     "install it with `pip install --no-deps -r requirements-sae-vis.txt` (sae-vis==0.3.7, no dependencies: "
@@ -40,7 +42,7 @@ INSTALL_HINT = (
 )
 
 
-class SaeVisExportError(ValueError):
+class SaeVisExportError(ExplorerError, ValueError):
     """A sae-vis export that cannot run as asked; the message says what to change."""
 
 

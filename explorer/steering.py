@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Literal, NamedTuple, Seque
 import numpy as np
 import torch
 
+from explorer.errors import ExplorerError
 from explorer.labels import PhraseSpan, group_counts, label_text
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 from explorer.live import _MODEL_LOCK
@@ -73,7 +74,7 @@ CONFIDENCE = 0.95
 _NONLINEAR_NORMALISATIONS = ("constant_norm_rescale", "layer_norm")
 
 
-class SteeringInputError(ValueError):
+class SteeringInputError(ExplorerError, ValueError):
     """Settings the steering run cannot use; the message says what to change."""
 
 

@@ -263,11 +263,11 @@ def load_stored_result(run_dir: Path, run_id: str):
 
 def save_result(run_dir: Path, sae_id: str, result) -> None:
     """Store a page generation in the run's database; a failure is shown, not raised."""
-    from explorer.errors import user_facing_errors
+    from explorer.errors import ExplorerError
     from explorer.runs import database_path
     from explorer.steering_store import write_steering_result
 
     try:
         write_steering_result(database_path(run_dir), sae_id, result, prompt_source="page")
-    except (*user_facing_errors(), OSError) as err:
+    except (ExplorerError, OSError) as err:
         st.error(f"The result could not be saved: {err}")

@@ -296,14 +296,14 @@ def _cached_checked_hook(key: _ModelAndSAEKey, hook_name: str | None) -> str:
 
 def load_model_and_sae(run_dir: Path, profile: Profile, sae_id: str):
     """The run's model and one of its SAEs, checked against each other; None after showing the error."""
-    from explorer.errors import user_facing_errors
+    from explorer.errors import ExplorerError
 
     key = _model_and_sae_key(run_dir, profile, sae_id)
     try:
         model = key.model()
         loaded = key.sae(str(model.cfg.device))
         hook_name = _cached_checked_hook(key, profile.hook_name)
-    except user_facing_errors() as err:
+    except ExplorerError as err:
         st.error(str(err))
         return None
     return model, loaded.sae, hook_name

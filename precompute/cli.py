@@ -26,11 +26,12 @@ from pathlib import Path
 
 from explorer import artifacts
 from explorer.config import PROFILES, Profile, get_profile
+from explorer.errors import ExplorerError
 from precompute.atomic import write_text_atomic
 
 
-class UserError(Exception):
-    """An error whose message tells the user what to do; printed without a traceback."""
+class UserError(ExplorerError):
+    """A command line that cannot run as given; the message tells the user what to do."""
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -332,14 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: nothing half-written was kept", file=sys.stderr)
         return 130
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the library's own errors carry actionable messages
-        from explorer.errors import is_user_facing
-
-        if not is_user_facing(err):
-            raise
+    except ExplorerError as err:  # UserError and the library's own errors carry actionable messages
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
