@@ -19,15 +19,14 @@ import pandas as pd
 from explorer.database import (
     DatabaseError,
     Provenance,
-    _cursor,
-    _has_table,
+    has_table,
+    read_cursor,
     read_schema_info,
-    SCHEMA_VERSION,
     write_provenance,
     write_transaction,
 )
 from explorer.errors import ExplorerError
-from explorer.feature_schema import FEATURE_TABLE_NAMES
+from explorer.schema import FEATURE_TABLE_NAMES, SCHEMA_VERSION
 
 
 class UnknownFeatureError(ExplorerError, LookupError):
@@ -106,9 +105,9 @@ def _check_version(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
 
 def read_index_runs(db: duckdb.DuckDBPyConnection | Path) -> pd.DataFrame:
     """One row per indexed SAE: what the pass covered, how long it took, the corpus-level controls."""
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
-        if not _has_table(cursor, "feature_index_runs"):
+        if not has_table(cursor, "feature_index_runs"):
             return pd.DataFrame()
         return _frame(cursor, "SELECT * FROM feature_index_runs ORDER BY sae_id", [])
 
@@ -128,8 +127,8 @@ def read_index_run(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> dict[st
 
 def read_vocabulary(db: duckdb.DuckDBPyConnection | Path) -> list[str]:
     """Token strings by token id."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "vocabulary"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "vocabulary"):
             return []
         rows = cursor.execute("SELECT token FROM vocabulary ORDER BY token_id").fetchall()
     return [r[0] for r in rows]
@@ -172,9 +171,9 @@ def read_feature_card(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature
         feature_id = int(feature_id)
     except (TypeError, ValueError):
         raise UnknownFeatureError(f"{feature_id!r} is not a feature id (a whole number).") from None
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
-        if not _has_table(cursor, "feature_activation_stats"):
+        if not has_table(cursor, "feature_activation_stats"):
             raise NoIndexError("This database has no feature index yet: run `python -m precompute index`.")
         stats = _require_feature(cursor, sae_id, feature_id)
         key = [sae_id, feature_id]
@@ -235,9 +234,9 @@ def read_candidates(
     """Features ranked by `score` (a key of RANKING_SCORES), or by the AUROC of one phrase `group`."""
     if group is None and score not in RANKING_SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(RANKING_SCORES)}")
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
-        if not _has_table(cursor, "feature_backtracking_scores"):
+        if not has_table(cursor, "feature_backtracking_scores"):
             return pd.DataFrame()
         where = ["b.sae_id = ?", "s.density >= ?"]
         params: list[Any] = [sae_id, float(min_density)]
@@ -270,7 +269,7 @@ def read_lead_lag_profiles(db: duckdb.DuckDBPyConnection | Path, sae_id: str, fe
     ids = [int(f) for f in feature_ids]
     if not ids:
         return pd.DataFrame(columns=["feature_id", "relative_position", "mean_activation", "delta"])
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         return _frame(
             cursor, "SELECT feature_id, relative_position, mean_activation, delta FROM feature_lead_lag "
             "WHERE sae_id = ? AND list_contains(?, feature_id) ORDER BY feature_id, relative_position", [sae_id, ids],
@@ -280,8 +279,8 @@ def read_lead_lag_profiles(db: duckdb.DuckDBPyConnection | Path, sae_id: str, fe
 def read_feature_scores(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature_ids: Sequence[int]) -> pd.DataFrame:
     """Backtracking scores and density of the given features (for the Live page's table)."""
     ids = [int(f) for f in feature_ids]
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "feature_backtracking_scores"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "feature_backtracking_scores"):
             return pd.DataFrame()
         return _frame(
             cursor, "SELECT b.feature_id, b.auroc_notebook, b.reason_score, b.leads_score, b.is_token_detector, "
@@ -296,7 +295,7 @@ def find_features_by_logit_token(
 ) -> pd.DataFrame:
     """Features whose top logit-lens tokens include a token matching `token_text` (case-insensitive,
     surrounding spaces ignored), best rank first."""
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         return _frame(
             cursor, "SELECT l.feature_id, l.rank, v.token, l.logit FROM feature_logit_lens l JOIN vocabulary v "
             "ON v.token_id = l.token_id WHERE l.sae_id = ? AND l.direction = 'top' AND lower(trim(v.token)) = lower(trim(?)) "
@@ -309,7 +308,7 @@ def find_features_by_example_token(
 ) -> pd.DataFrame:
     """Features whose top examples peak on a token matching `token_text`, by how many of their top
     examples do, then by the best activation."""
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         return _frame(
             cursor, "SELECT e.feature_id, count(*) AS n_examples, max(e.activation) AS max_activation "
             "FROM feature_top_examples e JOIN vocabulary v ON v.token_id = e.token_ids[e.position - e.first_position + 1] "
@@ -319,8 +318,8 @@ def find_features_by_example_token(
 
 
 def indexed_feature_count(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> int:
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "feature_activation_stats"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "feature_activation_stats"):
             return 0
         return int(cursor.execute("SELECT count(*) FROM feature_activation_stats WHERE sae_id = ?", [sae_id]).fetchone()[0])
 

@@ -376,9 +376,7 @@ class FeatureDB(NamedTuple):
 
 def _shown(call, *args, **kwargs):
     """`call(*args, **kwargs)`, or None after showing its error as a message (never a traceback)."""
-    import duckdb
-
-    from explorer.database import DatabaseError
+    from explorer.database import ENGINE_ERROR, DatabaseError
     from explorer.feature_db import NoIndexError, UnknownFeatureError
 
     try:
@@ -389,7 +387,7 @@ def _shown(call, *args, **kwargs):
         st.info(str(err))
     except DatabaseError as err:
         st.error(str(err))
-    except duckdb.Error as err:
+    except ENGINE_ERROR as err:
         st.error(f"The run's database could not be read ({type(err).__name__}: {err}). Rebuild it with "
                  "`python -m precompute build --force`.")
     return None
@@ -509,9 +507,7 @@ def load_lead_lag_profiles(db: FeatureDB, sae_id: str, feature_ids) -> pd.DataFr
 def load_feature_scores(run_dir: Path, sae_id: str, feature_ids) -> pd.DataFrame:
     """Backtracking scores of a few features (the Live page's table); empty when the run has no
     database or no index for `sae_id`."""
-    import duckdb
-
-    from explorer.database import DatabaseError
+    from explorer.database import ENGINE_ERROR, DatabaseError
     from explorer.feature_db import read_feature_scores
 
     db = open_feature_db(run_dir, quiet=True)
@@ -519,7 +515,7 @@ def load_feature_scores(run_dir: Path, sae_id: str, feature_ids) -> pd.DataFrame
         return pd.DataFrame()
     try:
         return read_feature_scores(db.con, sae_id, [int(f) for f in feature_ids])
-    except (DatabaseError, duckdb.Error):
+    except (DatabaseError, ENGINE_ERROR):
         return pd.DataFrame()
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from explorer.artifacts import DATABASE_FILE
 from explorer.database import (
-    SCHEMA_VERSION,
     DatabaseError,
     Provenance,
     SAETrainingReportRow,
@@ -26,6 +25,7 @@ from explorer.database import (
 )
 from explorer.runs import database_path
 from explorer.sae_metrics import TrainingCurvePoint
+from explorer.schema import SCHEMA_VERSION
 
 PROVENANCE = Provenance(
     profile={"name": "demo", "n_ctx": 512}, package_versions={"duckdb": "2.0.1"}, corpus_hash="abc123"

@@ -28,9 +28,9 @@ from explorer.feature_db import (
     read_vocabulary,
 )
 from explorer.feature_index import IndexInputError, encode_windows, make_windows
-from explorer.feature_schema import FEATURE_TABLE_NAMES
 from explorer.model_loading import load_model
 from explorer.runs import database_path
+from explorer.schema import FEATURE_TABLE_NAMES
 from precompute.corpus_stage import run_corpus_stage
 from precompute.index_stage import corpus_documents, load_inputs, merge_partials, run_index
 from tests.hub_fixtures import build_mini_qwen2_dir, mini_qwen2_dir  # noqa: F401  (fixture)
