@@ -41,7 +41,7 @@ def pick_windows(tokenizer, run_dir: Path, n_ctx: int, rows: int, ctx: int | Non
     from explorer.feature_index import CorpusDocument, make_windows
     from explorer.labels import PhraseSpan
     from explorer.runs import read_documents, read_phrases
-    from precompute.export_sae_vis_cli import _truncate
+    from precompute.export_sae_vis_cli import truncate_window
 
     docs = read_documents(run_dir, columns=["doc_id", "text", "has_backtracking"])
     phrases = read_phrases(run_dir)
@@ -65,7 +65,7 @@ def pick_windows(tokenizer, run_dir: Path, n_ctx: int, rows: int, ctx: int | Non
     lengths = sorted((len(w.token_ids) for w in windows), reverse=True)
     if ctx is None:
         ctx = min(n_ctx, lengths[min(rows, len(lengths)) - 1])
-    picked = [_truncate(w, ctx) for w in windows if len(w.token_ids) >= ctx][:rows]
+    picked = [truncate_window(w, ctx) for w in windows if len(w.token_ids) >= ctx][:rows]
     return picked, ctx
 
 

@@ -59,7 +59,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from explorer.config import Profile
 from explorer.errors import ExplorerError
+from explorer.runs import model_source
 
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
@@ -457,3 +459,9 @@ def load_model(
     gc.collect()
     model.eval()
     return model
+
+
+def load_run_model(run_dir: Path, profile: Profile) -> HookedSAETransformer:
+    """A run's model as the pipeline runs it (`explorer.runs.model_source`: the demo's own `model/`, else
+    the profile's model), on the best device, in the profile's dtype and context length."""
+    return load_model(model_source(run_dir, profile), device="auto", dtype=profile.dtype, n_ctx=profile.n_ctx)

@@ -19,45 +19,22 @@ current.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from explorer import artifacts
-from explorer.config import PROFILES, Profile, get_profile
+from explorer.config import Profile
 from explorer.errors import ExplorerError
+from explorer.feature_index import parse_shard
+from precompute import export_sae_vis_cli, steer_cli
 from precompute.atomic import write_text_atomic
-
-
-class UserError(ExplorerError):
-    """A command line that cannot run as given; the message tells the user what to do."""
-
-
-def _add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--profile",
-        default="demo",
-        help=f"built-in profile ({', '.join(PROFILES)}) or a saved profile.json (default: demo)",
-    )
-    parser.add_argument(
-        "--dataset",
-        help="read traces from this file, folder or hub dataset id instead of the profile's corpus "
-        "(notebook JSON, .jsonl, .parquet, a save_to_disk folder, or e.g. open-r1/OpenR1-Math-220k)",
-    )
-    parser.add_argument(
-        "--out",
-        "--run",
-        dest="out",
-        type=Path,
-        help="run folder (default: runs/<profile>, or runs/<profile>-<dataset name> with --dataset)",
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
-    parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"),
-        help="the model's dtype (and the SAE's at inference) wherever the command runs them "
-        "(default: the profile's, float32; bfloat16 is about 2x faster on a GPU and half the memory)",
-    )
+from precompute.cli_common import UserError, add_run_args, resolve_profile, resolve_run_dir
+from precompute.corpus_stage import run_corpus_stage
+from precompute.index_stage import index_is_current, merge_partials, run_context_shard, run_index
+from precompute.sae_report_cli import run_sae_report
+from precompute.train_lm_stage import run_train_lm_stage
+from precompute.train_sae_stage import run_train_sae_stage
 
 
 def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     corpus = sub.add_parser("corpus", help="generate or import a corpus and label its backtracking phrases")
-    _add_run_args(corpus)
+    add_run_args(corpus)
     corpus.add_argument("--n-traces", type=int, help="synthetic: number of traces; import: read at most this many")
     corpus.add_argument("--seed", type=int, help="synthetic generator seed, and the balanced sampler's")
     corpus.add_argument(
@@ -108,17 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the notebook's balanced sample: N/2 correct traces that backtrack, N/2 that don't",
     )
     train_lm = sub.add_parser("train-lm", help="train the demo model on the run's corpus (demo profiles only)")
-    _add_run_args(train_lm)
+    add_run_args(train_lm)
     train_lm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
     train_sae = sub.add_parser("train-sae", help="train an SAE with sae_lens on the run's model and corpus")
-    _add_run_args(train_sae)
+    add_run_args(train_sae)
     _add_sae_training_args(train_sae)
     report = sub.add_parser(
         "sae-report",
         help="measure the run's SAEs on held-out tokens (L0, MSE, explained variance, dead/dense, CE recovered), "
         "or import one with --sae",
     )
-    _add_run_args(report)
+    add_run_args(report)
     report.add_argument(
         "--sae",
         help="import this SAE: a sae_lens output folder, a checkpoint folder <checkpoints>/<run id>/<tokens>/, "
@@ -132,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the feature index of an SAE: top examples, quantile samples, histograms, logit lens, "
         "neighbours and backtracking scores of every feature, into the run's DuckDB file",
     )
-    _add_run_args(index)
+    add_run_args(index)
     _add_sae_training_args(index)
     _add_index_args(index)
     index.add_argument(
@@ -146,19 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
         "examples' contexts (after `merge --shard-contexts`; docs/scaling.md)",
     )
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
-    _add_run_args(merge)
+    add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
     merge.add_argument(
         "--shard-contexts", action="store_true",
         help="merge, then plan the kept examples' contexts for the shards to fetch (`index --shard i/n "
         "--contexts`), instead of fetching them all in this process; run `merge` again after them",
     )
-    from precompute import export_sae_vis_cli, steer_cli
-
     export_sae_vis_cli.add_parser(sub)
     steer_cli.add_parser(sub)
     build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
-    _add_run_args(build)
+    add_run_args(build)
     _add_sae_training_args(build)
     _add_index_args(build)
     return parser
@@ -177,50 +152,6 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
         help="save the first pass's progress this often, so an interrupted index resumes where it stopped "
         "when run again (default: 10; 0: never)",
     )
-
-
-def resolve_profile(args: argparse.Namespace) -> Profile:
-    """The profile named by `--profile`, with the command line's overrides applied."""
-    try:
-        profile = get_profile(args.profile)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    profile = profile.with_dataset(args.dataset)
-
-    def given(name: str) -> int | None:
-        return getattr(args, name, None)
-
-    for flag in ("top_k", "eval_tokens", "sparsity_tokens", "sae_steps", "norm_batches"):
-        if given(flag) is not None and given(flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {given(flag)}")
-    corpus = {field: given(field) for field in ("n_traces", "seed", "balanced") if given(field) is not None}
-    report = {
-        field: given(flag)
-        for field, flag in (("n_tokens", "eval_tokens"), ("n_sparsity_tokens", "sparsity_tokens"))
-        if given(flag) is not None
-    }
-    replace = dataclasses.replace
-    profile = replace(profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report))
-    if given("dtype") is not None:
-        profile = replace(profile, dtype=given("dtype"))
-    if given("top_k") is not None:
-        profile = replace(profile, index=replace(profile.index, top_k=given("top_k")))
-    if given("sae_steps") is not None:
-        profile = replace(profile, sae=replace(profile.sae, training_steps=given("sae_steps")))
-    if given("norm_batches") is not None:
-        profile = replace(profile, sae=replace(profile.sae, n_batches_for_norm_estimate=given("norm_batches")))
-    if given("steps") is not None and profile.demo_lm is not None:
-        profile = replace(profile, demo_lm=replace(profile.demo_lm, steps=given("steps")))
-    return profile
-
-
-def resolve_run_dir(args: argparse.Namespace, profile: Profile) -> Path:
-    if args.out is not None:
-        return args.out
-    if args.dataset:
-        stem = Path(str(args.dataset).rstrip("/")).name.split(".")[0] or "dataset"
-        return artifacts.DEFAULT_RUNS_DIR / f"{profile.name}-{stem}"
-    return artifacts.default_run_dir(profile.name)
 
 
 def save_profile(profile: Profile, run_dir: Path) -> None:
@@ -254,21 +185,12 @@ def stages_to_run(command: str, profile: Profile) -> list[str]:
 
 def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namespace, force: bool) -> None:
     if stage == "corpus":
-        from precompute.corpus_stage import run_corpus_stage
-
         run_corpus_stage(profile.corpus, run_dir, force=force)
     elif stage == "train-lm":
-        from precompute.train_lm_stage import run_train_lm_stage
-
         run_train_lm_stage(profile.demo_lm, run_dir, force=force)
     elif stage == "train-sae":
-        from precompute.train_sae_stage import run_train_sae_stage
-
         run_train_sae_stage(profile, run_dir, hook=args.hook, wandb=args.wandb, force=force)
     elif stage == "index":
-        from explorer.feature_index import parse_shard
-        from precompute.index_stage import index_is_current, run_index
-
         shard = parse_shard(args.shard) if getattr(args, "shard", None) else (0, 1)
         if getattr(args, "shard", None) == "auto" and "LOCAL_RANK" in os.environ:
             import torch
@@ -276,8 +198,6 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
             if torch.cuda.is_available():  # one GPU per torchrun process
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if getattr(args, "contexts", False):
-            from precompute.index_stage import run_context_shard
-
             run_context_shard(profile, run_dir, sae_id=getattr(args, "sae", None), shard=shard)
             return
         explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
@@ -295,8 +215,6 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
 def run_command(args: argparse.Namespace) -> None:
     if getattr(args, "contexts", False):
-        from explorer.feature_index import parse_shard
-
         if not args.shard or (args.shard != "auto" and parse_shard(args.shard)[1] == 1):
             raise UserError("--contexts is the second round of a sharded index: give --shard i/n (n > 1) or auto.")
     profile = resolve_profile(args)
@@ -308,12 +226,8 @@ def run_command(args: argparse.Namespace) -> None:
         # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
         run_stage(stage, profile, run_dir, args, force=args.force and (args.command in (stage, "build")))
     if args.command == "merge":
-        from precompute.index_stage import merge_partials
-
         merge_partials(profile, run_dir, sae_id=args.sae, shard_contexts=args.shard_contexts)
     if args.command == "sae-report":
-        from precompute.sae_report_cli import run_sae_report
-
         run_sae_report(profile, run_dir, sae=args.sae, sae_id=args.sae_id, hook=args.hook, force=args.force)
 
 
@@ -321,12 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "export-sae-vis":
-            from precompute import export_sae_vis_cli
-
             export_sae_vis_cli.run(args)
         elif args.command == "steer":  # reads the run's saved profile; writes no profile.json
-            from precompute import steer_cli
-
             steer_cli.run(args)
         else:
             run_command(args)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from explorer import artifacts
 from explorer.config import CorpusSpec
-from explorer.corpus import CorpusError
+from explorer.corpus import CorpusError, load_corpus
 from explorer.correctness import is_correct
 from explorer.label_audit import BoundaryDifference, LabelAgreement, audit_against_source, boundary_differences
 from explorer.labels import LABEL_RULE_VERSION, PhraseSpan, group_counts, has_backtracking, label_text, notebook_has_backtracking
@@ -80,8 +80,6 @@ def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:
             error_steps_by_doc={t.record.doc_id: list(t.error_spans) for t in traces},
             exact=True,
         )
-    from explorer.corpus import load_corpus
-
     records = load_corpus(spec.source, limit=spec.n_traces or None)
     spans_by_doc = {r.doc_id: label_text(r.text) for r in tqdm(records, desc="labelling", unit="doc")}
     return LabelledCorpus(records, spans_by_doc, {}, exact=False)

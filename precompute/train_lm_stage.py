@@ -33,7 +33,7 @@ def stage_config(spec: DemoLMSpec, run_dir: Path) -> dict:
 
 def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) -> Path:
     """Write `run_dir/model/` unless it is already current for this corpus and spec."""
-    from explorer.demo_lm import train_demo_lm
+    from explorer.demo_lm import train_demo_lm  # transformers and tokenizers: seconds to import, this stage only
 
     out_dir = Path(run_dir) / artifacts.MODEL_DIR
     config = stage_config(spec, run_dir)

@@ -179,7 +179,8 @@ def test_balanced_sample_larger_than_the_corpus_allows_is_a_clear_error(tmp_path
 
 
 def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys):
-    from precompute.cli import build_parser, main, resolve_profile
+    from precompute.cli import build_parser, main
+    from precompute.cli_common import resolve_profile
 
     args = build_parser().parse_args(["index", "--top-k", "8", "--out", str(tmp_path / "run")])
     assert resolve_profile(args).index.top_k == 8
@@ -188,7 +189,8 @@ def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys
 
 
 def test_flags_scale_the_real_profile_down(tmp_path, capsys):
-    from precompute.cli import build_parser, main, resolve_profile
+    from precompute.cli import build_parser, main
+    from precompute.cli_common import resolve_profile
 
     flags = ["--sae-steps", "6", "--norm-batches", "2", "--eval-tokens", "1024", "--sparsity-tokens", "4096",
              "--tokens", "8192"]

@@ -305,7 +305,7 @@ def steer_parser() -> argparse.ArgumentParser:
 
 
 def test_steer_command_stores_and_prints_a_table(tmp_path, mini_qwen2_dir, capsys):  # noqa: F811
-    from precompute.cli import UserError
+    from precompute.cli_common import UserError
     from precompute.steer_cli import run
 
     run_dir = build_tiny_steering_run(tmp_path, mini_qwen2_dir)
