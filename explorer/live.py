@@ -2,13 +2,12 @@
 
 Pure computation (no Streamlit): `compute_live_activations` tokenises with offsets, runs the model up
 to the SAE's hook only, encodes with the SAE and returns a `LiveActivations` record. Model calls are
-serialised by a process-wide lock, so two browser sessions that run at once each get their own,
+serialised by a process-wide lock (`explorer.model_loading.MODEL_LOCK`), so two browser sessions that run at once each get their own,
 correct result (a HookedTransformer with hooks attached is not safe to call from two threads).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -16,13 +15,12 @@ import torch
 
 from explorer.errors import ExplorerError
 from explorer.labels import PhraseSpan, label_text
+from explorer.model_loading import MODEL_LOCK
 from explorer.prompts import THINK_CLOSE, format_prompt
 from explorer.sae_loading import stop_layer_for_hook
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
-
-_MODEL_LOCK = threading.Lock()
 
 EXAMPLE_PROBLEM = "A shirt costs $40 and is on sale for 15% off. What is the sale price in dollars?"
 EXAMPLE_THINKING = (
@@ -89,7 +87,7 @@ def compute_live_activations(
     special = set(tokenizer.all_special_ids)
     token_texts = [tokenizer.decode([i]) if i in special else text[s:e] for i, (s, e) in zip(ids, offsets)]
     started = time.perf_counter()
-    with _MODEL_LOCK, torch.no_grad():
+    with MODEL_LOCK, torch.no_grad():
         tokens_1T = torch.tensor([ids], device=model.cfg.device)
         _, cache = model.run_with_cache(tokens_1T, names_filter=hook_name, stop_at_layer=stop_layer_for_hook(hook_name))
         acts_TF = sae.encode(cache[hook_name][0].to(sae.device, sae.dtype)).float().cpu()

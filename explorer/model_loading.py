@@ -53,6 +53,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -69,6 +70,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
+
+MODEL_LOCK = threading.Lock()
+"""Held around every call into a shared model (live activations, steering, the app's checks): a
+HookedTransformer with hooks attached is not safe to call from two threads, and the app shares one model
+between its sessions."""
 
 DEEPSEEK_R1_DISTILL_QWEN_1_5B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 

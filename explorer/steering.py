@@ -54,7 +54,7 @@ import torch
 from explorer.errors import ExplorerError
 from explorer.labels import PhraseSpan, group_counts, label_text
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
-from explorer.live import _MODEL_LOCK
+from explorer.model_loading import MODEL_LOCK
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
 
 if TYPE_CHECKING:
@@ -556,7 +556,7 @@ def generate_rows(
         if steer_prompt and hook is not None:
             cache = _expanded_cache(model, None, B)
             if prompt_BT.shape[1] > 1:
-                with _MODEL_LOCK, _temporary_hook(model, hook_name, hook):
+                with MODEL_LOCK, _temporary_hook(model, hook_name, hook):
                     _forward(model, prompt_BT[:, :-1], cache, return_logits=False)
         else:
             if prefix_cache is None and len(prompt_ids) > 1:
@@ -567,7 +567,7 @@ def generate_rows(
         stopped = [False] * B
         current_B1 = prompt_BT[:, -1:]
         for _ in range(max_new_tokens):
-            with _MODEL_LOCK, _temporary_hook(model, hook_name, hook):
+            with MODEL_LOCK, _temporary_hook(model, hook_name, hook):
                 logits_BV = _forward(model, current_B1, cache)[:, -1]
             # Every live row draws one uniform per step from its own stream, greedy or not.
             uniform_B = torch.tensor([rngs[i].random() for i in live.tolist()], dtype=torch.float64)
@@ -602,7 +602,7 @@ def prefill_prompt(model: HookedSAETransformer, prompt_ids: Sequence[int]):
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
     if len(prompt_ids) > 1:
         tokens_1T = torch.tensor([list(prompt_ids[:-1])], device=model.cfg.device)
-        with torch.inference_mode(), _MODEL_LOCK:
+        with torch.inference_mode(), MODEL_LOCK:
             _forward(model, tokens_1T, cache, return_logits=False)
     return cache
 

@@ -282,7 +282,7 @@ def _model_and_sae_key(run_dir: Path, profile: Profile, sae_id: str) -> _ModelAn
 def _cached_checked_hook(key: _ModelAndSAEKey, hook_name: str | None) -> str:
     """The hook the SAE runs at on the model, checked once per model and SAE: the check runs the model (a
     2-token forward pass), which a 1.5B model on a CPU should not repeat on every rerun of a page."""
-    from explorer.live import _MODEL_LOCK
+    from explorer.model_loading import MODEL_LOCK
     from explorer.sae_loading import check_sae_fits_model
 
     model = key.model()
@@ -290,7 +290,7 @@ def _cached_checked_hook(key: _ModelAndSAEKey, hook_name: str | None) -> str:
     # An SAE whose config does not name its hook is used at the run's hook, as the index uses it.
     # The check runs the shared model with a cache hook: under the lock, or another session's live run
     # would read this pass's activations (the concurrency browser test).
-    with _MODEL_LOCK:
+    with MODEL_LOCK:
         return check_sae_fits_model(loaded.sae, model, loaded.hook_name or hook_name)
 
 
@@ -742,7 +742,7 @@ def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
     if loaded is None or documents is None:
         return None
     from explorer.feature_views import compute_sae_vis_tokens
-    from explorer.live import _MODEL_LOCK
+    from explorer.model_loading import MODEL_LOCK
 
     model, sae, hook_name = loaded
     # The feature's own documents first, so its top examples are among sae-vis's tokens.
@@ -754,7 +754,7 @@ def _build_sae_vis(run_dir: Path, sae_id: str, card) -> str | None:
     try:
         with st.spinner("Running sae_vis on the model…"):
             tokens_BT = compute_sae_vis_tokens(model.tokenizer, list(texts), row_len, SAE_VIS_ROWS)
-            with _MODEL_LOCK:  # the model is shared by every session (st.cache_resource)
+            with MODEL_LOCK:  # the model is shared by every session (st.cache_resource)
                 return sae_vis_export.export_feature_dashboards(model, sae, hook_name, tokens_BT, [card.feature_id])
     except Exception as err:  # noqa: BLE001 - an optional third-party export: say what failed, no traceback
         st.error(f"sae_vis could not build the dashboard: {type(err).__name__}: {err}")

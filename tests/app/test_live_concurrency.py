@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from explorer.live import _MODEL_LOCK, compute_live_activations
+from explorer.live import compute_live_activations
+from explorer.model_loading import MODEL_LOCK
 from explorer.model_loading import load_model
 from explorer.sae_loading import check_sae_fits_model
 from tests.hub_fixtures import MINI_TEXTS, mini_qwen2_dir  # noqa: F401  (fixture)
@@ -28,7 +29,7 @@ def test_concurrent_live_runs_equal_serial_runs(mini_qwen2_dir):  # noqa: F811
         return i, compute_live_activations(model, sae, HOOK, texts[i % len(texts)])
 
     def check(_):  # what every page run does before Live (explorer.ui.load_model_and_sae)
-        with _MODEL_LOCK:
+        with MODEL_LOCK:
             return check_sae_fits_model(sae, model, HOOK)
 
     with ThreadPoolExecutor(max_workers=6) as pool:

@@ -101,7 +101,7 @@ def test_a_card_link_opens_the_card_and_its_example_in_live(server, browser_page
 
 def test_two_sessions_running_live_at_once_each_get_their_own_result(server, browser, indexed_run):
     """Two browser sessions open Live on different traces at the same time (the server runs their
-    scripts in two threads; `explorer.live._MODEL_LOCK` serialises the model calls): each page shows
+    scripts in two threads; `explorer.model_loading.MODEL_LOCK` serialises the model calls): each page shows
     its own trace's token count, top feature and per-token values, as a direct computation gives them."""
     from explorer import artifacts
     from explorer.live import compute_live_activations, compute_top_features
