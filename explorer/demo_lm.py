@@ -36,6 +36,8 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2
 
 from explorer.config import DemoLMSpec
 from explorer.errors import ExplorerError
+from explorer.labels import NO_GROUP, label_text, token_group_ids
+from explorer.model_loading import load_model
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
 
 logger = logging.getLogger(__name__)
@@ -189,8 +191,6 @@ def packed_stream(
     With `phrase_mask`, also a float stream of the same length: 1 where the token lies in a
     backtracking phrase that `explorer.labels.label_text` finds (any group), else 0.
     """
-    from explorer.labels import NO_GROUP, label_text, token_group_ids
-
     # The Rust backend directly: batched, and no "longer than model_max_length" warnings for
     # documents that packing will cut anyway.
     encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=True)
@@ -401,8 +401,6 @@ def generate_greedy_sample(model_dir: Path, prompt: str, max_new_tokens: int = 1
 
     Returns the prompt followed by the continuation; generation stops early at EOS.
     """
-    from explorer.model_loading import load_model
-
     model = load_model(model_dir, device="cpu")
     tokens = model.to_tokens(prompt)  # [1, n_prompt] with one BOS
     with torch.no_grad():

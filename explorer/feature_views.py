@@ -357,6 +357,7 @@ def compute_sae_vis_tokens(tokenizer, texts: Sequence[str], row_len: int, max_ro
     """`[rows, row_len]` token ids for sae-vis: each text cut into windows as the index cuts them (each
     window starts with BOS), the first `row_len` tokens of each window long enough, at most `max_rows`
     rows."""
+    # torch, on use only: the Candidates page imports explorer.feature_views without needing it
     from explorer.feature_index import CorpusDocument, make_windows
     from explorer.sae_vis_export import token_rows
 

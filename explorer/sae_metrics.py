@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from explorer.sae_loading import stop_layer_for_hook
+
 if TYPE_CHECKING:
     from sae_lens import SAE, TrainingSAE
     from transformer_lens import HookedTransformer
@@ -187,8 +189,6 @@ def compute_feature_firing(
 ) -> FiringCounts:
     """Count, per feature, the text tokens of `contexts_NT` it fires on. The forward stops after the
     hook's block, so this costs a fraction of the report's three full forwards per token."""
-    from explorer.sae_loading import stop_layer_for_hook
-
     head_index = sae.cfg.metadata.hook_head_index
     fire_count_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     n_tokens = 0
