@@ -10,7 +10,7 @@ database at full scale.
     - query: `read_feature_card` on the shared read-only connection the app uses;
     - build: what the page computes from the card without Streamlit (example HTML, four plotly
       figures, the tables);
-    - page: one AppTest rerun of pages/3_Features.py after typing a new feature id: the card's
+    - page: one AppTest rerun of app_pages/features.py after typing a new feature id: the card's
       query, every render call and Streamlit's own work, server side (no browser). Goal: < 300 ms.
 (b) A synthetic database at full scale written with `explorer.feature_db.write_feature_index` into a
     temporary file: 24,576 features, 32 top examples each of 41 tokens, 10 intervals x 4 samples,
@@ -96,7 +96,7 @@ def bench_demo(run_dir: Path, n_cards: int, seed: int) -> None:
         query.append(t1 - t0)
 
     os.environ["EXPLORER_RUNS_DIR"] = str(run_dir.parent)
-    at = AppTest.from_file(str(REPO / "pages" / "3_Features.py"), default_timeout=120)
+    at = AppTest.from_file(str(REPO / "app_pages" / "features.py"), default_timeout=120)
     at.query_params["run"] = run_dir.name
     at.query_params["sae"] = sae_id
     at.query_params["feature"] = str(features[n_cards])

@@ -1,8 +1,8 @@
 """A rehearsal at the real model's scale: every stage of the `deepseek-r1-distill-qwen-1.5b` profile and the
 app, on a stand-in with the real shapes, measured; then what the real budget costs on one H100.
 
-    python benchmarks/full_scale_rehearsal.py --out-json /tmp/rehearsal.json   # real shapes: about 25 min, 2 cores
-    python benchmarks/full_scale_rehearsal.py --tiny --no-browser               # tiny shapes: about 40 s
+    python benchmarks/full_scale_rehearsal.py --out-json /tmp/rehearsal.json   # real shapes (docs/benchmarks.md)
+    python benchmarks/full_scale_rehearsal.py --tiny --no-browser               # tiny shapes: a smoke test
 
 What it builds, in a temporary folder (`--keep` keeps it):
 
@@ -369,7 +369,8 @@ H100 = (
 OPENR1_INDEX_TOKENS = 300_000_000
 """Assumed tokens of OpenR1-Math-220k's generations, for a profile that indexes the whole corpus (0)."""
 STEER_EXPERIMENT = (60, 4, 5, 256)
-"""The README's steering experiment: 60 corpus prompts x 4 samples x (baseline + 4 coefficients) x 256 tokens."""
+"""The demo's steering experiment (docs/results.md): 60 corpus prompts x 4 samples x (baseline + 4
+coefficients) x 256 tokens."""
 
 
 def extrapolate(config: dict) -> list[tuple[str, float]]:
@@ -418,9 +419,9 @@ def extrapolate(config: dict) -> list[tuple[str, float]]:
         ("sae-report", report_flops,
          f"CE {report.n_tokens:,} x (3 x {full / G:.3f} + 2 x {encoder / G:.4f}) + sparsity "
          f"{report.n_sparsity_tokens:,} x ({to_hook / G:.3f} + {encoder / G:.4f})"),
-        ("index", index_tokens * 2 * (to_hook_index + encoder),
-         f"{index_tokens:,} tokens{assumed} x 2 passes (the context pass re-forwards nearly every window) x "
-         f"({to_hook_index / G:.3f} + {encoder / G:.4f}); the accumulators are not FLOPs"),
+        ("index", index_tokens * (to_hook_index + encoder),
+         f"{index_tokens:,} tokens{assumed} x one pass ({to_hook_index / G:.3f} + {encoder / G:.4f}); the "
+         "accumulators and the kept contexts are not FLOPs"),
         ("steer", steer_tokens * full,
          f"{n_prompts} prompts x {n_samples} samples x {n_conditions} conditions x {n_new} tokens = "
          f"{steer_tokens:,} x {full / G:.3f} (KV cache; per-step overhead not modelled)"),
@@ -513,7 +514,7 @@ def rehearse(work: Path, shapes: Shapes, n_layers: int, hook: str | None, args: 
             ("Home", f"/{q}", "Feature index"),
             ("Corpus", f"/Corpus{q}", "Only traces with backtracking"),
             ("Corpus deep link", f"/Corpus{q}&doc={deep_doc}", deep_line[:40]),
-            ("Features", f"/Features{q}", "Type a feature id"),
+            ("Features", f"/Features{q}", re.compile("the top candidate|Type a feature id")),
             ("Feature card", f"/Features{q}&sae={sae_id}&feature={feature}", "Backtracking evidence"),
             ("Candidates", f"/Candidates{q}", "Backtracking candidates"),
             ("Live", f"/Live{q}", re.compile("Top features over the text|No feature fires on this text")),

@@ -1,6 +1,6 @@
 """The real model's shapes with random weights, for benchmarks whose timings do not depend on values.
 
-DeepSeek-R1-Distill-Qwen-1.5B (stack-notes.md): Qwen2, 28 layers, d_model 1536, 12 heads, 2 KV heads,
+DeepSeek-R1-Distill-Qwen-1.5B (its config.json on the hub): Qwen2, 28 layers, d_model 1536, 12 heads, 2 KV heads,
 d_mlp 8960, vocab 151,936; the notebook's SAE reads `blocks.21.hook_mlp_out` with 24,576 features.
 `--small` shapes (2 layers, d_model 128, 1,024 features) smoke-test a script on a CPU.
 

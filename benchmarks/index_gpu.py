@@ -5,8 +5,8 @@
 
 Random weights (benchmarks/full_shapes.py): timings do not depend on values. The pass is the
 product's own (`explorer.feature_index.run_index_pass`: forward stopped after the hook's layer, SAE
-encode, every accumulator), followed by `finalise` and the second pass that fetches the kept
-examples' contexts. Goal: at least 50k tokens/s on an H100. Put the printed figures, with the card's
+encode, every accumulator, each kept example's context read from its batch), followed by `finalise`
+and cutting those contexts to their windows (no second forward). Goal: at least 50k tokens/s on an H100. Put the printed figures, with the card's
 name, in docs/benchmarks.md.
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.full_shapes import REAL, SMALL, build_model, build_sae, device_name, random_windows  # noqa: E402
 from explorer.feature_aggregates import IndexConfig  # noqa: E402
-from explorer.feature_index import fetch_example_contexts, run_index_pass  # noqa: E402
+from explorer.feature_index import contexts_from_values, run_index_pass  # noqa: E402
 
 
 def main() -> None:
@@ -63,10 +63,7 @@ def main() -> None:
     totals = result.accumulators.finalise()
     t2 = time.perf_counter()
     ex = totals.examples
-    fetch_example_contexts(
-        model, sae, shapes.hook_name, stop_at_layer, windows, ex.feature_N, ex.context_id_N, ex.position_N,
-        before=32, after=8, batch_size=args.batch_size, progress=False,
-    )
+    contexts_from_values(windows, ex.context_id_N, ex.position_N, ex.context_values_NL, before=32, after=8)
     t3 = time.perf_counter()
     print(f"tokens: {result.n_tokens:,} in {len(windows):,} windows of {args.context}")
     print(f"pass: {result.seconds:.2f}s = {result.n_tokens / result.seconds:,.0f} tokens/s (all {shapes.d_sae:,} features)")

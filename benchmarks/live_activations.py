@@ -12,7 +12,7 @@ Each figure is over `--runs` runs (default 20) after `--warmup` runs, p50 / p95 
     of 500 tokens cut from the demo corpus's traces that backtrack.
     - compute: `compute_live_activations` + `compute_top_features` over the text (k=20) and at one
       token, which is what the page computes. Goal: < 1 s.
-    - page: one AppTest rerun of pages/2_Live.py with that text: the same, plus every render call and
+    - page: one AppTest rerun of app_pages/live.py with that text: the same, plus every render call and
       Streamlit's own work (no browser).
 (b) `--gpu`: DeepSeek-R1-Distill-Qwen-1.5B's shapes with random weights (benchmarks/full_shapes.py:
     28 layers, d_model 1536, the hook blocks.21.hook_mlp_out) and a 24,576-feature SAE, the model in
@@ -127,7 +127,7 @@ def bench_page(run_dir: Path, sae_id: str, text: str, runs: int) -> None:
     from streamlit.testing.v1 import AppTest
 
     os.environ["EXPLORER_RUNS_DIR"] = str(run_dir.parent)
-    at = AppTest.from_file(str(REPO / "pages" / "2_Live.py"), default_timeout=300)
+    at = AppTest.from_file(str(REPO / "app_pages" / "live.py"), default_timeout=300)
     at.query_params["run"] = run_dir.name
     at.query_params["sae"] = sae_id
     at.run()  # warm-up: imports, st.cache_resource loads the model and SAE
@@ -140,7 +140,7 @@ def bench_page(run_dir: Path, sae_id: str, text: str, runs: int) -> None:
         times.append(time.perf_counter() - t0)
         assert not at.exception, at.exception
     shown = at.caption[0].value.split(" tokens")[0]
-    print(f"    page     AppTest rerun of pages/2_Live.py ({shown} tokens; compute + render):  {percentiles(times)}")
+    print(f"    page     AppTest rerun of app_pages/live.py ({shown} tokens; compute + render):  {percentiles(times)}")
 
 
 # --- (b) the real model's shapes ----------------------------------------------------------------------

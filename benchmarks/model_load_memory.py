@@ -5,9 +5,10 @@ tokenizer with the real special tokens) is saved under the real hub id in a temp
 cache. Each load then runs in a fresh interpreter, offline, as `explorer.model_loading.load_model`
 does for every stage and the app, and prints its peak RSS (ru_maxrss), load time and a 512-token
 forward stopped after `blocks.21`. `--baseline` also times transformer-lens's own `from_pretrained`
-(what the loader did before it streamed weights); at 28 layers that needs more than 24 GiB.
+(what the loader did before it streamed weights); at 28 layers that needs more than a 24 GiB host
+(figures: docs/benchmarks.md).
 
-    python benchmarks/model_load_memory.py                  # 28 layers: about 4 min on 2 cores
+    python benchmarks/model_load_memory.py                  # 28 layers: minutes on 2 cores
     python benchmarks/model_load_memory.py --layers 6 --baseline
 """
 

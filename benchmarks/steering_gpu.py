@@ -13,7 +13,7 @@ interleaved over the repeats so drift hits them alike, and the median is reporte
 every run generates exactly `--new-tokens` tokens. For reference it also times transformer-lens's own
 `generate` (KV cache, no hook).
 
-Goal (issue 6): the add hook costs under 5% of tokens/s. Prints a markdown table for
+Goal: the add hook costs under 5% of tokens/s. Prints a markdown table for
 docs/benchmarks.md (with the card's name) and writes the numbers as JSON to --out when given.
 Needs only torch, transformer-lens and sae-lens (no tokenizer, no weights, no network).
 """
@@ -60,7 +60,7 @@ def build_model(shapes: dict, n_ctx: int, device: str, dtype: torch.dtype):
         use_attn_scale=True,
         original_architecture="Qwen2ForCausalLM",
         default_prepend_bos=True,
-        init_weights=True,  # otherwise the weights stay uninitialised (stack-notes)
+        init_weights=True,  # otherwise the weights stay uninitialised and the timings mislead
         device=device,
         dtype=dtype,
         seed=0,

@@ -1,6 +1,6 @@
 """Run a command (the demo build) as a subprocess and stream its output, line by line.
 
-No Streamlit here: the Home page's empty state (`explorer.ui.render_empty_state`) shows the lines as
+No Streamlit here: the empty state (`explorer.app.empty_state.render_empty_state`) shows the lines as
 they come. `stream_command` is a generator that yields each output line (stdout and stderr merged,
 progress bars' carriage returns count as line ends) and *returns* the exit code, which
 `for`-loops drop; `CommandStream` keeps it:

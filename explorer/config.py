@@ -295,7 +295,7 @@ DEMO = Profile(
         **SAE_LENS_6_DEFAULTS,
     ),
     # 400k tokens (about 2,300 traces, 900 of them backtracking): every feature's statistics settle,
-    # and the pass plus the context pass take about a minute on 2 cores.
+    # and the pass takes well under a minute on 2 cores (docs/benchmarks.md).
     index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=400_000),
     # The demo's held-out documents hold about 70,000 tokens: the sparsity figures read all of them.
     report=ReportSpec(n_tokens=32_768, n_sparsity_tokens=200_000),
@@ -318,8 +318,8 @@ DEEPSEEK_R1_DISTILL_QWEN_1_5B = Profile(
     corpus=CorpusSpec(source="open-r1/OpenR1-Math-220k", n_traces=0, seed=0),
     demo_lm=None,
     sae=SAERecipe(),  # the defaults are the notebook's recipe
-    # 40M tokens, about 3% of OpenR1-Math-220k: the index and its context pass in about half an hour on
-    # one H100 in float32 (TF32), a quarter of an hour with --dtype bfloat16 (docs/scaling.md, "Budget").
+    # 40M tokens, about 3% of OpenR1-Math-220k: well under an hour's index on one H100 (docs/scaling.md,
+    # "Budget").
     index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=40_000_000),
 )
 

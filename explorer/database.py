@@ -43,6 +43,8 @@ from explorer.schema import CORE_TABLES, FEATURE_TABLES, MIGRATIONS, SCHEMA_VERS
 ENGINE_ERROR = duckdb.Error
 """DuckDB's own error (a damaged file, a failed query): callers that show it catch this instead of
 importing duckdb, which only the store modules do."""
+Connection = duckdb.DuckDBPyConnection
+"""A connection to the run's file (`open_read_only`), for annotations outside the store modules."""
 
 
 class DatabaseError(ExplorerError, RuntimeError):

@@ -140,6 +140,19 @@ class PreparedBatch:
             self._bin_cache[bins] = bins.index(self.value_N)
         return self._bin_cache[bins]
 
+    def context_values(self, b_R: Tensor, t_R: Tensor, f_R: Tensor, before: int, after: int) -> Tensor:
+        """`[R, before + 1 + after]` float32: feature `f_R` on positions `t_R - before .. t_R + after` of
+        window `b_R`, 0 outside the window and on invalid tokens (BOS, padding, special tokens). The
+        context an example keeps, read while its batch is at hand (no second forward)."""
+        offsets_L = torch.arange(-before, after + 1, device=t_R.device)
+        grid_RL = t_R[:, None] + offsets_L[None, :]
+        inside_RL = (grid_RL >= 0) & (grid_RL < self.T)
+        safe_RL = grid_RL.clamp(0, self.T - 1)
+        b_R1 = b_R[:, None]
+        values_RL = self.batch.acts_BTF[b_R1, safe_RL, f_R[:, None]].float()
+        keep_RL = inside_RL & self.valid_BT[b_R1, safe_RL]
+        return torch.where(keep_RL, values_RL, torch.zeros_like(values_RL))
+
     @cached_property
     def n_valid(self) -> Tensor:
         return self.valid_BT.sum()
@@ -516,11 +529,16 @@ class Accumulator:
         if kind != cls.__name__:
             raise ValueError(f"state of a {kind}, not a {cls.__name__}")
         acc = cls(cls.Config.from_dict(data), device)
-        for name, value in acc._state().items():
-            if isinstance(value, ExactSum):
-                value.load(state, name)
-            else:
-                setattr(acc, name, state[name].to(acc.device, value.dtype).clone())
+        try:
+            for name, value in acc._state().items():
+                if isinstance(value, ExactSum):
+                    value.load(state, name)
+                else:
+                    setattr(acc, name, state[name].to(acc.device, value.dtype).clone())
+        except KeyError as missing:
+            raise ValueError(
+                f"the saved state of a {kind} lacks {missing}: it was saved by an older version of the index"
+            ) from None
         return acc
 
     def _init_state(self) -> None:
@@ -566,6 +584,9 @@ class TopKConfig(_Config):
     """Examples kept per feature."""
     feature_offset: int = 0
     """Global id of the chunk's first feature."""
+    context_before: int = 32
+    """Tokens kept before each example (its context), and after it:"""
+    context_after: int = 8
 
 
 class ExampleRecords(NamedTuple):
@@ -576,6 +597,9 @@ class ExampleRecords(NamedTuple):
     value_N: Tensor
     context_id_N: Tensor
     position_N: Tensor
+    context_values_NL: Tensor | None = None
+    """The feature on positions `position - before .. position + after` of the window, float32, 0
+    outside the window and on invalid tokens (`PreparedBatch.context_values`)."""
 
 
 class TopKAccumulator(Accumulator):
@@ -585,11 +609,12 @@ class TopKAccumulator(Accumulator):
     id ascending, then position ascending; inside a window the first position reaching the maximum
     represents it. Windows where the feature never fires are not candidates.
 
-    Only (value, context_id, position) is kept. The writer fetches each winner's context tokens and
-    per-token activations in a second pass over just the winning windows: those windows are also needed
-    for the interval samples, the state stays F x k x 20 bytes, shards stay small, and the second pass
-    costs at most one pass over min(#windows, #distinct winning windows) -- a small share of a large
-    corpus (a small corpus is cheap either way).
+    Each kept example also keeps its context: the feature's activation on the `context_before` tokens
+    before it and `context_after` after it, read from the batch when the example enters the top k
+    (`ctx_FKL`, F x k x L float32: 129 MB at 24,576 features, k 32, L 41). The tokens themselves are
+    the window's, looked up at the end. So no second forward over the corpus is needed: at the real
+    model's shapes every window holds some feature's example, and that second pass cost as much as the
+    first.
     """
 
     Config = TopKConfig
@@ -599,6 +624,8 @@ class TopKAccumulator(Accumulator):
         self.value_FK = torch.full((F, K), -math.inf, dtype=torch.float32, device=self.device)
         self.context_FK = torch.full((F, K), -1, dtype=torch.int64, device=self.device)
         self.position_FK = torch.full((F, K), -1, dtype=torch.int64, device=self.device)
+        L = self.config.context_before + 1 + self.config.context_after
+        self.ctx_FKL = torch.zeros((F, K, L), dtype=torch.float32, device=self.device)
 
     def update_prepared(self, p: PreparedBatch) -> None:
         max_FB = p.window_max_BF.T
@@ -606,12 +633,27 @@ class TopKAccumulator(Accumulator):
         value_FB = torch.where(fires_FB, max_FB, torch.full_like(max_FB, -math.inf))
         context_FB = torch.where(fires_FB, p.batch.context_ids_B.to(torch.int64)[None, :], -1)
         position_FB = torch.where(fires_FB, p.window_argmax_BF.T, -1)
-        self._select(value_FB, context_FB, position_FB)
+        order = self._select(value_FB, context_FB, position_FB)
+        # Contexts: the kept ones move with their examples; the newcomers (column K + b) are read from batch row b.
+        K = self.config.k
+        self.ctx_FKL = self.ctx_FKL[torch.arange(order.shape[0], device=self.device)[:, None], order.clamp(max=K - 1)]
+        from_batch_FK = order >= K
+        self.ctx_FKL[from_batch_FK & (self.context_FK < 0)] = 0.0  # an empty slot keeps no context
+        f_R, k_R = torch.nonzero(from_batch_FK & (self.context_FK >= 0), as_tuple=True)
+        if f_R.numel():
+            c = self.config
+            self.ctx_FKL[f_R, k_R] = p.context_values(
+                order[f_R, k_R] - K, self.position_FK[f_R, k_R], f_R, c.context_before, c.context_after
+            )
 
     def _merge_state(self, other):
-        self._select(*(x.to(self.device) for x in (other.value_FK, other.context_FK, other.position_FK)))
+        order = self._select(*(x.to(self.device) for x in (other.value_FK, other.context_FK, other.position_FK)))
+        ctx_FXL = torch.cat([self.ctx_FKL, other.ctx_FKL.to(self.device)], dim=1)
+        self.ctx_FKL = ctx_FXL[torch.arange(order.shape[0], device=self.device)[:, None], order]
 
-    def _select(self, value_FX: Tensor, context_FX: Tensor, position_FX: Tensor) -> None:
+    def _select(self, value_FX: Tensor, context_FX: Tensor, position_FX: Tensor) -> Tensor:
+        """Keep the k best of the current examples and the candidates; returns which column of
+        [current k | candidates] each kept example came from, `[F, k]`."""
         value = torch.cat([self.value_FK, value_FX], dim=1)
         context = torch.cat([self.context_FK, context_FX], dim=1)
         position = torch.cat([self.position_FK, position_FX], dim=1)
@@ -619,9 +661,13 @@ class TopKAccumulator(Accumulator):
         self.value_FK = value.gather(1, order)
         self.context_FK = context.gather(1, order)
         self.position_FK = position.gather(1, order)
+        return order
 
     def _state(self):
-        return {"value_FK": self.value_FK, "context_FK": self.context_FK, "position_FK": self.position_FK}
+        return {
+            "value_FK": self.value_FK, "context_FK": self.context_FK, "position_FK": self.position_FK,
+            "ctx_FKL": self.ctx_FKL,
+        }
 
     def finalise(self) -> ExampleRecords:
         filled_FK = self.context_FK >= 0
@@ -632,7 +678,7 @@ class TopKAccumulator(Accumulator):
         )
         return ExampleRecords(
             feature_F[filled_FK], rank_K[filled_FK], self.value_FK[filled_FK],
-            self.context_FK[filled_FK], self.position_FK[filled_FK],
+            self.context_FK[filled_FK], self.position_FK[filled_FK], self.ctx_FKL[filled_FK],
         )
 
 
@@ -649,6 +695,9 @@ class IntervalSampleConfig(_Config):
     per_bin: int = 4
     """Samples kept per (feature, bin): the most an interval made of one bin can show."""
     feature_offset: int = 0
+    context_before: int = 32
+    """Tokens of context kept before each sample, and after it (as `TopKConfig`):"""
+    context_after: int = 8
     _NESTED = {"bins": LogBins}
 
 
@@ -664,6 +713,8 @@ class SampleRecords(NamedTuple):
     position_N: Tensor
     feature_offset: int
     bins: LogBins
+    context_values_NL: Tensor | None = None
+    """Each sample's context, as `ExampleRecords.context_values_NL`."""
 
 
 class IntervalSampleAccumulator(Accumulator):
@@ -675,7 +726,8 @@ class IntervalSampleAccumulator(Accumulator):
     maps bins to intervals and takes the lowest priorities over each interval's bins: the bottom-m of
     a union is contained in the union of the parts' bottom-m, so that is an exact uniform sample of the
     activations in the interval's bins. State size: at most features x bins x per_bin entries, only
-    for bins a feature reaches.
+    for bins a feature reaches; each keeps its context as the top-k examples do (`ctx_SL`, L float32),
+    read from the batch when it enters the sketch.
     """
 
     Config = IntervalSampleConfig
@@ -685,16 +737,30 @@ class IntervalSampleAccumulator(Accumulator):
         for name in self._FIELDS:
             setattr(self, name, torch.zeros(0, dtype=torch.int64, device=self.device))
         self.value_S = torch.zeros(0, dtype=torch.float32, device=self.device)
+        L = self.config.context_before + 1 + self.config.context_after
+        self.ctx_SL = torch.zeros((0, L), dtype=torch.float32, device=self.device)
 
     def update_prepared(self, p: PreparedBatch) -> None:
         context_N = p.batch.context_ids_B.to(torch.int64)[p.b_N]
         priority_N = hash_priority(context_N, p.t_N, p.f_N + self.config.feature_offset)
-        self._keep_lowest(p.f_N, p.bin_N(self.config.bins), priority_N, context_N, p.t_N, p.value_N)
+        n_kept = self.value_S.numel()
+        keep = self._keep_lowest(p.f_N, p.bin_N(self.config.bins), priority_N, context_N, p.t_N, p.value_N)
+        # Contexts: the kept ones stay; the newcomers (entry n_kept + n) are read from the batch's entry n.
+        new = keep >= n_kept
+        ctx_SL = torch.empty((keep.numel(), self.ctx_SL.shape[1]), dtype=torch.float32, device=self.device)
+        ctx_SL[~new] = self.ctx_SL[keep[~new]]
+        n_R = keep[new] - n_kept
+        c = self.config
+        ctx_SL[new] = p.context_values(p.b_N[n_R], p.t_N[n_R], p.f_N[n_R], c.context_before, c.context_after)
+        self.ctx_SL = ctx_SL
 
     def _merge_state(self, other):
-        self._keep_lowest(*(getattr(other, name).to(self.device) for name in (*self._FIELDS, "value_S")))
+        keep = self._keep_lowest(*(getattr(other, name).to(self.device) for name in (*self._FIELDS, "value_S")))
+        self.ctx_SL = torch.cat([self.ctx_SL, other.ctx_SL.to(self.device)])[keep]
 
-    def _keep_lowest(self, feature, bin_, priority, context, position, value) -> None:
+    def _keep_lowest(self, feature, bin_, priority, context, position, value) -> Tensor:
+        """Keep the lowest priorities of the current entries and the candidates; returns which entry
+        of [current | candidates] each kept one came from."""
         feature = torch.cat([self.feature_S, feature])
         bin_ = torch.cat([self.bin_S, bin_])
         priority = torch.cat([self.priority_S, priority])
@@ -707,14 +773,15 @@ class IntervalSampleAccumulator(Accumulator):
         keep = order[rank_within_runs(group[order]) < self.config.per_bin]
         self.feature_S, self.bin_S, self.priority_S = feature[keep], bin_[keep], priority[keep]
         self.context_S, self.position_S, self.value_S = context[keep], position[keep], value[keep]
+        return keep
 
     def _state(self):
-        return {name: getattr(self, name) for name in (*self._FIELDS, "value_S")}
+        return {name: getattr(self, name) for name in (*self._FIELDS, "value_S", "ctx_SL")}
 
     def finalise(self) -> SampleRecords:
         return SampleRecords(
             self.feature_S + self.config.feature_offset, self.bin_S, self.priority_S, self.value_S,
-            self.context_S, self.position_S, self.config.feature_offset, self.config.bins,
+            self.context_S, self.position_S, self.config.feature_offset, self.config.bins, self.ctx_SL,
         )
 
 
@@ -1268,6 +1335,9 @@ class IndexConfig(_Config):
     control_bins: LogBins = LogBins(per_decade=4)
     min_offset: int = -32
     max_offset: int = 8
+    context_before: int = 32
+    """Each kept example's context: tokens before it and after it (the card's example rows)."""
+    context_after: int = 8
     _NESTED = {"bins": LogBins, "reasoning_vocab": ReasoningVocab, "control_bins": LogBins}
 
 
@@ -1292,9 +1362,14 @@ class FeatureIndexAccumulators:
         self.device = torch.device(device)
         c = config
         self.members: dict[str, Accumulator] = {
-            "examples": TopKAccumulator(TopKConfig(c.n_features, c.k, c.feature_offset), device),
+            "examples": TopKAccumulator(
+                TopKConfig(c.n_features, c.k, c.feature_offset, c.context_before, c.context_after), device
+            ),
             "samples": IntervalSampleAccumulator(
-                IntervalSampleConfig(c.n_features, c.bins, c.samples_per_bin, c.feature_offset), device
+                IntervalSampleConfig(
+                    c.n_features, c.bins, c.samples_per_bin, c.feature_offset, c.context_before, c.context_after
+                ),
+                device,
             ),
             "stats": ActivationStatsAccumulator(ActivationStatsConfig(c.n_features, c.bins), device),
             "evidence": BacktrackingEvidenceAccumulator(EvidenceConfig(c.n_features, c.bins), device),

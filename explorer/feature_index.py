@@ -1,6 +1,7 @@
 """The streaming pass of the feature index: corpus -> context windows -> model (stopped at the hook
-layer) -> SAE encode -> `FeatureIndexAccumulators`, batch by batch; then a second, smaller pass that
-fetches the context of every example the index keeps.
+layer) -> SAE encode -> `FeatureIndexAccumulators`, batch by batch. Each kept example's context (the
+feature's activations around it) is read from its batch when the example is kept, so one forward over
+the corpus is all the index costs.
 
 Memory is bounded: only one batch's `[B, T, F]` activation tensor exists at a time, on the model's
 device; nothing of size tokens x features reaches the host.
@@ -18,9 +19,9 @@ the sharding, and top-k keeps at most one example per window (docs/index-math.md
 The batch plan. Windows are grouped by length into buckets (multiples of `LENGTH_BUCKET` tokens) and
 cut into batches of `batch_size` windows, every batch padded to the shape `[batch_size, bucket]`.
 The plan depends only on the corpus and the batch size, never on the shard: shard i of n takes
-batches i, i + n, ... and the second pass re-forwards the very batches the first pass saw. A window
-is therefore always computed in the same batch, and its activations are bit-identical in a single
-run, in a shard, and in the second pass. That is what makes shard-and-merge equal a single pass bit
+batches i, i + n, ... (and `fetch_example_contexts`, the independent check of the kept contexts,
+re-forwards the very batches the pass saw). A window is therefore always computed in the same batch,
+and its activations are bit-identical in a single run, in a shard, and in that check. That is what makes shard-and-merge equal a single pass bit
 for bit (a CPU or GPU matmul over a differently shaped batch may round differently).
 """
 
@@ -392,7 +393,7 @@ def run_index_pass(
     return PassResult(acc, n_tokens, n_windows, previous_seconds + time.perf_counter() - t0)
 
 
-# --- the second pass: the context of each kept example ---------------------------------------------
+# --- the context of each kept example --------------------------------------------------------------
 
 
 class ExampleContexts(NamedTuple):
@@ -406,6 +407,31 @@ class ExampleContexts(NamedTuple):
     activations: list[list[float]]
 
 
+def contexts_from_values(
+    windows: Sequence[Window], context_id_N: Tensor, position_N: Tensor, values_NL: Tensor, *, before: int, after: int,
+) -> ExampleContexts:
+    """The contexts the accumulators kept during the pass (`context_values_NL`: the feature on positions
+    `position - before .. position + after`), cut to the window's document tokens and given the
+    window's token ids: the same contexts `fetch_example_contexts` reads with a second forward."""
+    N = int(context_id_N.numel())
+    if values_NL is None or values_NL.shape != (N, before + 1 + after):
+        raise IndexInputError(f"need {N} kept contexts of {before + 1 + after} values, not {None if values_NL is None else tuple(values_NL.shape)}")
+    window_of_context = {w.context_id: w for w in windows}
+    first = np.zeros(N, dtype=np.int64)
+    tokens: list[list[int]] = []
+    acts: list[list[float]] = []
+    values = values_NL.cpu().numpy()
+    for n, (cid, pos) in enumerate(zip(context_id_N.tolist(), position_N.tolist())):
+        w = window_of_context.get(cid)
+        if w is None:
+            raise IndexInputError(f"example context {cid} is not in this corpus: was the index built on another one?")
+        lo, hi = max(pos - before, int(w.bos_prefixed)), min(pos + after, len(w.token_ids) - 1)
+        first[n] = lo
+        tokens.append(w.token_ids[lo : hi + 1].tolist())
+        acts.append(values[n, lo - pos + before : hi - pos + before + 1].tolist())
+    return ExampleContexts(first, tokens, acts)
+
+
 def fetch_example_contexts(
     model, sae, hook_name: str, stop_at_layer: int, windows: Sequence[Window],
     feature_N: Tensor, context_id_N: Tensor, position_N: Tensor,
@@ -413,6 +439,8 @@ def fetch_example_contexts(
 ) -> ExampleContexts:
     """Re-forward the planned batches that hold a requested window and read each example's context.
 
+    The index no longer needs this (its accumulators keep each example's context during the pass:
+    `contexts_from_values`); it is the independent route the tests check those contexts against.
     The same batches as the first pass, so every value equals the one the first pass saw, bit for bit.
     With `shard=(i, n)` only the batches of shard i (those `shard_batches` gives it) are forwarded; the
     other requests keep an empty context (a fetched one holds at least the example's own token).

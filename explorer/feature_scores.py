@@ -120,7 +120,7 @@ class ReasonScores(NamedTuple):
 
 
 def compute_reason_score(totals: ReasonTotals, alpha: float = 0.7, eps: float = 0.0) -> ReasonScores:
-    """ReasonScore exactly as in research.md (Galichin et al. 2025), over every feature in `totals`.
+    """ReasonScore exactly as in Galichin et al. 2025 (docs/index-math.md), over every feature in `totals`.
 
     alpha = 0.7 as in the paper (the reference code's default is 1). The sums over j run over all
     features, so pass totals covering the whole SAE (`concat_reason_totals` joins feature chunks).
@@ -347,6 +347,8 @@ class IntervalSampleRecords(NamedTuple):
     value_N: Tensor
     context_id_N: Tensor
     position_N: Tensor
+    context_values_NL: Tensor | None = None
+    """Each sample's context (`SampleRecords.context_values_NL`)."""
 
 
 class IntervalBounds(NamedTuple):
@@ -415,6 +417,7 @@ def select_interval_samples(
     records = IntervalSampleRecords(
         samples.feature_N[keep], interval_N[keep], rank,
         samples.value_N[keep], samples.context_id_N[keep], samples.position_N[keep],
+        None if samples.context_values_NL is None else samples.context_values_NL[keep],
     )
     return IntervalSelection(records, _interval_bounds(stats, interval_FB, n_intervals, samples.feature_offset))
 

@@ -1,8 +1,8 @@
 """The feature card and the candidates list as plain tables, figures, HTML and links (no Streamlit).
 
-`explorer.ui` renders what this module builds from the read API's records (`explorer.feature_db`);
-the pages call `explorer.ui`. Every link is relative to the app's root, so it works behind any host
-or base path: `Features?run=demo&sae=...&feature=504` reproduces a card.
+The app package (`explorer.app`: `card`, `candidates`, `live_links`) renders what this module builds
+from the read API's records (`explorer.feature_db`). Every link is relative to the app's root, so it
+works behind any host or base path: `Features?run=demo&sae=...&feature=504` reproduces a card.
 """
 
 from __future__ import annotations

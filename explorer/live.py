@@ -2,8 +2,9 @@
 
 Pure computation (no Streamlit): `compute_live_activations` tokenises with offsets, runs the model up
 to the SAE's hook only, encodes with the SAE and returns a `LiveActivations` record. Model calls are
-serialised by a process-wide lock (`explorer.model_loading.MODEL_LOCK`), so two browser sessions that run at once each get their own,
-correct result (a HookedTransformer with hooks attached is not safe to call from two threads).
+serialised by a process-wide lock (`explorer.model_loading.MODEL_LOCK`), so two browser sessions that
+run at once each get their own, correct result (a HookedTransformer with hooks attached is not safe to
+call from two threads).
 """
 
 from __future__ import annotations

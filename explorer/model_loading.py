@@ -29,7 +29,7 @@ Folded value biases move from `hook_v`/`hook_z` into the attention output bias.
 
 Memory. transformer-lens's `from_pretrained` holds the transformers model, a randomly initialised
 HookedTransformer, and a float32 copy of every weight that its processing clones again: at the real
-shapes that was more than 23 GiB (docs/benchmarks.md). For RMSNorm models (Qwen2, Llama, ...) we do the
+shapes that did not fit a 24 GiB host (docs/benchmarks.md). For RMSNorm models (Qwen2, Llama, ...) we do the
 same conversion and processing one tensor at a time instead (`_stream_rmsnorm_weights`): the checkpoint
 stays memory-mapped in its own dtype, the HookedTransformer is built without initialising its weights,
 and each weight is converted, folded in float32 as transformer-lens does, and copied into place. The
@@ -39,7 +39,7 @@ parameter equals `from_pretrained`'s.
 Layout. transformer-lens 3.9's gated MLP and unembedding call `F.linear(x, W.T.contiguous())` on every
 forward, copying W_in, W_gate, W_out and W_U each time (nn.Linear's layout, so that bfloat16 rounds as
 in transformers). A generation step forwards one token per row, and at the real shapes those copies were
-80% of its time (docs/benchmarks.md, "Full-scale rehearsal"). The streamed load holds these four weights
+most of its time (docs/benchmarks.md, "Full-scale rehearsal"). The streamed load holds these four weights
 in that layout already (each is the transpose of a contiguous [out, in] tensor), so `.T.contiguous()`
 is the tensor itself: the same values reach `F.linear` in the same layout, without the copy.
 

@@ -1,7 +1,8 @@
 """Export feature dashboards with sae-vis 0.3.7 (Callum McDougall's `sae_vis`), for comparison with ours.
 
 sae-vis is an optional extra, installed with `pip install --no-deps -r requirements-sae-vis.txt`
-(docs/stack-notes: sae-vis 0.2.15, which pip resolves by default, silently shows a random SAE). This
+(sae-vis 0.2.15, which pip resolves next to sae-lens 6 by default, re-initialises the SAE it wraps, so
+its dashboards silently show a random SAE). This
 module only adapts our objects to its API and calls it; the dashboards are sae-vis's own.
 
 What sae-vis does with the tokens it is given:

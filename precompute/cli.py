@@ -31,7 +31,7 @@ from precompute import export_sae_vis_cli, steer_cli
 from precompute.atomic import write_text_atomic
 from precompute.cli_common import UserError, add_run_args, resolve_profile, resolve_run_dir
 from precompute.corpus_stage import run_corpus_stage
-from precompute.index_stage import index_is_current, merge_partials, run_context_shard, run_index
+from precompute.index_stage import index_is_current, merge_partials, run_index
 from precompute.sae_report_cli import run_sae_report
 from precompute.train_lm_stage import run_train_lm_stage
 from precompute.train_sae_stage import run_train_sae_stage
@@ -117,19 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="i/n: index only shard i of n and write a partial (combine with `merge`); `auto` takes i and n "
         "from torchrun's RANK and WORLD_SIZE (one GPU per process, by LOCAL_RANK)",
     )
-    index.add_argument(
-        "--contexts", action="store_true",
-        help="with --shard: the second round of a sharded index, fetching this shard's share of the kept "
-        "examples' contexts (after `merge --shard-contexts`; docs/scaling.md)",
-    )
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
     add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
-    merge.add_argument(
-        "--shard-contexts", action="store_true",
-        help="merge, then plan the kept examples' contexts for the shards to fetch (`index --shard i/n "
-        "--contexts`), instead of fetching them all in this process; run `merge` again after them",
-    )
     export_sae_vis_cli.add_parser(sub)
     steer_cli.add_parser(sub)
     build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
@@ -197,9 +187,6 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
             if torch.cuda.is_available():  # one GPU per torchrun process
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        if getattr(args, "contexts", False):
-            run_context_shard(profile, run_dir, sae_id=getattr(args, "sae", None), shard=shard)
-            return
         explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
         if not force and not explicit and index_is_current(profile, run_dir):
             print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus and its current weights); "
@@ -214,9 +201,6 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
 
 def run_command(args: argparse.Namespace) -> None:
-    if getattr(args, "contexts", False):
-        if not args.shard or (args.shard != "auto" and parse_shard(args.shard)[1] == 1):
-            raise UserError("--contexts is the second round of a sharded index: give --shard i/n (n > 1) or auto.")
     profile = resolve_profile(args)
     stages = stages_to_run(args.command, profile)
     run_dir = resolve_run_dir(args, profile)
@@ -226,7 +210,7 @@ def run_command(args: argparse.Namespace) -> None:
         # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
         run_stage(stage, profile, run_dir, args, force=args.force and (args.command in (stage, "build")))
     if args.command == "merge":
-        merge_partials(profile, run_dir, sae_id=args.sae, shard_contexts=args.shard_contexts)
+        merge_partials(profile, run_dir, sae_id=args.sae)
     if args.command == "sae-report":
         run_sae_report(profile, run_dir, sae=args.sae, sae_id=args.sae_id, hook=args.hook, force=args.force)
 

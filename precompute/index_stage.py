@@ -4,15 +4,10 @@
     index --shard i/n                                  one shard's partial: index_partials/<sae>/shard-i-of-n.pt
     merge [--sae ID]                                   combine the n partials, then the tables
 
-The context pass can be sharded too, in a second round:
-
-    merge --shard-contexts                             merge, then plan the kept examples: contexts-plan.pt
-    index --shard i/n --contexts                       shard i's contexts: contexts-i-of-n.pt
-    merge                                              the tables, from the plan and the n context partials
-
 A single run is the merge of one shard, so both paths share `finish_index`: finalise the totals,
-compute the scores, fetch every kept example's context (a second, smaller pass), compute the
-weight-only views, and write every table in one atomic transaction. The merged database equals a
+compute the scores, cut every kept example's context (kept by the accumulators during the pass, so
+there is no second forward), compute the weight-only views, and write every table in one atomic
+transaction. The merged database equals a
 single run's (tests/test_index_stage.py). docs/scaling.md says how to run shards on several GPUs.
 """
 
@@ -33,12 +28,11 @@ from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, b
 from explorer.feature_db import read_index_runs, write_feature_index
 from explorer.feature_index import (
     CorpusDocument,
-    ExampleContexts,
     WINDOWING_VERSION,
     IndexInputError,
     PassProgress,
     Window,
-    fetch_example_contexts,
+    contexts_from_values,
     limit_tokens,
     make_windows,
     run_index_pass,
@@ -63,7 +57,6 @@ STAGE = "index"
 PARTIALS_DIR = "index_partials"
 DEFAULT_SAVE_EVERY_S = 600.0
 """How often the first pass saves its progress (`--save-every`, in minutes on the command line)."""
-CONTEXT_PLAN = "contexts-plan.pt"
 N_INTERVALS = 10
 PER_INTERVAL = 4
 LOGIT_LENS_K = 10
@@ -148,6 +141,8 @@ def load_inputs(
         control_token_ids=controls,
         min_offset=-profile.index.context_before,
         max_offset=profile.index.context_after,
+        context_before=profile.index.context_before,
+        context_after=profile.index.context_after,
     )
     return IndexInputs(
         model, loaded.sae, sae_id, hook_name, stop_at_layer, windows, len({w.doc_id for w in windows}), config,
@@ -253,27 +248,14 @@ def run_index(
     return written
 
 
-def merge_partials(
-    profile: Profile, run_dir: Path, *, sae_id: str | None = None, shard_contexts: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Combine every shard partial of `sae_id` and write the tables, as a single run would.
-
-    With `shard_contexts`, stop after choosing the kept examples and write the context plan instead, for
-    `index --shard i/n --contexts` to fetch on every shard; a later `merge` then takes the contexts from
-    those partials rather than fetching them in this one process.
-    """
+def merge_partials(profile: Profile, run_dir: Path, *, sae_id: str | None = None, progress: bool = True) -> Path:
+    """Combine every shard partial of `sae_id` and write the tables, as a single run would (the
+    partials carry their kept examples' contexts)."""
     run_dir = Path(run_dir)
     sae_id = choose_sae_id(run_dir, sae_id)
     folder = Path(run_dir) / PARTIALS_DIR / sae_id
     inputs, merged, metas = load_merged_partials(profile, run_dir, sae_id, folder, progress=progress)
-    if shard_contexts:
-        return write_context_plan(run_dir, inputs, merged, metas, folder / CONTEXT_PLAN)
-    sharded = (folder / CONTEXT_PLAN).is_file()
-    return finish_index(
-        profile, run_dir, inputs, merged, metas, progress=progress,
-        read_contexts=(lambda requests: read_sharded_contexts(folder, requests, metas)) if sharded else None,
-    )
+    return finish_index(profile, run_dir, inputs, merged, metas, progress=progress)
 
 
 def load_merged_partials(
@@ -296,33 +278,21 @@ def load_merged_partials(
     inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"], progress=progress)
     if len(inputs.windows) != metas[0]["n_corpus_windows"] or metas[0]["corpus_hash"] != inputs.corpus_hash:
         raise RunFolderError(f"The partials in {folder} were built from another corpus than {run_dir}'s.")
-    merged = FeatureIndexAccumulators.from_state_dict(parts[0]["state"])
-    for part in parts[1:]:
-        merged.merge(FeatureIndexAccumulators.from_state_dict(part["state"]))
+    try:
+        states = [FeatureIndexAccumulators.from_state_dict(part["state"]) for part in parts]
+    except ValueError as err:
+        raise RunFolderError(
+            f"The partials in {folder} cannot be merged: {err}. Rebuild them with "
+            "`python -m precompute index --shard i/n` for every shard."
+        ) from None
+    merged = states[0]
+    for state in states[1:]:
+        merged.merge(state)
     if merged.config != inputs.config:
         raise RunFolderError(f"The partials in {folder} were built with another index configuration.")
     print(f"== merge == {len(parts)} shards of {sae_id}", flush=True)
     device = next(inputs.model.parameters()).device
     return inputs, FeatureIndexAccumulators.from_state_dict(merged.state_dict(), device), metas
-
-
-class ContextRequests(NamedTuple):
-    """The kept examples whose contexts the tables need: the top examples, then the interval samples."""
-
-    feature_N: torch.Tensor
-    context_id_N: torch.Tensor
-    position_N: torch.Tensor
-    n_examples: int
-
-
-def context_requests(totals, selection) -> ContextRequests:
-    ex, sm = totals.examples, selection.samples
-    return ContextRequests(
-        torch.cat([ex.feature_N.cpu(), sm.feature_N.cpu()]),
-        torch.cat([ex.context_id_N.cpu(), sm.context_id_N.cpu()]),
-        torch.cat([ex.position_N.cpu(), sm.position_N.cpu()]),
-        int(ex.feature_N.numel()),
-    )
 
 
 def select_examples(accumulators: FeatureIndexAccumulators):
@@ -332,138 +302,18 @@ def select_examples(accumulators: FeatureIndexAccumulators):
     return totals, selection
 
 
-def write_context_plan(
-    run_dir: Path, inputs: IndexInputs, merged: FeatureIndexAccumulators, metas: list[dict[str, Any]], path: Path
-) -> Path:
-    requests = context_requests(*select_examples(merged))
-    n = metas[0]["shard"][1]
-    plan = {"metas": metas, "requests": requests._asdict()}
-    with atomic_file(path) as tmp:
-        torch.save(plan, tmp)
-    for old in path.parent.glob("contexts-*-of-*.pt"):  # from an earlier plan
-        old.unlink()
-    print(f"  wrote the context plan ({len(requests.feature_N):,} examples) to {path}.\n"
-          f"  Next: `python -m precompute index --out {run_dir} --sae {inputs.sae_id} --shard i/{n} --contexts` "
-          f"for i in 0..{n - 1}, then `python -m precompute merge --out {run_dir} --sae {inputs.sae_id}`.",
-          flush=True)
-    return path
-
-
-def run_context_shard(
-    profile: Profile, run_dir: Path, *, sae_id: str | None, shard: tuple[int, int], progress: bool = True
-) -> Path:
-    """Round two of a sharded index: fetch the planned example contexts that fall in shard i's batches."""
-    run_dir = Path(run_dir)
-    sae_id = choose_sae_id(run_dir, sae_id)
-    folder = run_dir / PARTIALS_DIR / sae_id
-    plan_path = folder / CONTEXT_PLAN
-    if not plan_path.is_file():
-        raise RunFolderError(
-            f"No context plan in {folder}: run `python -m precompute merge --shard-contexts` after the shards' "
-            "first round (`index --shard i/n`)."
-        )
-    plan = torch.load(plan_path, map_location="cpu", weights_only=True)
-    metas, requests = plan["metas"], ContextRequests(**plan["requests"])
-    if shard[1] != metas[0]["shard"][1]:
-        raise RunFolderError(f"The context plan in {folder} is for {metas[0]['shard'][1]} shards, not {shard[1]}.")
-    inputs = load_inputs(profile, run_dir, sae_id, metas[0]["max_tokens"], progress=progress)
-    if metas[0]["corpus_hash"] != inputs.corpus_hash:
-        raise RunFolderError(f"The context plan in {folder} was made from another corpus than {run_dir}'s.")
-    print(f"== index == contexts of shard {shard[0]}/{shard[1]} of {sae_id}", flush=True)
-    contexts = fetch_example_contexts(
-        inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, inputs.windows,
-        requests.feature_N, requests.context_id_N, requests.position_N,
-        before=profile.index.context_before, after=profile.index.context_after,
-        batch_size=metas[0]["batch_size"], shard=shard, progress=progress,
-    )
-    mine = [n for n, tokens in enumerate(contexts.token_ids) if tokens]  # this shard's batches hold these
-    path = folder / f"contexts-{shard[0]}-of-{shard[1]}.pt"
-    with atomic_file(path) as tmp:
-        torch.save({
-            "shard": list(shard),
-            "requests": mine,
-            "first_position": torch.from_numpy(contexts.first_position_N[mine]),
-            "lengths": torch.tensor([len(contexts.token_ids[n]) for n in mine], dtype=torch.int64),
-            "token_ids": torch.tensor([t for n in mine for t in contexts.token_ids[n]], dtype=torch.int64),
-            "activations": torch.tensor([a for n in mine for a in contexts.activations[n]], dtype=torch.float32),
-        }, tmp)
-    print(f"  wrote {len(mine):,} example contexts to {path}", flush=True)
-    return path
-
-
-def _identity(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a shard partial was built from and holds, without its timing."""
-    return {key: value for key, value in meta.items() if key != "seconds"}
-
-
-def read_sharded_contexts(folder: Path, requests: ContextRequests, metas: list[dict[str, Any]]) -> ExampleContexts:
-    """The contexts of `requests`, put together from every shard's context partial, after checking that
-    the plan they were fetched for is still the one these partials give."""
-    plan = torch.load(folder / CONTEXT_PLAN, map_location="cpu", weights_only=True)
-    planned = ContextRequests(**plan["requests"])
-    same = [_identity(m) for m in plan["metas"]] == [_identity(m) for m in metas] and all(
-        torch.equal(a, b) for a, b in zip(requests[:3], planned[:3])
-    )
-    if not same:
-        raise RunFolderError(
-            f"The shard partials in {folder} changed after `merge --shard-contexts` planned their contexts: run "
-            f"it again, or delete {folder / CONTEXT_PLAN} to fetch the contexts in this process."
-        )
-    n = metas[0]["shard"][1]
-    missing = [i for i in range(n) if not (folder / f"contexts-{i}-of-{n}.pt").is_file()]
-    if missing:
-        raise RunFolderError(
-            f"{folder} holds the context plan but not the contexts of shards {missing}: run "
-            f"`python -m precompute index --shard i/{n} --contexts` for those, or delete {folder / CONTEXT_PLAN} "
-            "to fetch every context in this process."
-        )
-    N = len(requests.feature_N)
-    first = np.zeros(N, dtype=np.int64)
-    tokens: list[list[int]] = [[] for _ in range(N)]
-    acts: list[list[float]] = [[] for _ in range(N)]
-    filled = []
-    for i in range(n):
-        part = torch.load(folder / f"contexts-{i}-of-{n}.pt", map_location="cpu", weights_only=True)
-        bounds = np.concatenate([[0], np.cumsum(part["lengths"].numpy())])
-        flat_ids, flat_acts = part["token_ids"].tolist(), part["activations"].tolist()
-        for j, request in enumerate(part["requests"]):
-            first[request] = int(part["first_position"][j])
-            tokens[request] = flat_ids[bounds[j]:bounds[j + 1]]
-            acts[request] = flat_acts[bounds[j]:bounds[j + 1]]
-        filled += part["requests"]
-    if sorted(filled) != list(range(N)):
-        raise RunFolderError(
-            f"The context partials in {folder} do not cover the plan's {N:,} examples exactly once: were they "
-            "all fetched for this plan? Run `index --shard i/n --contexts` again for every shard."
-        )
-    return ExampleContexts(first, tokens, acts)
-
-
 def finish_index(
     profile: Profile, run_dir: Path, inputs: IndexInputs, accumulators: FeatureIndexAccumulators,
-    metas: list[dict[str, Any]], *, batch_size: int | None = None,
-    read_contexts: Callable[[ContextRequests], ExampleContexts] | None = None, progress: bool = True,
+    metas: list[dict[str, Any]], *, batch_size: int | None = None, progress: bool = True,
 ) -> Path:
-    """Finalise the totals and write every table of the SAE's index in one atomic transaction.
-
-    `read_contexts`: where the kept examples' contexts come from when the shards fetched them
-    (`read_sharded_contexts`); by default this process fetches them."""
+    """Finalise the totals and write every table of the SAE's index in one atomic transaction."""
     started = time.perf_counter()
     batch_size = batch_size or metas[0]["batch_size"]
     totals, selection = select_examples(accumulators)
-    requests = context_requests(totals, selection)
-    if read_contexts is not None:
-        contexts = read_contexts(requests)
-    else:
-        contexts = fetch_example_contexts(
-            inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, inputs.windows,
-            requests.feature_N, requests.context_id_N, requests.position_N,
-            before=profile.index.context_before, after=profile.index.context_after, batch_size=batch_size,
-            progress=progress,
-        )
-    n_ex = requests.n_examples
-    ex_contexts = type(contexts)(contexts.first_position_N[:n_ex], contexts.token_ids[:n_ex], contexts.activations[:n_ex])
-    sm_contexts = type(contexts)(contexts.first_position_N[n_ex:], contexts.token_ids[n_ex:], contexts.activations[n_ex:])
+    cut = {"before": profile.index.context_before, "after": profile.index.context_after}
+    ex, sm = totals.examples, selection.samples
+    ex_contexts = contexts_from_values(inputs.windows, ex.context_id_N, ex.position_N, ex.context_values_NL, **cut)
+    sm_contexts = contexts_from_values(inputs.windows, sm.context_id_N, sm.position_N, sm.context_values_NL, **cut)
     with torch.no_grad():
         lens = logit_lens(inputs.sae.W_dec.detach().float(), inputs.model.W_U.detach().float(), k=LOGIT_LENS_K)
         nearest = nearest_features(inputs.sae.W_dec.detach(), k=NEIGHBOURS_K)

@@ -238,7 +238,8 @@ def test_top_k_matches_brute_force(corpus):
                 candidates.append((-acts_T.max(), corpus.context_ids_C[c], int(np.argmax(acts_T))))
         for rank, (neg_value, ctx, pos) in enumerate(sorted(candidates)[:k]):
             expected.append((f + 100, rank, -neg_value, ctx, pos))
-    got = list(zip(*(x.tolist() for x in records)))
+    got = list(zip(*(x.tolist() for x in records[:5])))
+    assert_contexts_match(corpus, records.feature_N - 100, records.context_id_N, records.position_N, records.context_values_NL)
     assert [(f, r, np.float32(v), c, p) for f, r, v, c, p in got] == [
         (f, r, np.float32(v), c, p) for f, r, v, c, p in expected
     ]
@@ -264,6 +265,23 @@ def test_interval_sketch_matches_brute_force(corpus):
         for i in sorted(rows, key=lambda i: (prio[i], ctx[i], t[i]))[:m]:
             expected.append((int(f[i]) + 40, int(b[i]), int(prio[i]), float(v[i]), int(ctx[i]), int(t[i])))
     assert list(zip(*(x.tolist() for x in got[:6]))) == expected
+    assert_contexts_match(corpus, got.feature_N - 40, got.context_id_N, got.position_N, got.context_values_NL)
+
+
+def assert_contexts_match(corpus, feature_N, context_id_N, position_N, values_NL, before=32, after=8) -> None:
+    """Each kept entry's context, as read during the pass, against the corpus: the feature on positions
+    `position - before .. position + after` of its window, 0 outside it and on invalid tokens."""
+    assert values_NL.shape == (len(feature_N), before + 1 + after)
+    row_of = {int(c): i for i, c in enumerate(corpus.context_ids_C)}
+    T = corpus.acts_CTF.shape[1]
+    for f, c, p, got_L in zip(feature_N.tolist(), context_id_N.tolist(), position_N.tolist(), values_NL.numpy()):
+        row = row_of[c]
+        expected_L = np.zeros(before + 1 + after, dtype=np.float32)
+        for j, t in enumerate(range(p - before, p + after + 1)):
+            if 0 <= t < T and corpus.valid_CT[row, t]:
+                expected_L[j] = corpus.acts_CTF[row, t, f]
+        np.testing.assert_array_equal(got_L, expected_L)
+        assert got_L[before] > 0  # the entry itself
 
 
 def test_activation_stats_match_brute_force(corpus):

@@ -186,7 +186,7 @@ def test_reason_score_alpha_on_hand_totals():
 
 
 def direct_reason_score(corpus: Corpus, vocab: ReasoningVocab, alpha: float) -> np.ndarray:
-    """research.md's formula, straight from dense activations and brute-force token sets."""
+    """The paper's formula (docs/index-math.md), straight from dense activations and brute-force token sets."""
     mask, groups = brute_reasoning_positions(corpus.token_ids_CT, corpus.valid_CT, vocab)
     acts = corpus.acts_CTF.astype(np.float64)
     mu_pos = acts[mask].mean(0)

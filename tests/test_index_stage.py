@@ -152,56 +152,46 @@ def test_shards_merge_into_the_single_run(mini_run, tmp_path):
     merged.close()
 
 
-def test_sharded_context_pass_merges_into_the_single_run(mini_run, tmp_path):
-    """Round two shards the context pass too: each shard fetches the kept examples in its own batches,
-    and the tables equal a single run's. The CLI path, as a user runs it."""
-    from precompute.cli import main
-    from precompute.index_stage import run_context_shard
+def test_contexts_kept_during_the_pass_equal_a_second_forwards(mini_run):
+    """The index keeps each example's and each sample's context while the pass runs (no second forward
+    over the corpus). Check them against the independent route: re-forward the batches that hold them
+    (`fetch_example_contexts`) and read the same positions, bit for bit."""
+    from explorer.feature_index import contexts_from_values, fetch_example_contexts, run_index_pass
+    from precompute.index_stage import select_examples
 
     profile, run_dir = mini_run
-    sharded = tmp_path / "sharded"
-    shutil.copytree(run_dir, sharded, ignore=shutil.ignore_patterns("explorer.duckdb*"))
-    for i in range(3):
-        run_index(profile, sharded, batch_size=4, shard=(i, 3), progress=False)
-    profile_json = sharded / "profile.json"
-    profile_json.write_text(profile.to_json())
-    common = ["--profile", str(profile_json), "--out", str(sharded)]
-    assert main(["merge", *common, "--shard-contexts"]) == 0
-    assert not database_path(sharded).exists()  # planning writes no tables
-    folder = sharded / "index_partials" / SAE_ID
-    assert main(["merge", *common]) == 2  # the plan is there, the contexts are not: refused, nothing written
-    assert not database_path(sharded).exists()
-    assert main(["index", *common, "--contexts"]) == 2  # round two needs its shard
-    for i in range(3):  # (the CLI's `index` would first train the SAE this miniature run only saved)
-        run_context_shard(profile, sharded, sae_id=None, shard=(i, 3), progress=False)
-    fetched = [torch.load(folder / f"contexts-{i}-of-3.pt", weights_only=True)["requests"] for i in range(3)]
-    assert all(fetched) and sorted(sum(fetched, [])) == list(range(sum(map(len, fetched))))  # a partition
-    assert main(["merge", *common]) == 0
-    assert_same_index(database_path(sharded), database_path(run_dir))
+    inputs = load_inputs(profile, run_dir, None, None, progress=False)
+    acc = run_index_pass(
+        inputs.model, inputs.sae, HOOK, STOP_AT_LAYER, inputs.windows, inputs.config, batch_size=4, progress=False
+    ).accumulators
+    totals, selection = select_examples(acc)
+    cut = {"before": INDEX.context_before, "after": INDEX.context_after}
+    for kept in (totals.examples, selection.samples):
+        assert kept.feature_N.numel() >= 15
+        ours = contexts_from_values(inputs.windows, kept.context_id_N, kept.position_N, kept.context_values_NL, **cut)
+        again = fetch_example_contexts(
+            inputs.model, inputs.sae, HOOK, STOP_AT_LAYER, inputs.windows, kept.feature_N, kept.context_id_N,
+            kept.position_N, batch_size=4, progress=False, **cut,
+        )
+        np.testing.assert_array_equal(ours.first_position_N, again.first_position_N)
+        assert ours.token_ids == again.token_ids
+        assert ours.activations == again.activations  # exactly: the same batch, the same floats
+        assert any(any(a > 0 for a in acts[:-1]) for acts in ours.activations)  # not just the example itself
 
 
-def test_a_context_shard_needs_a_plan_and_a_stale_plan_is_refused(mini_run, tmp_path, capsys):
-    from precompute.index_stage import run_context_shard
-
+def test_a_partial_saved_before_contexts_were_kept_is_refused_clearly(mini_run, tmp_path):
     profile, run_dir = mini_run
-    sharded = tmp_path / "sharded"
-    shutil.copytree(run_dir, sharded, ignore=shutil.ignore_patterns("explorer.duckdb*"))
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("explorer.duckdb*"))
     for i in range(2):
-        run_index(profile, sharded, batch_size=4, shard=(i, 2), progress=False)
-    with pytest.raises(Exception, match="No context plan"):
-        run_context_shard(profile, sharded, sae_id=None, shard=(0, 2), progress=False)
-    merge_partials(profile, sharded, shard_contexts=True, progress=False)
-    with pytest.raises(Exception, match="for 2 shards, not 3"):
-        run_context_shard(profile, sharded, sae_id=None, shard=(0, 3), progress=False)
-    for i in range(2):
-        run_context_shard(profile, sharded, sae_id=None, shard=(i, 2), progress=False)
-    run_index(profile, sharded, batch_size=4, shard=(1, 2), progress=False)  # the same partial, rebuilt
-    merge_partials(profile, sharded, progress=False)  # the plan still fits it
-    assert database_path(sharded).exists()
-    for i in range(2):  # a first round over fewer tokens after the plan: it no longer fits
-        run_index(profile, sharded, max_tokens=2000, batch_size=4, shard=(i, 2), progress=False)
-    with pytest.raises(Exception, match="changed after `merge --shard-contexts`"):
-        merge_partials(profile, sharded, progress=False)
+        run_index(profile, old, batch_size=4, shard=(i, 2), progress=False)
+    path = old / "index_partials" / SAE_ID / "shard-1-of-2.pt"
+    part = torch.load(path, weights_only=True)
+    part["state"] = {k: v for k, v in part["state"].items() if "ctx_" not in k}  # as an older version wrote it
+    torch.save(part, path)
+    with pytest.raises(Exception, match="older version.*index --shard"):
+        merge_partials(profile, old, progress=False)
+    assert not database_path(old).exists()
 
 
 def test_a_missing_shard_is_refused(mini_run, tmp_path):

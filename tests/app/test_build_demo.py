@@ -72,10 +72,8 @@ def test_demo_build_command_builds_the_demo_profile_into_the_runs_folder(tmp_pat
 def home(runs_root: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs_root))
     import explorer.artifacts
-    import explorer.ui
 
-    importlib.reload(explorer.artifacts)
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     return AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
 
 

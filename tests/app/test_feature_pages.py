@@ -3,6 +3,7 @@ indexed run: deep links reproduce a card, widgets drive it by key, broken links 
 message, and token strings are shown as text."""
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,9 @@ from tests.app.indexed_runs import D_SAE, SAE_ID, UNINDEXED_SAE_ID, indexed_runs
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
-FEATURES = REPO / "pages" / "3_Features.py"
-CANDIDATES = REPO / "pages" / "4_Candidates.py"
-LIVE = REPO / "pages" / "2_Live.py"
+FEATURES = REPO / "app_pages" / "features.py"
+CANDIDATES = REPO / "app_pages" / "candidates.py"
+LIVE = REPO / "app_pages" / "live.py"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,8 @@ def best(runs):
 def page(path: Path, runs: Path, monkeypatch, **params) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs))
     import explorer.artifacts
-    import explorer.ui
 
-    importlib.reload(explorer.artifacts)
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     at = AppTest.from_file(str(path), default_timeout=120)
     for name, value in {"run": "mini", **params}.items():
         at.query_params[name] = str(value)
@@ -72,15 +71,37 @@ def test_a_deep_link_reproduces_the_card(runs, best, monkeypatch):
     neighbours = linked.dataframe[-1].value
     assert neighbours["card"].str.startswith(f"Features?run=mini&sae={SAE_ID}&feature=").all()
 
+    assert "top candidate" not in messages(linked)  # a linked card is not the page's own choice
+
     # The same card reached by typing the id in a fresh session.
     typed = page(FEATURES, runs, monkeypatch, sae=SAE_ID)
     typed.run()
-    assert "Type a feature id" in typed.info[0].value
     typed.number_input(key="feature_id").set_value(f).run()
     assert not typed.exception
     assert typed.subheader[0].value == f"Feature {f}"
     assert html_bodies(typed) == body
     assert typed.query_params["feature"] in ([str(f)], str(f))
+
+
+def test_without_a_feature_the_page_opens_on_the_top_candidate_and_says_so(runs, monkeypatch):
+    top = read_candidates(database_path(runs / "mini"), SAE_ID, "auroc_notebook", min_density=1e-4, limit=1)
+    f = int(top["feature_id"][0])  # the Candidates page's first row at its defaults
+    at = page(FEATURES, runs, monkeypatch, sae=SAE_ID)
+    at.run()
+    assert not at.exception and not at.error
+    assert at.number_input(key="feature_id").value == f
+    assert at.subheader[0].value == f"Feature {f}"
+    assert at.query_params["feature"] in ([str(f)], str(f))
+    note = at.info[0].value
+    assert f"Showing feature {f}, the top candidate" in note
+    assert "Backtracking AUROC (the notebook's six groups)" in note and "density at least 1e-04" in note
+
+    other = (f + 1) % D_SAE
+    at.number_input(key="feature_id").set_value(other).run()
+    assert not at.exception and at.subheader[0].value == f"Feature {other}"
+    assert "top candidate" not in messages(at)
+    at.number_input(key="feature_id").set_value(None).run()  # cleared: the page asks for an id
+    assert not at.exception and "Type a feature id" in at.info[0].value
 
 
 def test_unknown_ids_and_stale_links_get_a_message(runs, monkeypatch):
@@ -215,6 +236,26 @@ def test_candidates_rank_filter_link_and_download(runs, monkeypatch):
         assert (filtered["density"] >= 1e-2).all() and not filtered["is_token_detector"].any()
     else:
         assert "No feature passes these filters" in at.info[0].value
+
+
+def test_every_candidates_column_has_a_readable_label_and_help(runs, monkeypatch):
+    at = page(CANDIDATES, runs, monkeypatch, sae=SAE_ID)
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0]
+    config = json.loads(table.proto.columns)  # st.column_config as the browser gets it
+    for name in table.value.columns:
+        assert config.get(name, {}).get("help"), f"column {name!r} has no help"
+        assert config[name].get("label"), f"column {name!r} has no label"
+    window = config["doc_window_max_delta"]
+    assert window["label"] == "window max: with − without"
+    assert "in traces with backtracking minus traces without" in window["help"]
+    identity = config["margin_over_identity"]
+    assert identity["label"] == "margin over token identity" and "token id alone" in identity["help"]
+    assert "Backtracking AUROC (the notebook's six groups)" in config["score"]["help"]
+
+    at.selectbox(key="rank_by").set_value("reason_score").run()
+    assert "ReasonScore" in json.loads(at.dataframe[0].proto.columns)["score"]["help"]
 
 
 def test_a_candidates_link_reproduces_the_ranking(runs, monkeypatch):

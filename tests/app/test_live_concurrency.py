@@ -28,7 +28,7 @@ def test_concurrent_live_runs_equal_serial_runs(mini_qwen2_dir):  # noqa: F811
     def live(i: int):
         return i, compute_live_activations(model, sae, HOOK, texts[i % len(texts)])
 
-    def check(_):  # what every page run does before Live (explorer.ui.load_model_and_sae)
+    def check(_):  # what every page run does before Live (explorer.app.model_cache.load_model_and_sae)
         with MODEL_LOCK:
             return check_sae_fits_model(sae, model, HOOK)
 

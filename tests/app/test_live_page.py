@@ -22,7 +22,7 @@ from precompute.train_sae_stage import run_train_sae_stage
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
-LIVE_PAGE = REPO / "pages" / "2_Live.py"
+LIVE_PAGE = REPO / "app_pages" / "live.py"
 HOOK = "blocks.1.hook_mlp_out"
 TINY_SAE = SAERecipe(
     expansion_factor=2, l1_coefficient=1.0, lr=3e-3, lr_scheduler_name="constant", training_steps=30,
@@ -46,10 +46,8 @@ def tiny_run(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
 def live_app(runs: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs))
     import explorer.artifacts
-    import explorer.ui
 
-    importlib.reload(explorer.artifacts)
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     return AppTest.from_file(str(LIVE_PAGE), default_timeout=120)
 
 

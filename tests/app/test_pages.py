@@ -1,4 +1,5 @@
-"""Every page runs under Streamlit's AppTest without an exception, on a real (small) run folder."""
+"""Every page runs under Streamlit's AppTest without an exception, on a real (small) run folder, alone
+and through the app's navigation."""
 
 import importlib
 from pathlib import Path
@@ -6,10 +7,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.app.navigation import PAGES as APP_PAGES
 from precompute.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-PAGES = [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]
+PAGES = [REPO / "app.py", *(REPO / page.script for page in APP_PAGES)]
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +25,7 @@ def app_test(page: Path, runs_root: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs_root))
     import explorer.artifacts
 
-    importlib.reload(explorer.artifacts)
-    import explorer.ui
-
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     return AppTest.from_file(str(page), default_timeout=60)
 
 
@@ -46,6 +45,25 @@ def test_page_empty_state_explains_how_to_build(page, tmp_path, monkeypatch):
     assert "make demo-data" in at.info[0].value
 
 
+def test_every_page_script_is_in_the_navigation():
+    assert sorted(p.name for p in (REPO / "app_pages").glob("*.py")) == sorted(Path(p.script).name for p in APP_PAGES)
+
+
+def test_the_app_opens_on_home_and_its_navigation_reaches_every_page(runs_dir, monkeypatch):
+    at = app_test(REPO / "app.py", runs_dir, monkeypatch)
+    at.run()
+    assert not at.exception
+    assert APP_PAGES[0].title == "Home"
+    assert at.title[0].value == "Backtracking feature explorer"  # the default page is Home
+    titles = {"Corpus": "Corpus", "Live": "Live activations", "Features": "Feature browser",
+              "Candidates": "Backtracking candidates", "Steering": "Steering"}
+    for page in APP_PAGES[1:]:
+        at.switch_page(page.script).run()
+        assert not at.exception, page
+        assert at.title[0].value == titles[page.title]
+        assert at.sidebar.selectbox(key="run_picker").value == "demo"
+
+
 def test_home_shows_the_corpus_counts(runs_dir, monkeypatch):
     at = app_test(REPO / "app.py", runs_dir, monkeypatch)
     at.run()
@@ -54,11 +72,11 @@ def test_home_shows_the_corpus_counts(runs_dir, monkeypatch):
 
 
 def test_corpus_page_marks_phrases_and_follows_the_url(runs_dir, monkeypatch):
-    at = app_test(REPO / "pages" / "1_Corpus.py", runs_dir, monkeypatch)
+    at = app_test(REPO / "app_pages" / "corpus.py", runs_dir, monkeypatch)
     at.run()
     second = at.selectbox(key="doc_id").options[1]
     # A shared link (?doc=...) opens a fresh session on that trace.
-    linked = app_test(REPO / "pages" / "1_Corpus.py", runs_dir, monkeypatch)
+    linked = app_test(REPO / "app_pages" / "corpus.py", runs_dir, monkeypatch)
     linked.query_params["doc"] = second
     linked.run()
     assert linked.selectbox(key="doc_id").value == second
@@ -74,7 +92,7 @@ def test_corpus_page_lists_a_page_of_ids_and_opens_a_linked_trace_on_its_page(ru
     from explorer.corpus_views import PAGE_SIZE
     from explorer.runs import read_document_text
 
-    at = app_test(REPO / "pages" / "1_Corpus.py", runs_dir, monkeypatch)
+    at = app_test(REPO / "app_pages" / "corpus.py", runs_dir, monkeypatch)
     at.session_state["only_backtracking"] = False  # all 200 traces: two pages
     at.query_params["doc"] = "synth-000150"
     at.run()

@@ -13,7 +13,7 @@ from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 from tests.test_steering import build_tiny_steering_run
 
 REPO = Path(__file__).resolve().parents[2]
-PAGE = REPO / "pages" / "5_Steering.py"
+PAGE = REPO / "app_pages" / "steering.py"
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,8 @@ def tiny_run(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
 def steering_app(runs: Path, monkeypatch, feature: int | None = None) -> AppTest:
     monkeypatch.setenv("EXPLORER_RUNS_DIR", str(runs))
     import explorer.artifacts
-    import explorer.ui
 
-    importlib.reload(explorer.artifacts)
-    importlib.reload(explorer.ui)
+    importlib.reload(explorer.artifacts)  # the pickers read DEFAULT_RUNS_DIR when they run
     at = AppTest.from_file(str(PAGE), default_timeout=120)
     if feature is not None:
         at.query_params["feature"] = str(feature)

@@ -21,7 +21,7 @@ from explorer.build_runner import stop_process
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
-# Flags that let Chromium run as root on a closed network (stack-notes.md).
+# Flags that let Chromium run as root on a closed network (no background downloads, updates or sync).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

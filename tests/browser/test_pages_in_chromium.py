@@ -63,13 +63,25 @@ def visit(page, url: str, expected_text: str, screenshot: str) -> None:
         ("/Corpus?doc=synth-000016", "Solve this math problem", "corpus-deep-link.png"),
         ("/Live", "This run has no SAE yet", "live-without-sae.png"),
         ("/Features", "This run has no SAE yet", "features-without-sae.png"),
-        ("/Features?run=mini", "Type a feature id", "features.png"),
+        ("/Features?run=mini", "the top candidate", "features.png"),
         ("/Candidates?run=mini", "Lead-lag profiles of the top features", "candidates.png"),
         ("/Features?run=mini&feature=100000", "does not exist", "features-unknown-id.png"),
     ],
 )
 def test_page_renders_without_exception(server, browser_page, path, expected_text, screenshot):
     visit(browser_page, server + path, expected_text, screenshot)
+
+
+def test_the_sidebar_lists_home_first_then_every_page(server, browser_page):
+    from explorer.app.navigation import PAGES
+
+    visit(browser_page, f"{server}/Corpus?run=mini", "Only traces with backtracking", "corpus-mini.png")
+    entries = browser_page.locator('[data-testid="stSidebarNav"] a')
+    assert entries.all_inner_texts() == [page.title for page in PAGES]
+    assert entries.first.inner_text() == "Home"
+    entries.first.click()
+    browser_page.get_by_text("With backtracking").first.wait_for(timeout=60_000)
+    assert browser_page.title() == "Backtracking feature explorer"
 
 
 def test_deep_link_opens_the_linked_trace_with_marked_phrases(server, browser_page):

@@ -5,14 +5,13 @@ read alone (a corpus such as OpenR1-Math-220k has about 3 GB of text)."""
 
 import streamlit as st
 
-from explorer import ui
+from explorer.app import pickers, run_cache, traces
 from explorer.corpus_views import filter_documents
 
-st.set_page_config(page_title="Corpus · Backtracking feature explorer", layout="wide")
 st.title("Corpus")
 
-run_dir = ui.pick_run_or_stop()
-documents = ui.load_document_list(run_dir)
+run_dir = pickers.pick_run_or_stop()
+documents = run_cache.load_document_list(run_dir)
 if documents is None:
     st.stop()
 
@@ -24,7 +23,7 @@ if shown.empty:
     st.info("No trace matches.")
     st.stop()
 
-doc_id = ui.render_document_picker(shown, st.query_params.get("doc"))
-st.query_params["doc"] = doc_id
+doc_id = traces.render_document_picker(shown, st.query_params.get(traces.DOC_PARAM))
+st.query_params[traces.DOC_PARAM] = doc_id
 st.dataframe(shown[shown["doc_id"] == doc_id], hide_index=True)
-ui.render_labelled_trace(run_dir, doc_id)
+traces.render_labelled_trace(run_dir, doc_id)

@@ -1,96 +1,23 @@
-"""Streamlit rendering for the Steering page: bounds, progress, the rate plot and the side-by-side texts.
+"""A steering result drawn: the verdict per condition, the summary table, the rate plot and the
+baseline and steered texts side by side (the Steering page, for a fresh generation and a stored one).
 
-The computation is `explorer.steering`, the storage `explorer.steering_store`; this module only reads
-widgets' values handed to it and draws. Every generated text reaches HTML through
-`explorer.html.highlight_html`, which escapes it.
+The computation is `explorer.steering`, the storage `explorer.steering_store`, the run control
+`explorer.app.steering_run`. Every generated text reaches HTML through `explorer.html.highlight_html`,
+which escapes it.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from explorer.html import GROUP_COLOURS, Mark, highlight_html, legend_html
-from explorer.steering import (
-    ConditionSummary,
-    GenerationProgress,
-    SteeringSample,
-    condition_name,
-    describe_effect,
-)
-
-FEATURE_PARAM = "feature"
-CPU_MAX_NEW_TOKENS, CPU_MAX_SAMPLES = 256, 8
-GPU_MAX_NEW_TOKENS, GPU_MAX_SAMPLES = 1024, 32
-PAGE_MAX_COEFS = 6
-PAGE_TIME_LIMIT_S = 300.0
-"""A generation on the page stops after this long and shows what it has (the CLI has no limit)."""
-
-
-def page_bounds(device: str) -> tuple[int, int]:
-    """(max new tokens, max samples) the page allows: small on a CPU, so it stays responsive."""
-    if str(device).startswith("cuda"):
-        return GPU_MAX_NEW_TOKENS, GPU_MAX_SAMPLES
-    return CPU_MAX_NEW_TOKENS, CPU_MAX_SAMPLES
-
-
-def feature_from_query(d_sae: int, default: int = 0) -> int:
-    """The `?feature=` of the URL when it names a feature of this SAE, else `default`."""
-    try:
-        value = int(st.query_params.get(FEATURE_PARAM, default))
-    except (TypeError, ValueError):
-        return default
-    return value if 0 <= value < d_sae else default
-
-
-@st.cache_data(show_spinner=False)
-def cached_corpus_prompts(run_dir: str, mtime: float, n: int = 200) -> list[str]:
-    """The prompts of the run's first `2n` traces, at most `n` (distinct, in corpus order)."""
-    from explorer.runs import read_corpus_prompts
-
-    return list(dict.fromkeys(read_corpus_prompts(Path(run_dir), max_documents=n * 2)))[:n]
-
-
-def load_corpus_prompts(run_dir: Path) -> list[str]:
-    """The run's corpus prompts, or [] when it has no corpus (the page then offers its example)."""
-    from explorer import artifacts
-    from explorer.runs import RunFolderError
-
-    try:
-        mtime = (run_dir / artifacts.CORPUS_DIR / artifacts.STAGE_MANIFEST).stat().st_mtime
-        return cached_corpus_prompts(str(run_dir), mtime)
-    except (OSError, RunFolderError):
-        return []
-
-
-def make_progress(
-    label: str, time_limit_s: float = PAGE_TIME_LIMIT_S
-) -> tuple[Callable[[GenerationProgress], None], Callable[[], bool]]:
-    """A progress bar callback (redrawn at most 5 times a second) and a stop predicate that ends the
-    generation after `time_limit_s`. A click on any button (Stop) during a redraw interrupts the run."""
-    bar = st.progress(0.0, text=label)
-    started = time.monotonic()
-    last = [0.0]
-
-    def progress(p: GenerationProgress) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.2 and p.steps_done < p.steps_total:
-            return
-        last[0] = now
-        fraction = min(p.steps_done / max(p.steps_total, 1), 1.0)
-        text = f"{label}: batch {p.chunk}/{p.n_chunks}, {p.tokens_generated:,} tokens, {now - started:.0f} s"
-        bar.progress(fraction, text=text)
-
-    def should_stop() -> bool:
-        return time.monotonic() - started > time_limit_s
-
-    return progress, should_stop
+from explorer.steering import ConditionSummary, SteeringResult, SteeringSample, condition_name, describe_effect
+from explorer.steering_store import SteeringRun
 
 
 def _estimate_text(mean: float, low: float, high: float) -> str:
@@ -225,49 +152,17 @@ def render_result(
     render_side_by_side(prompts, samples, [s.coef for s in summaries[1:]], mode, key)
 
 
-def load_stored_runs(run_dir: Path, sae_id: str, feature_id: int):
-    """The stored steering runs of a feature (newest first), or [] when the run has no database."""
-    from explorer.database import DatabaseError
-    from explorer.runs import database_path
-    from explorer.steering_store import read_steering_runs
-
-    path = database_path(run_dir)
-    if not path.is_file():
-        return []
-    try:
-        return read_steering_runs(path, sae_id, feature_id)
-    except DatabaseError as err:
-        st.error(str(err))
-        return []
-
-
-def describe_run(run) -> str:
+def describe_run(run: SteeringRun) -> str:
+    """A stored run in one line: when, mode and coefficients, size."""
     coefs = ", ".join(f"{c:+g}" for c in run.coefs)
     when = run.created_at.strftime("%Y-%m-%d %H:%M")
     size = f"{run.n_prompts} prompts x {run.n_samples} · <= {run.max_new_tokens} tokens"
     return f"{when} · {run.mode} {coefs} · {size}"
 
 
-def load_stored_result(run_dir: Path, run_id: str):
-    """A stored run read back (`StoredSteering`), or None after showing why not."""
-    from explorer.database import DatabaseError
-    from explorer.runs import database_path
-    from explorer.steering_store import read_steering_result
-
-    try:
-        return read_steering_result(database_path(run_dir), run_id)
-    except DatabaseError as err:
-        st.error(str(err))
-        return None
-
-
-def save_result(run_dir: Path, sae_id: str, result) -> None:
-    """Store a page generation in the run's database; a failure is shown, not raised."""
-    from explorer.errors import ExplorerError
-    from explorer.runs import database_path
-    from explorer.steering_store import write_steering_result
-
-    try:
-        write_steering_result(database_path(run_dir), sae_id, result, prompt_source="page")
-    except (ExplorerError, OSError) as err:
-        st.error(f"The result could not be saved: {err}")
+def render_generation(result: SteeringResult, sae_id: str, hook_name: str, feature_id: int) -> None:
+    """A generation made on the page, with what it ran on."""
+    st.subheader("This generation")
+    st.caption(f"{result.n_generated_tokens:,} tokens in {result.seconds:.1f} s on {result.device} · at most "
+               f"{result.max_new_tokens} new tokens · SAE `{sae_id}` at `{hook_name}`")
+    render_result(result.prompts, result.samples, result.summaries, result.config.mode, feature_id, key="fresh")

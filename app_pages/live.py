@@ -4,35 +4,35 @@ import random
 
 import streamlit as st
 
-from explorer import ui
+from explorer.app import live_links, model_cache, pickers, run_cache, traces
 from explorer.html import activation_html
 from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_top_features, wrap_in_prompt
 
-st.set_page_config(page_title="Live · Backtracking feature explorer", layout="wide")
 st.title("Live activations")
 
-run_dir, sae_id, summary = ui.pick_sae_with_summary_or_stop()
+run_dir, sae_id, summary = pickers.pick_sae_with_summary_or_stop()
 
-link = ui.read_live_link(run_dir)  # a card's "open in Live": ?doc=...&feature=...&token=...
+link = live_links.read_live_link(run_dir)  # a card's "open in Live": ?doc=...&feature=...&token=...
 if "live_text" not in st.session_state:
     st.session_state["live_text"] = link.text if link is not None else EXAMPLE_TRACE
 if st.button("Random trace from the corpus", key="random_trace"):
-    documents = ui.load_document_list(run_dir)
-    picked = ui.load_document_text(run_dir, random.choice(documents["doc_id"].tolist())) if documents is not None else None
+    documents = run_cache.load_document_list(run_dir)
+    picked = run_cache.load_document_text(run_dir, random.choice(documents["doc_id"].tolist())) if documents is not None else None
     if picked is not None:
         st.session_state["live_text"] = picked
 text = st.text_area("Chain of thought", key="live_text", height=220)
 if link is not None and text != link.text:
-    ui.drop_live_link()
+    live_links.drop_live_link()
     link = None
 wrap = st.checkbox("Wrap the text in the R1 prompt template (treat it as the problem)", key="wrap_prompt")
+shown_text = wrap_in_prompt(text) if wrap else text
 
-loaded = ui.load_model_and_sae(run_dir, summary.profile, sae_id)
+loaded = model_cache.load_model_and_sae(run_dir, summary.profile, sae_id)
 if loaded is None:
     st.stop()
 _, _, hook_name = loaded
 try:  # once per text and SAE: moving the feature or token widgets below does not rerun the model
-    live = ui.load_live_activations(run_dir, summary.profile, sae_id, hook_name, wrap_in_prompt(text) if wrap else text)
+    live = model_cache.load_live_activations(run_dir, summary.profile, sae_id, hook_name, shown_text)
 except LiveInputError as hint:
     st.info(str(hint))
     st.stop()
@@ -48,18 +48,15 @@ if not top:
 left, right = st.columns([2, 1])
 with right:
     st.subheader("Top features over the text")
-    ui.render_live_top_features(run_dir, sae_id, top)
+    live_links.render_live_top_features(run_dir, sae_id, top)
 with left:
     d_sae, n_tokens = live.acts_TF.shape[1], len(live.token_ids)
-    linked_feature = link.feature if link is not None and link.feature is not None and 0 <= link.feature < d_sae else None
+    linked_feature = link.feature_within(d_sae) if link is not None else None
     feature = st.number_input("Feature", min_value=0, max_value=d_sae - 1, key="live_feature",
                               value=linked_feature if linked_feature is not None else top[0].feature_id)
     values = live.acts_TF[:, int(feature)].tolist()
     st.html(activation_html(live.token_texts, values, max(values)))
-    linked_token = link.token if link is not None and link.token is not None else None
-    if linked_token is not None and not 0 <= linked_token < n_tokens:
-        st.info(f"The linked example is at token {linked_token:,} of the document; Live runs its first {n_tokens:,} tokens.")
-        linked_token = None
+    linked_token = link.token_within(n_tokens) if link is not None else None
     position = st.slider("Token", 0, n_tokens - 1, key="live_position",
                          value=linked_token if linked_token is not None else n_tokens // 2)
     st.caption(f"Token {position}: {live.token_texts[position]!r}")
@@ -67,4 +64,4 @@ with left:
     st.dataframe({"feature": [f.feature_id for f in at_token], "activation": [round(f.value, 3) for f in at_token]}, hide_index=True)
 
 st.subheader("Labelled backtracking phrases")
-ui.render_phrases(wrap_in_prompt(text) if wrap else text, live.phrases)
+traces.render_phrases(shown_text, live.phrases)

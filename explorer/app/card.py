@@ -1,0 +1,101 @@
+"""The feature card's sections: header with its headline numbers, top examples, distribution and logit
+lens, quantile samples, and the backtracking evidence. Every token string reaches HTML through
+`explorer.html`, which escapes it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer.feature_db import FeatureCard
+from explorer.feature_views import (
+    card_href,
+    evidence_table,
+    example_rows,
+    group_auroc_figure,
+    histogram_figure,
+    interval_groups,
+    lead_lag_figure,
+    logit_lens_tables,
+    neighbours_table,
+    word_shares_figure,
+)
+from explorer.html import examples_html
+
+TOP_EXAMPLES_SHOWN = 12
+"""Top examples shown before the "more" expander."""
+
+
+def render_card_header(card: FeatureCard, run: str, index_run: dict) -> None:
+    s, stats = card.scores, card.stats
+    st.subheader(f"Feature {card.feature_id}")
+    st.markdown(f"[Link to this card]({card_href(run, card.sae_id, card.feature_id)}) · SAE `{card.sae_id}` at "
+                f"`{index_run['hook_name']}` · {index_run['n_valid_tokens']:,} tokens indexed")
+    cols = st.columns(6)
+    cols[0].metric("Density", f"{stats['density']:.3%}", help="share of valid tokens where it fires")
+    cols[1].metric("Max activation", f"{stats['max_activation']:.3f}")
+    if s:
+        cols[2].metric("AUROC (backtracking)", f"{s['auroc_notebook']:.3f}", help="the notebook's six groups; 0.5 = chance")
+        cols[3].metric("ReasonScore", f"{s['reason_score']:.4f}")
+        cols[4].metric("Leads (SDs)", f"{s['leads_score']:+.2f}", help="rise over offsets -8..-1 before a phrase")
+        cols[5].metric("Token detector", "yes" if s["is_token_detector"] else "no")
+
+
+def render_top_examples(card: FeatureCard, vocabulary: list[str], run: str) -> None:
+    st.markdown("**Top examples** (hover a token for its activation; the peak is outlined)")
+    if card.top_examples.empty:
+        st.caption("This feature never fired on the indexed tokens.")
+        return
+    rows = example_rows(card.top_examples, vocabulary, run, card.sae_id, card.feature_id)
+    max_activation = float(card.stats["max_activation"])
+    st.html(examples_html(rows[:TOP_EXAMPLES_SHOWN], max_activation))
+    if len(rows) > TOP_EXAMPLES_SHOWN:
+        with st.expander(f"{len(rows) - TOP_EXAMPLES_SHOWN} more top examples"):
+            st.html(examples_html(rows[TOP_EXAMPLES_SHOWN:], max_activation))
+
+
+def render_interval_samples(card: FeatureCard, vocabulary: list[str], run: str) -> None:
+    with st.expander("Quantile samples: examples from each activation interval, not only the top"):
+        if card.interval_samples.empty:
+            st.caption("No samples: the feature never fired.")
+        for heading, rows in interval_groups(card.interval_samples):
+            st.caption(heading)
+            st.html(examples_html(example_rows(rows, vocabulary, run, card.sae_id, card.feature_id),
+                                  float(card.stats["max_activation"])))
+
+
+def render_distribution_and_lens(card: FeatureCard, run: str) -> None:
+    st.plotly_chart(histogram_figure(card.histogram), width="stretch", key="card_histogram")
+    promoted, suppressed = logit_lens_tables(card.logit_lens)
+    left, right = st.columns(2)
+    left.markdown("**Promotes** (logit lens)")
+    left.dataframe(promoted, hide_index=True)
+    right.markdown("**Suppresses**")
+    right.dataframe(suppressed, hide_index=True)
+    st.markdown("**Nearest features** (decoder cosine)")
+    st.dataframe(neighbours_table(card.neighbours, run, card.sae_id), hide_index=True,
+                 column_config={"card": st.column_config.LinkColumn("card", display_text="open")})
+
+
+def render_backtracking_evidence(card: FeatureCard, index_run: dict) -> None:
+    st.subheader("Backtracking evidence")
+    if not card.scores:
+        st.info("This index has no backtracking scores for this feature.")
+        return
+    left, right = st.columns([3, 2])
+    left.plotly_chart(lead_lag_figure(card.lead_lag, card.scores.get("baseline_mean")), width="stretch", key="card_lead_lag")
+    right.plotly_chart(group_auroc_figure(card.group_auroc), width="stretch", key="card_group_auroc")
+    left, right = st.columns([3, 2])
+    left.table(evidence_table(card.scores, index_run).set_index("evidence"))
+    right.plotly_chart(word_shares_figure(card.reason_word_shares), width="stretch", key="card_word_shares")
+
+
+def render_card(card: FeatureCard, vocabulary: list[str], run: str, index_run: dict) -> None:
+    """The whole card, in the Features page's layout."""
+    render_card_header(card, run, index_run)
+    left, right = st.columns([3, 2])
+    with left:
+        render_top_examples(card, vocabulary, run)
+    with right:
+        render_distribution_and_lens(card, run)
+    render_interval_samples(card, vocabulary, run)
+    render_backtracking_evidence(card, index_run)

@@ -1,0 +1,52 @@
+"""Traces with their labelled backtracking phrases marked (Corpus, Live), and the Corpus page's trace
+picker: a page of doc ids at a time, opened on the page that lists a linked `?doc=`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import streamlit as st
+
+from explorer.app.run_cache import load_document_text
+from explorer.corpus_views import PAGE_SIZE, page_count, page_of, page_rows
+from explorer.html import ERROR_STEP_COLOUR, GROUP_COLOURS, Mark, highlight_html, legend_html
+from explorer.runs import read_error_steps, read_phrases
+
+DOC_PARAM = "doc"
+DOC_PAGE_KEY = "doc_page"
+"""Session key of the Corpus page's page number (a deep link's `?doc=` opens the page that lists it)."""
+
+
+def render_document_picker(shown: pd.DataFrame, wanted: str | None) -> str:
+    """A page number and a select box of that page's doc ids; the chosen doc id. `wanted` (the URL's
+    `?doc=`) is chosen where the page lists it, and a fresh session opens on its page."""
+    n_pages = page_count(len(shown))
+    if DOC_PAGE_KEY not in st.session_state:
+        st.session_state[DOC_PAGE_KEY] = page_of(shown, wanted) or 1
+    st.session_state[DOC_PAGE_KEY] = min(int(st.session_state[DOC_PAGE_KEY]), n_pages)  # the filter may shrink it
+    left, right = st.columns([1, 3])
+    page = left.number_input("Page", min_value=1, max_value=n_pages, step=1, key=DOC_PAGE_KEY,
+                             help=f"{n_pages:,} pages of {PAGE_SIZE} traces")
+    ids = page_rows(shown, int(page))["doc_id"].tolist()
+    return right.selectbox("Trace", ids, index=ids.index(wanted) if wanted in ids else 0, key="doc_id")
+
+
+def render_labelled_trace(run_dir: Path, doc_id: str) -> None:
+    """One trace with its labelled phrases (and synthetic wrong steps) marked."""
+    text = load_document_text(run_dir, doc_id)
+    if text is None:
+        st.warning(f"No document {doc_id!r} in this run.")
+        return
+    phrases = list(read_phrases(run_dir, doc_id).itertuples())
+    errors = read_error_steps(run_dir, doc_id)
+    wrong_steps = [Mark(int(e.start), int(e.end), ERROR_STEP_COLOUR, "wrong step, corrected later") for e in errors.itertuples()]
+    render_phrases(text, phrases, wrong_steps)
+
+
+def render_phrases(text: str, phrases: Iterable, extra_marks: Iterable[Mark] = ()) -> None:
+    """`text` with its labelled phrases (anything with start, end, group, phrase) marked, and a legend."""
+    marks = [Mark(int(p.start), int(p.end), GROUP_COLOURS[p.group], f"{p.group}: {p.phrase}") for p in phrases]
+    st.html(legend_html())
+    st.html(highlight_html(text, [*marks, *extra_marks]))
