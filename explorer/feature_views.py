@@ -16,8 +16,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from explorer.feature_db import RANKING_SCORES, tokens_to_text
+from explorer.feature_index import CorpusDocument, make_windows
 from explorer.html import GROUP_COLOURS, ExampleHTML
 from explorer.lexicon import GROUPS
+from explorer.sae_vis_export import token_rows
 
 FEATURES_PAGE = "Features"
 LIVE_PAGE = "Live"
@@ -357,9 +359,5 @@ def compute_sae_vis_tokens(tokenizer, texts: Sequence[str], row_len: int, max_ro
     """`[rows, row_len]` token ids for sae-vis: each text cut into windows as the index cuts them (each
     window starts with BOS), the first `row_len` tokens of each window long enough, at most `max_rows`
     rows."""
-    # torch, on use only: the Candidates page imports explorer.feature_views without needing it
-    from explorer.feature_index import CorpusDocument, make_windows
-    from explorer.sae_vis_export import token_rows
-
     documents = [CorpusDocument(str(i), t, (), False) for i, t in enumerate(texts)]
     return token_rows(make_windows(tokenizer, documents, row_len, progress=False), row_len, max_rows)
