@@ -14,6 +14,8 @@ feature index, app) runs the code path the real model runs:
   hook's activations is trained to mark backtracking phrases (`DemoLMSpec.plant_weight`).
 
 Pure functions only: the command-line stage that calls `train_demo_lm` lives in `precompute/`.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations

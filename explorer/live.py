@@ -5,6 +5,8 @@ to the SAE's hook only, encodes with the SAE and returns a `LiveActivations` rec
 serialised by a process-wide lock (`explorer.model_loading.MODEL_LOCK`), so two browser sessions that
 run at once each get their own, correct result (a HookedTransformer with hooks attached is not safe to
 call from two threads).
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ The training curve is captured while sae_lens trains: `TrainingCurveRecorder` wr
 L0 of every `every`-th step. Those are sae_lens's training-time numbers on that step's batch (special
 tokens already filtered out), with losses in the normalised space the SAE trains in
 (`normalize_activations`), so they compare across steps, not with the held-out report's `mse`.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations

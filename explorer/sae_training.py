@@ -16,6 +16,8 @@ The activation source (what the SAE sees):
 
 The recipe -> `LanguageModelSAERunnerConfig` mapping is `build_runner_config`; docs/sae.md lists it field
 by field, with what sae_lens 6 has no exact equivalent for.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ What sae-vis does with the tokens it is given:
 - its example sequences and the "MAX ACT" in the dashboard's title never come from the first
   `buffer[0] + 1` (6) or last `buffer[1]` (5) positions of a row: `max_activations` reads
   `feature_stats.max`, the maximum over every counted position.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ the number of generated tokens (EOS not counted), whether `</think>` appears in 
 whether the model stopped by itself (EOS). Each condition's summary gives mean, standard deviation,
 standard error and a percentile bootstrap 95% CI over its samples, and the same for the paired
 difference steered-minus-baseline (same prompt, same seed).
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations

@@ -348,10 +348,10 @@ def test_token_control_margins():
 # --------------------------------------------------------------------------------------------------
 
 
-def brute_intervals(max_value: float, hist_B: np.ndarray, bins: LogBins, n: int, scheme: str) -> np.ndarray:
+def brute_intervals(max_value: float, hist_H: np.ndarray, bins: LogBins, n: int, scheme: str) -> np.ndarray:
     """Interval of each bin, by the documented rule, one bin at a time."""
     rep = bins.representative_values().numpy()
-    nonzero = hist_B[1:].astype(np.float64)
+    nonzero = hist_H[1:].astype(np.float64)
     out = np.full(bins.n_bins, -1)
     for b in range(1, bins.n_bins):
         if scheme == "linear":
