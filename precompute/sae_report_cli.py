@@ -24,15 +24,8 @@ from explorer.runs import RunFolderError, database_path, list_sae_ids, read_docu
 from explorer.sae_loading import LoadedSAE, check_sae_fits_model, default_sae_id, load_sae, validate_sae_id
 from explorer.sae_metrics import TrainingCurvePoint
 from explorer.sae_training import build_heldout_contexts, special_token_ids
+from precompute import sae_reports
 from precompute.atomic import atomic_dir, write_text_atomic
-from precompute.sae_reports import (
-    heldout_tokens_needed,
-    measure_sae,
-    print_report,
-    report_row,
-    row_from_training_report,
-    training_report_json,
-)
 from precompute.stages import model_identity, print_config, provenance, write_manifest
 
 if TYPE_CHECKING:
@@ -83,7 +76,7 @@ def _heldout_rows(profile: Profile, run_dir: Path, model: HookedSAETransformer) 
         docs["doc_id"].tolist(),
         docs["text"].tolist(),
         profile.sae.context_size,
-        max_tokens=heldout_tokens_needed(profile.report),
+        max_tokens=sae_reports.heldout_tokens_needed(profile.report),
         prepend_bos=profile.sae.prepend_bos,
     )
     if len(heldout_NT) == 0:
@@ -104,14 +97,14 @@ def _remeasure(
     loaded = load_sae(folder, device=str(model.cfg.device))
     hook_name = check_sae_fits_model(loaded.sae, model, model_name=profile.model)
     report_path = folder / artifacts.SAE_TRAINING_REPORT_FILE
-    previous = row_from_training_report(report_path) if report_path.is_file() else None
+    previous = sae_reports.row_from_training_report(report_path) if report_path.is_file() else None
     curve: list[TrainingCurvePoint] = previous[1] if previous else []
     old_row = previous[0] if previous else None
-    row = report_row(
+    row = sae_reports.report_row(
         sae_id,
         loaded,
         hook_name,
-        measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report),
+        sae_reports.measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report),
         model_name=profile.model,
         source=old_row.source if old_row else f"{artifacts.SAES_DIR}/{sae_id}",
         source_kind=old_row.source_kind if old_row else "folder",
@@ -121,9 +114,9 @@ def _remeasure(
     extra = {k: v for k, v in json.loads(report_path.read_text()).items() if k not in row._fields} if previous else {}
     extra.pop("curve", None)
     notes = tuple(extra.pop("notes", ()))
-    write_text_atomic(report_path, training_report_json(row, curve, notes, **extra))
+    write_text_atomic(report_path, sae_reports.training_report_json(row, curve, notes, **extra))
     write_sae_training_report(database_path(run_dir), row, curve, provenance(profile, run_dir))
-    print_report(sae_id, row)
+    sae_reports.print_report(sae_id, row)
 
 
 def _import(
@@ -160,8 +153,8 @@ def _import(
     print_config(STAGE, {"sae_id": sae_id, **shape, **config})
     for note in loaded.notes:
         print(f"  note: {note}", flush=True)
-    report = measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report)
-    row = report_row(
+    report = sae_reports.measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report)
+    row = sae_reports.report_row(
         sae_id,
         loaded,
         hook_name,
@@ -177,9 +170,9 @@ def _import(
             shutil.copy2(sparsity, tmp / sparsity.name)
         origin = {"source": loaded.source, "source_kind": loaded.source_kind, "notes": list(loaded.notes)}
         (tmp / SOURCE_FILE).write_text(json.dumps(origin, indent=2))
-        (tmp / artifacts.SAE_TRAINING_REPORT_FILE).write_text(training_report_json(row, [], loaded.notes))
+        (tmp / artifacts.SAE_TRAINING_REPORT_FILE).write_text(sae_reports.training_report_json(row, [], loaded.notes))
         write_manifest(tmp, STAGE, config, started, sae_id=sae_id)
     write_sae_training_report(database_path(run_dir), row, [], provenance(profile, run_dir))
-    print_report(sae_id, row)
+    sae_reports.print_report(sae_id, row)
     print(f"  wrote {target} and {database_path(run_dir)}", flush=True)
     return sae_id

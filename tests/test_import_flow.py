@@ -16,8 +16,8 @@ modules here. The rules, one function each:
    optional ones named in `LAZY_IMPORTS`;
 7. no module imports or reads another module's private names (`_name`).
 
-`check(root)` returns one line per violation; the last tests plant each kind in a scratch tree and show
-that it is reported.
+`check(root)` returns one line per violation; the last test plants each kind in a scratch tree
+(`PLANTED`) and shows that it is reported.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import ast
 import re
 from pathlib import Path
 from typing import Iterator, NamedTuple
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_ROOTS = ("explorer", "precompute", "app_pages", "app.py")
@@ -204,7 +206,9 @@ def check_sql(modules: dict[str, Module]) -> list[str]:
     for m in modules.values():
         if m.name in STORE_MODULES:
             continue
-        found += [f"duckdb outside the store: {m.name}:{line}" for package, line in third_party_imports(m) if package == "duckdb"]
+        found += [
+            f"duckdb outside the store: {m.name}:{line}" for package, line in third_party_imports(m) if package == "duckdb"
+        ]
         if m.name == SCHEMA_MODULE:
             continue
         for node in ast.walk(m.tree):
@@ -328,12 +332,16 @@ def plant(root: Path, files: dict[str, str]) -> Path:
 CLEAN = {
     "explorer/__init__.py": "",
     "explorer/errors.py": "class ExplorerError(Exception):\n    pass\n",
-    "explorer/runs.py": "from explorer.errors import ExplorerError\n\n\nclass RunFolderError(ExplorerError, ValueError):\n    pass\n",
+    "explorer/runs.py": (
+        "from explorer.errors import ExplorerError\n\n\nclass RunFolderError(ExplorerError, ValueError):\n    pass\n"
+    ),
     "explorer/database.py": "import duckdb\n\n\ndef read(con):\n    return con.execute('SELECT 1')\n",
     "explorer/app/__init__.py": "",
     "explorer/app/pickers.py": "import streamlit as st\n\nfrom explorer.runs import RunFolderError\n",
     "precompute/__init__.py": "",
-    "precompute/cli.py": "from explorer.runs import RunFolderError\n\n\ndef main():\n    from explorer.demo_lm import train\n",
+    "precompute/cli.py": (
+        "from explorer.runs import RunFolderError\n\n\ndef main():\n    from explorer.demo_lm import train\n"
+    ),
     "explorer/demo_lm.py": "def train():\n    pass\n",
     "app.py": "import streamlit as st\n\nfrom explorer.app import pickers\n",
 }
@@ -343,63 +351,70 @@ def test_a_clean_tree_has_no_findings(tmp_path):
     assert check(plant(tmp_path, CLEAN)) == []
 
 
-def test_a_planted_cycle_is_reported(tmp_path):
-    root = plant(tmp_path, {
-        **CLEAN,
-        "explorer/a.py": "from explorer.b import g\n\n\ndef f():\n    return g()\n",
-        "explorer/b.py": "import explorer.c\n",
-        "explorer/c.py": "def h():\n    from explorer import a\n",  # a lazy import closes the cycle too
-    })
-    findings = check(root)
-    assert "cycle: explorer.a -> explorer.b -> explorer.c" in findings
+PLANTED = {
+    "a cycle, closed by an import inside a function": (
+        {
+            "explorer/a.py": "from explorer.b import g\n\n\ndef f():\n    return g()\n",
+            "explorer/b.py": "import explorer.c\n",
+            "explorer/c.py": "def h():\n    from explorer import a\n",
+        },
+        [
+            "cycle: explorer.a -> explorer.b -> explorer.c",
+            "project import inside a function: explorer.c:2 imports explorer.a",
+        ],
+    ),
+    "the library importing the CLI and the app": (
+        {"explorer/uses_cli.py": "from precompute.cli import main\n", "explorer/uses_app.py": "import app\n"},
+        [
+            "library imports the CLI or the app: explorer.uses_cli:1 imports precompute.cli",
+            "library imports the CLI or the app: explorer.uses_app:1 imports app",
+        ],
+    ),
+    "Streamlit outside the app": (
+        {"explorer/views.py": "import streamlit as st\n"},
+        ["streamlit outside the app: explorer.views:1"],
+    ),
+    "duckdb and SQL outside the store": (
+        {"explorer/runs_sql.py": "import duckdb\n\nQUERY = 'SELECT * FROM t'\n\n\ndef f(con):\n    con.execute(QUERY)\n"},
+        [
+            "duckdb outside the store: explorer.runs_sql:1",
+            "SQL outside the store: explorer.runs_sql:3 holds 'SELECT * FROM t'",
+            "SQL outside the store: explorer.runs_sql:7 calls .execute()",
+        ],
+    ),
+    "errors.py importing the project, an error without the base": (
+        {
+            "explorer/errors.py": (
+                "from explorer.runs import RunFolderError\n\n\nclass ExplorerError(Exception):\n    pass\n"
+            ),
+            "explorer/sampling.py": "class SamplingError(ValueError):\n    pass\n",
+        },
+        [
+            "explorer.errors imports the project: line 1 imports explorer.runs",
+            "error without the base class: explorer.sampling:1 SamplingError does not derive from ExplorerError",
+            "cycle: explorer.errors -> explorer.runs",
+        ],
+    ),
+    "an import inside a function, private names": (
+        {
+            "explorer/live.py": "_LOCK = None\n",
+            "explorer/steering.py": (
+                "from explorer.live import _LOCK\nfrom explorer import live\n\n\n"
+                "def f():\n    from explorer.runs import RunFolderError\n    return live._LOCK\n"
+            ),
+        },
+        [
+            "project import inside a function: explorer.steering:6 imports explorer.runs",
+            "private name crosses modules: explorer.steering:1 imports explorer.live._LOCK",
+            "private name crosses modules: explorer.steering:7 reads live._LOCK",
+        ],
+    ),
+}
+"""Violations planted in the clean tree, with what `check` must report."""
 
 
-def test_a_planted_library_import_of_the_cli_and_the_app_is_reported(tmp_path):
-    root = plant(tmp_path, {
-        **CLEAN,
-        "explorer/uses_cli.py": "from precompute.cli import main\n",
-        "explorer/uses_pages.py": "import app\n",
-    })
-    findings = check(root)
-    assert "library imports the CLI or the app: explorer.uses_cli:1 imports precompute.cli" in findings
-    assert "library imports the CLI or the app: explorer.uses_pages:1 imports app" in findings
-
-
-def test_planted_streamlit_and_sql_outside_their_modules_are_reported(tmp_path):
-    root = plant(tmp_path, {
-        **CLEAN,
-        "explorer/views.py": "import streamlit as st\n",
-        "explorer/runs_sql.py": "import duckdb\n\nQUERY = 'SELECT * FROM t'\n\n\ndef f(con):\n    con.execute(QUERY)\n",
-    })
-    findings = check(root)
-    assert "streamlit outside the app: explorer.views:1" in findings
-    assert "duckdb outside the store: explorer.runs_sql:1" in findings
-    assert "SQL outside the store: explorer.runs_sql:3 holds 'SELECT * FROM t'" in findings
-    assert "SQL outside the store: explorer.runs_sql:7 calls .execute()" in findings
-
-
-def test_planted_error_violations_are_reported(tmp_path):
-    root = plant(tmp_path, {
-        **CLEAN,
-        "explorer/errors.py": "from explorer.runs import RunFolderError\n\n\nclass ExplorerError(Exception):\n    pass\n",
-        "explorer/sampling.py": "class SamplingError(ValueError):\n    pass\n",
-    })
-    findings = check(root)
-    assert "explorer.errors imports the project: line 1 imports explorer.runs" in findings
-    assert "error without the base class: explorer.sampling:1 SamplingError does not derive from ExplorerError" in findings
-    assert "cycle: explorer.errors -> explorer.runs" in findings
-
-
-def test_planted_lazy_and_private_imports_are_reported(tmp_path):
-    root = plant(tmp_path, {
-        **CLEAN,
-        "explorer/live.py": "_LOCK = None\n",
-        "explorer/steering.py": (
-            "from explorer.live import _LOCK\nfrom explorer import live\n\n\n"
-            "def f():\n    from explorer.runs import RunFolderError\n    return live._LOCK\n"
-        ),
-    })
-    findings = check(root)
-    assert "project import inside a function: explorer.steering:6 imports explorer.runs" in findings
-    assert "private name crosses modules: explorer.steering:1 imports explorer.live._LOCK" in findings
-    assert "private name crosses modules: explorer.steering:7 reads live._LOCK" in findings
+@pytest.mark.parametrize("planted", list(PLANTED))
+def test_a_planted_violation_is_reported(tmp_path, planted):
+    files, expected = PLANTED[planted]
+    findings = check(plant(tmp_path, {**CLEAN, **files}))
+    assert sorted(findings) == sorted(expected)
