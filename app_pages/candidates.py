@@ -10,7 +10,7 @@ st.title("Backtracking candidates")
 
 run_dir, sae_id, db, index_run = pickers.pick_indexed_sae_or_stop()
 
-choices = ranking_choices()
+choices = ranking_choices(index_cache.load_label_set_names(db, sae_id))
 keys = list(choices)
 wanted = st.query_params.get("score")
 left, middle, right = st.columns([2, 1, 1])
@@ -41,3 +41,8 @@ st.caption("Activation minus the feature's baseline at each token offset from th
            "(red line: the phrase's first token).")
 n_profiles = st.slider("Features", 4, 32, 12, step=4, key="n_profiles")
 candidates.render_lead_lag_grid(db, sae_id, table.head(n_profiles))
+
+st.subheader("Across SAEs: the best feature per label set")
+st.caption("For each SAE of this run and each label set its index scored, the best feature (density at least the "
+           "minimum above): which hook and layer carry a label best.")
+candidates.render_best_per_label(db, min_density)

@@ -110,7 +110,8 @@ HELDOUT_ROW_TOKENS = (2500, 1200)
 """The generations of the held-out row: enough for the report's `--eval-tokens` and `--sparsity-tokens`."""
 
 SAE_FLAGS = ["--sae-steps", "3", "--norm-batches", "1", "--eval-tokens", "1024", "--sparsity-tokens", "2048"]
-"""Every stage command that checks the SAE is current must see the same SAE settings, or it retrains it."""
+"""`train-sae`'s scale-down; `sae-report` is given its report settings, and `index` none: it uses the SAE
+`train-sae` trained, as it was trained."""
 INDEX_FLAGS = ["--top-k", "4", "--batch-size", "1"]
 """Top 4: a window holds at most one example of a feature, and 8,192 tokens make 5 windows here. One window
 per batch: windows are batched by length and every batch is padded to `--batch-size` rows, so on a corpus
@@ -276,7 +277,7 @@ def stage_commands(dataset: Path, run_dir: Path, hook: str | None, index_tokens:
         "corpus": ["corpus", *common],
         "train-sae": ["train-sae", *common, *sae],
         "sae-report": ["sae-report", *common, *SAE_FLAGS[4:]],
-        "index": ["index", *common, *sae, "--tokens", str(index_tokens), *INDEX_FLAGS],
+        "index": ["index", *common, *(["--hook", hook] if hook else []), "--tokens", str(index_tokens), *INDEX_FLAGS],
     }
 
 

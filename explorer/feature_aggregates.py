@@ -34,6 +34,10 @@ chunk `[feature_offset, feature_offset + F)` an accumulator was built for):
   all shards. Examples are reported as (context_id, position) and ties are broken by it.
 - `phrase_start_mask_BT`: bool, True on the first token of each backtracking phrase (the lead-lag
   anchors; which groups count is the caller's choice). Starts on invalid tokens are ignored.
+- optional, for the label sets (`LabelSetAccumulator`; None without them): `sentence_BT`, int64, the
+  index in its document of the sentence each token lies in (-1 outside every sentence);
+  `label_bits_BT`, int64, bit l set on tokens inside a positive span of label set l;
+  `label_start_bits_BT`, int64, bit l set on the first token of each such span.
 
 Each context window belongs to one document and is processed exactly once in the whole corpus (one
 shard, one batch): a window is never split across batches. Windows do not wrap: offsets, widened
@@ -79,9 +83,16 @@ class ActivationBatch(NamedTuple):
     doc_has_backtracking_B: Tensor
     context_ids_B: Tensor
     phrase_start_mask_BT: Tensor
+    sentence_BT: Tensor | None = None
+    label_bits_BT: Tensor | None = None
+    label_start_bits_BT: Tensor | None = None
 
     def to(self, device: torch.device | str) -> ActivationBatch:
-        return ActivationBatch(*(tensor.to(device) for tensor in self))
+        return ActivationBatch(*(None if tensor is None else tensor.to(device) for tensor in self))
+
+
+_OPTIONAL_BT = ("sentence_BT", "label_bits_BT", "label_start_bits_BT")
+"""The batch's optional [B, T] fields (sentences and label sets), each None or int64."""
 
 
 def validate_batch(batch: ActivationBatch, n_features: int | None = None, n_groups: int = len(GROUPS)) -> None:
@@ -92,7 +103,9 @@ def validate_batch(batch: ActivationBatch, n_features: int | None = None, n_grou
     B, T, F = batch.acts_BTF.shape
     if n_features is not None and F != n_features:
         raise ValueError(f"acts_BTF has {F} features, the accumulator was built for {n_features}")
-    for name in ("token_ids_BT", "valid_BT", "group_ids_BT", "phrase_start_mask_BT"):
+    for name in ("token_ids_BT", "valid_BT", "group_ids_BT", "phrase_start_mask_BT", *_OPTIONAL_BT):
+        if getattr(batch, name) is None:
+            continue
         if tuple(getattr(batch, name).shape) != (B, T):
             raise ValueError(f"{name} must have shape {(B, T)}, got {tuple(getattr(batch, name).shape)}")
     for name in ("doc_has_backtracking_B", "context_ids_B"):
@@ -524,6 +537,8 @@ class Accumulator:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Tensor], device: torch.device | str = "cpu"):
+        if "config" not in state:
+            raise ValueError(f"no saved state of a {cls.__name__}: it was saved by an older version of the index")
         data = _tensor_json(state["config"])
         kind = data.pop("kind")
         if kind != cls.__name__:
@@ -1050,6 +1065,32 @@ class LeadLagTotals(NamedTuple):
     """Population standard deviation over all valid tokens."""
 
 
+def offset_targets(start_BT: Tensor, offsets: Sequence[int]) -> Tensor:
+    """target_OBT[o, b, t]: token t of window b lies offsets[o] tokens from a start (windows do not wrap)."""
+    B, T = start_BT.shape
+    target_OBT = torch.zeros((len(offsets), B, T), dtype=torch.bool, device=start_BT.device)
+    for o, offset in enumerate(offsets):
+        if abs(offset) >= T:
+            continue
+        if offset >= 0:
+            target_OBT[o, :, offset:] = start_BT[:, : T - offset]
+        else:
+            target_OBT[o, :, : T + offset] = start_BT[:, -offset:]
+    return target_OBT
+
+
+def add_around_starts(p: PreparedBatch, start_BT: Tensor, offsets: Sequence[int], sum_XF: ExactSum, row_offset: int) -> Tensor:
+    """Add each activation at `offsets[o]` tokens from a valid start to row `row_offset + o` of
+    `sum_XF`; returns the (start, offset) pairs counted per offset (valid targets only)."""
+    target_OBT = offset_targets(start_BT & p.valid_BT, offsets) & p.valid_BT
+    # Only entries near some start can contribute: filter before the [O, N] gather.
+    near_N = target_OBT.any(0)[p.b_N, p.t_N]
+    b_N, t_N, f_N, value_N = p.b_N[near_N], p.t_N[near_N], p.f_N[near_N], p.value_N[near_N]
+    o_idx, n_idx = target_OBT[:, b_N, t_N].nonzero(as_tuple=True)
+    sum_XF.add((row_offset + o_idx) * p.F + f_N[n_idx], value_N[n_idx])
+    return target_OBT.sum((1, 2))
+
+
 class LeadLagAccumulator(Accumulator):
     """Sums of activations at each offset from every phrase start, plus the baseline's first two
     moments. Offsets that leave the window are skipped, not wrapped; invalid targets are skipped."""
@@ -1069,30 +1110,10 @@ class LeadLagAccumulator(Accumulator):
         self.sumsq_F = ExactSum((F,), self.device)
 
     def update_prepared(self, p: PreparedBatch) -> None:
-        F = self.config.n_features
         self.n_valid += p.n_valid
         self.sum_F.add(p.f_N, p.value_N)
         self.sumsq_F.add(p.f_N, p.value_N.to(torch.float64) ** 2)
-        target_OBT = self._targets(p.batch.phrase_start_mask_BT & p.valid_BT) & p.valid_BT
-        self.count_O += target_OBT.sum((1, 2))
-        # Only entries near some phrase start can contribute: filter before the [O, N] gather.
-        near_N = target_OBT.any(0)[p.b_N, p.t_N]
-        b_N, t_N, f_N, value_N = p.b_N[near_N], p.t_N[near_N], p.f_N[near_N], p.value_N[near_N]
-        o_idx, n_idx = target_OBT[:, b_N, t_N].nonzero(as_tuple=True)
-        self.sum_OF.add(o_idx * F + f_N[n_idx], value_N[n_idx])
-
-    def _targets(self, start_BT: Tensor) -> Tensor:
-        """target_OBT[o, b, t]: token t of window b lies offsets[o] tokens from a phrase start."""
-        B, T = start_BT.shape
-        target_OBT = torch.zeros((len(self.offsets), B, T), dtype=torch.bool, device=start_BT.device)
-        for o, offset in enumerate(self.offsets):
-            if abs(offset) >= T:
-                continue
-            if offset >= 0:
-                target_OBT[o, :, offset:] = start_BT[:, : T - offset]
-            else:
-                target_OBT[o, :, : T + offset] = start_BT[:, -offset:]
-        return target_OBT
+        self.count_O += add_around_starts(p, p.batch.phrase_start_mask_BT, self.offsets, self.sum_OF, row_offset=0)
 
     def _merge_state(self, other):
         self.count_O += other.count_O.to(self.device)
@@ -1310,6 +1331,155 @@ class WithinTokenAccumulator(Accumulator):
 
 
 # --------------------------------------------------------------------------------------------------
+# 10. Label sets: token and sentence histograms, and lead-lag sums, per label set
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelSetConfig(_Config):
+    n_features: int
+    labels: tuple[str, ...] = ()
+    """The label sets' names, in the order of the batch's label bits."""
+    bins: LogBins = LogBins()
+    min_offset: int = -32
+    max_offset: int = 8
+    _NESTED = {"bins": LogBins}
+
+
+class LabelSetTotals(NamedTuple):
+    """Per label set l (the order of `labels`) and feature."""
+
+    labels: tuple[str, ...]
+    count_pos_L: Tensor
+    """Valid tokens inside a positive span of label set l (token level)."""
+    hist_pos_FLB: Tensor
+    """Histogram of activations on those tokens; the negatives are every other valid token (the
+    activation statistics' histogram minus this one)."""
+    n_sentences: int
+    """Sentence pieces seen: a sentence cut by a window edge counts once in each window."""
+    count_sentence_pos_L: Tensor
+    """Sentence pieces that hold a token of a positive span of label set l."""
+    hist_sentence_FB: Tensor
+    """Histogram of each sentence piece's maximum activation (valid tokens only), over all pieces."""
+    hist_sentence_pos_FLB: Tensor
+    """The same over the positive pieces of label set l."""
+    offsets_O: Tensor
+    count_LO: Tensor
+    """(start, offset) pairs per label set: a start is the first token of a positive span."""
+    sum_LOF: Tensor
+    """Sum of activations at each offset from label set l's starts, float64."""
+    mean_LOF: Tensor
+    bins: LogBins
+
+
+class LabelSetAccumulator(Accumulator):
+    """Everything the index scores each label set on, in one state: the token-level AUROC (activations
+    inside the label's spans against all other valid tokens), the sentence-level AUROC (each sentence's
+    maximum activation against whether it holds the label), and the lead-lag profile around the label's
+    starts. A sentence is read as pieces, one per window it lies in: a sentence cut by a window edge
+    is two pieces (windows do not wrap, as everywhere in the index; docs/index-math.md).
+
+    Per label set the state is F x bins x 2 counts (token and sentence) and F x offsets fixed-point sums:
+    about 20 MB at 24,576 features."""
+
+    Config = LabelSetConfig
+
+    @property
+    def offsets(self) -> list[int]:
+        return list(range(self.config.min_offset, self.config.max_offset + 1))
+
+    def _init_state(self):
+        F, L, nb, O = self.config.n_features, len(self.config.labels), self.config.bins.n_bins, len(self.offsets)
+        self.count_pos_L = torch.zeros(L, dtype=torch.int64, device=self.device)
+        self.hist_pos_FLB = torch.zeros((F, L, nb), dtype=torch.int64, device=self.device)
+        self.n_sentences = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.count_sentence_pos_L = torch.zeros(L, dtype=torch.int64, device=self.device)
+        self.hist_sentence_FB = torch.zeros((F, nb), dtype=torch.int64, device=self.device)
+        self.hist_sentence_pos_FLB = torch.zeros((F, L, nb), dtype=torch.int64, device=self.device)
+        self.count_LO = torch.zeros((L, O), dtype=torch.int64, device=self.device)
+        self.sum_LOF = ExactSum((L * O, F), self.device)
+
+    def update_prepared(self, p: PreparedBatch) -> None:
+        L = len(self.config.labels)
+        if L == 0:
+            return
+        F, nb = self.config.n_features, self.config.bins.n_bins
+        bits_BT, start_bits_BT = p.batch.label_bits_BT, p.batch.label_start_bits_BT
+        if bits_BT is None:
+            bits_BT = start_bits_BT = torch.zeros_like(p.batch.token_ids_BT)
+        label_L11 = torch.arange(L, device=self.device)[:, None, None]
+        inside_LBT = ((bits_BT[None] >> label_L11) & 1).bool() & p.valid_BT[None]
+        # Token level.
+        count_L = inside_LBT.sum((1, 2))
+        self.count_pos_L += count_L
+        bin_N = p.bin_N(self.config.bins)
+        l_idx, n_idx = inside_LBT[:, p.b_N, p.t_N].nonzero(as_tuple=True)
+        _add_histogram(self.hist_pos_FLB.view(-1), p.f_N[n_idx] * L + l_idx, bin_N[n_idx], count_L.repeat(F), nb)
+        # Lead-lag around each label's starts.
+        starts_LBT = ((start_bits_BT[None] >> label_L11) & 1).bool()
+        O = len(self.offsets)
+        for label in range(L):
+            self.count_LO[label] += add_around_starts(p, starts_LBT[label], self.offsets, self.sum_LOF, label * O)
+        # Sentence level.
+        if p.batch.sentence_BT is not None:
+            self._add_sentences(p, inside_LBT)
+
+    def _add_sentences(self, p: PreparedBatch, inside_LBT: Tensor) -> None:
+        L, F, nb = len(self.config.labels), self.config.n_features, self.config.bins.n_bins
+        sentence_BT = p.batch.sentence_BT
+        member_BT = p.valid_BT & (sentence_BT >= 0)
+        if not bool(member_BT.any()):
+            return
+        rows_b = torch.arange(p.B, device=self.device)[:, None].expand_as(sentence_BT)
+        key_M = rows_b[member_BT] * (int(sentence_BT.max()) + 1) + sentence_BT[member_BT]
+        pieces, piece_M = torch.unique(key_M, return_inverse=True)  # the pieces: (window, sentence) pairs
+        P = len(pieces)
+        piece_BT = torch.full_like(sentence_BT, -1)
+        piece_BT[member_BT] = piece_M
+        self.n_sentences += P
+        positive_LP = torch.zeros((L, P), dtype=torch.int64, device=self.device)
+        positive_LP.index_add_(1, piece_M, inside_LBT[:, member_BT].to(torch.int64))
+        positive_LP = positive_LP > 0
+        n_pos_L = positive_LP.sum(1)
+        self.count_sentence_pos_L += n_pos_L
+        piece_N = piece_BT[p.b_N, p.t_N]
+        kept = piece_N >= 0
+        key_U, inverse = torch.unique(piece_N[kept] * F + p.f_N[kept], return_inverse=True)
+        max_U = torch.zeros(len(key_U), dtype=torch.float32, device=self.device)
+        max_U.scatter_reduce_(0, inverse, p.value_N[kept], "amax")
+        piece_U, f_U = key_U // F, key_U % F
+        bin_U = self.config.bins.index(max_U)
+        _add_histogram(self.hist_sentence_FB.view(-1), f_U, bin_U, torch.tensor(P, device=self.device), nb)
+        l_idx, u_idx = positive_LP[:, piece_U].nonzero(as_tuple=True)
+        _add_histogram(self.hist_sentence_pos_FLB.view(-1), f_U[u_idx] * L + l_idx, bin_U[u_idx], n_pos_L.repeat(F), nb)
+
+    def _merge_state(self, other):
+        for name in ("count_pos_L", "hist_pos_FLB", "n_sentences", "count_sentence_pos_L", "hist_sentence_FB",
+                     "hist_sentence_pos_FLB", "count_LO"):
+            setattr(self, name, getattr(self, name) + getattr(other, name).to(self.device))
+        self.sum_LOF.merge(other.sum_LOF)
+
+    def _state(self):
+        return {
+            "count_pos_L": self.count_pos_L, "hist_pos_FLB": self.hist_pos_FLB, "n_sentences": self.n_sentences,
+            "count_sentence_pos_L": self.count_sentence_pos_L, "hist_sentence_FB": self.hist_sentence_FB,
+            "hist_sentence_pos_FLB": self.hist_sentence_pos_FLB, "count_LO": self.count_LO, "sum_LOF": self.sum_LOF,
+        }
+
+    def finalise(self) -> LabelSetTotals:
+        L, O, F = len(self.config.labels), len(self.offsets), self.config.n_features
+        sum_LOF = self.sum_LOF.to_float64().view(L, O, F)
+        count_LO1 = self.count_LO.to(torch.float64)[:, :, None]
+        mean_LOF = torch.where(count_LO1 > 0, sum_LOF / count_LO1.clamp_min(1), torch.full_like(sum_LOF, math.nan))
+        return LabelSetTotals(
+            self.config.labels, self.count_pos_L.clone(), self.hist_pos_FLB.clone(), int(self.n_sentences),
+            self.count_sentence_pos_L.clone(), self.hist_sentence_FB.clone(), self.hist_sentence_pos_FLB.clone(),
+            torch.tensor(self.offsets, dtype=torch.int64, device=self.device), self.count_LO.clone(), sum_LOF,
+            mean_LOF, self.config.bins,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # All of them at once: what the streaming pass drives
 # --------------------------------------------------------------------------------------------------
 
@@ -1338,6 +1508,8 @@ class IndexConfig(_Config):
     context_before: int = 32
     """Each kept example's context: tokens before it and after it (the card's example rows)."""
     context_after: int = 8
+    labels: tuple[str, ...] = ()
+    """The label sets scored (`LabelSetAccumulator`), in the order of the batch's label bits."""
     _NESTED = {"bins": LogBins, "reasoning_vocab": ReasoningVocab, "control_bins": LogBins}
 
 
@@ -1351,6 +1523,7 @@ class IndexTotals(NamedTuple):
     documents: DocumentTotals
     token_counts: TokenCountTotals
     within_token: WithinTokenTotals
+    label_sets: LabelSetTotals
 
 
 class FeatureIndexAccumulators:
@@ -1381,6 +1554,9 @@ class FeatureIndexAccumulators:
             "token_counts": TokenCountAccumulator(TokenCountConfig(c.vocab_size), device),
             "within_token": WithinTokenAccumulator(
                 WithinTokenConfig(c.n_features, c.control_token_ids, c.control_bins), device
+            ),
+            "label_sets": LabelSetAccumulator(
+                LabelSetConfig(c.n_features, c.labels, c.bins, c.min_offset, c.max_offset), device
             ),
         }
 

@@ -47,6 +47,29 @@ RANKING_SCORES: dict[str, str] = {
 }
 """Scores the candidates can be ranked by (columns of feature_backtracking_scores), with labels."""
 
+LABEL_SCORE_PREFIX = "label:"
+"""Ranking keys `label:<metric>:<label set>` rank by a column of feature_label_scores for one label set."""
+LABEL_METRICS: dict[str, str] = {
+    "sentence_auroc": "sentence AUROC",
+    "token_auroc": "token AUROC",
+    "leads_score": "leads (baseline SDs before its starts)",
+}
+"""The feature_label_scores columns a label set's ranking can use."""
+
+
+def label_ranking_key(label: str, metric: str = "sentence_auroc") -> str:
+    return f"{LABEL_SCORE_PREFIX}{metric}:{label}"
+
+
+def parse_label_ranking(key: str) -> tuple[str, str] | None:
+    """(metric, label set) of a `label:` ranking key; None for any other key."""
+    if not key.startswith(LABEL_SCORE_PREFIX):
+        return None
+    metric, _, label = key[len(LABEL_SCORE_PREFIX):].partition(":")
+    if metric not in LABEL_METRICS or not label:
+        raise ValueError(f"unknown label ranking {key!r}: use label:<{'|'.join(LABEL_METRICS)}>:<label set>")
+    return metric, label
+
 
 # --- writing --------------------------------------------------------------------------------------
 
@@ -92,6 +115,12 @@ def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFram
 
 def _frame(cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> pd.DataFrame:
     return cursor.execute(sql, list(params)).df()
+
+
+def _read_if_table(db: duckdb.DuckDBPyConnection | Path, table: str, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+    """`sql`'s rows, or an empty frame when the file has no `table` (an index built before it)."""
+    with read_cursor(db) as cursor:
+        return _frame(cursor, sql, params) if has_table(cursor, table) else pd.DataFrame()
 
 
 def _check_version(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
@@ -149,6 +178,8 @@ class FeatureCard(NamedTuple):
     group_auroc: pd.DataFrame
     lead_lag: pd.DataFrame
     reason_word_shares: pd.DataFrame
+    label_scores: pd.DataFrame = pd.DataFrame()
+    """The feature's scores on each label set of the index (`read_feature_label_scores`)."""
 
 
 def _require_feature(cursor: duckdb.DuckDBPyConnection, sae_id: str, feature_id: int) -> dict[str, Any]:
@@ -218,6 +249,7 @@ def read_feature_card(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature
                 cursor, "SELECT word, mean_activation, share FROM feature_reason_word_shares "
                 "WHERE sae_id = ? AND feature_id = ? ORDER BY share DESC", key,
             ),
+            label_scores=read_feature_label_scores(cursor, sae_id, feature_id),
         )
 
 
@@ -231,13 +263,17 @@ def read_candidates(
     hide_token_detectors: bool = False,
     limit: int = 100,
 ) -> pd.DataFrame:
-    """Features ranked by `score` (a key of RANKING_SCORES), or by the AUROC of one phrase `group`."""
-    if group is None and score not in RANKING_SCORES:
+    """Features ranked by `score` (a key of RANKING_SCORES, or `label:<metric>:<label set>`), or by the
+    AUROC of one phrase `group`."""
+    by_label = parse_label_ranking(score) if group is None else None
+    if group is None and by_label is None and score not in RANKING_SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(RANKING_SCORES)}")
     with read_cursor(db) as cursor:
         _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
         if not has_table(cursor, "feature_backtracking_scores"):
             return pd.DataFrame()
+        if by_label is not None and not has_table(cursor, "feature_label_scores"):
+            raise NoIndexError("This index has no label-set scores: rebuild it with `python -m precompute index --force`.")
         where = ["b.sae_id = ?", "s.density >= ?"]
         params: list[Any] = [sae_id, float(min_density)]
         if hide_token_detectors:
@@ -246,6 +282,10 @@ def read_candidates(
             rank_expr = "g.auroc"
             join = "JOIN feature_group_auroc g ON g.sae_id = b.sae_id AND g.feature_id = b.feature_id AND g.group_name = ?"
             params.insert(0, group)
+        elif by_label is not None:
+            rank_expr = f"ls.{by_label[0]}"  # a name from LABEL_METRICS, never user text
+            join = "JOIN feature_label_scores ls ON ls.sae_id = b.sae_id AND ls.feature_id = b.feature_id AND ls.label = ?"
+            params.insert(0, by_label[1])
         else:
             rank_expr, join = f"b.{score}", ""
         sql = (
@@ -264,6 +304,58 @@ def read_candidates(
         return _frame(cursor, sql, params)
 
 
+def read_label_sets(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> pd.DataFrame:
+    """The label sets the SAE's index scored (index_label_sets), by name; empty for an index built
+    before label sets, or with none."""
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "index_label_sets"):
+            return pd.DataFrame(columns=["label", "kind", "source", "n_positive_tokens", "n_sentences",
+                                         "n_positive_sentences", "n_starts"])
+        return _frame(
+            cursor, "SELECT label, kind, source, n_positive_tokens, n_sentences, n_positive_sentences, n_starts "
+            "FROM index_label_sets WHERE sae_id = ? ORDER BY label", [sae_id],
+        )
+
+
+def read_feature_label_scores(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature_id: int) -> pd.DataFrame:
+    """One feature's scores on every label set of its index, side by side (one row per label set)."""
+    return _read_if_table(
+        db, "feature_label_scores",
+        "SELECT l.label, l.kind, s.token_auroc, s.sentence_auroc, s.leads_score, s.lead_peak_offset, "
+        "l.n_positive_tokens, l.n_positive_sentences FROM feature_label_scores s JOIN index_label_sets l "
+        "ON l.sae_id = s.sae_id AND l.label = s.label WHERE s.sae_id = ? AND s.feature_id = ? ORDER BY l.label",
+        [sae_id, int(feature_id)],
+    )
+
+
+def read_best_features_per_label(
+    db: duckdb.DuckDBPyConnection | Path, metric: str = "sentence_auroc", min_density: float = 0.0
+) -> pd.DataFrame:
+    """For every SAE indexed in the file and every label set it scored, its best feature by `metric` (a
+    key of LABEL_METRICS) among features of at least `min_density`: hook, layer, the feature, its
+    token and sentence AUROC and its leads. Shows which hook carries a label best."""
+    if metric not in LABEL_METRICS:
+        raise ValueError(f"unknown label metric {metric!r}; choose one of {', '.join(LABEL_METRICS)}")
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "feature_label_scores"):
+            return pd.DataFrame()
+        ranked = (  # `metric` is a key of LABEL_METRICS, never user text
+            f"SELECT s.*, row_number() OVER (PARTITION BY s.sae_id, s.label ORDER BY s.{metric} DESC, s.feature_id) AS n "
+            "FROM feature_label_scores s JOIN feature_activation_stats a ON a.sae_id = s.sae_id "
+            f"AND a.feature_id = s.feature_id WHERE a.density >= ? AND s.{metric} IS NOT NULL AND NOT isnan(s.{metric})"
+        )
+        frame = _frame(
+            cursor,
+            "SELECT b.sae_id, r.hook_name, b.label, b.feature_id, b.token_auroc, b.sentence_auroc, b.leads_score, "
+            f"a.density FROM ({ranked}) b JOIN feature_index_runs r ON r.sae_id = b.sae_id "
+            "JOIN feature_activation_stats a ON a.sae_id = b.sae_id AND a.feature_id = b.feature_id "
+            "WHERE b.n = 1 ORDER BY b.label, r.hook_name",
+            [float(min_density)],
+        )
+    frame.insert(2, "layer", [int(h.split(".")[1]) if h.startswith("blocks.") else None for h in frame["hook_name"]])
+    return frame
+
+
 def read_lead_lag_profiles(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature_ids: Sequence[int]) -> pd.DataFrame:
     """Lead-lag profiles (feature_id, relative_position, mean_activation, delta) of several features."""
     ids = [int(f) for f in feature_ids]
@@ -279,15 +371,13 @@ def read_lead_lag_profiles(db: duckdb.DuckDBPyConnection | Path, sae_id: str, fe
 def read_feature_scores(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature_ids: Sequence[int]) -> pd.DataFrame:
     """Backtracking scores and density of the given features (for the Live page's table)."""
     ids = [int(f) for f in feature_ids]
-    with read_cursor(db) as cursor:
-        if not has_table(cursor, "feature_backtracking_scores"):
-            return pd.DataFrame()
-        return _frame(
-            cursor, "SELECT b.feature_id, b.auroc_notebook, b.reason_score, b.leads_score, b.is_token_detector, "
-            "s.density, s.max_activation FROM feature_backtracking_scores b JOIN feature_activation_stats s "
-            "ON s.sae_id = b.sae_id AND s.feature_id = b.feature_id WHERE b.sae_id = ? AND list_contains(?, b.feature_id)",
-            [sae_id, ids],
-        )
+    return _read_if_table(
+        db, "feature_backtracking_scores",
+        "SELECT b.feature_id, b.auroc_notebook, b.reason_score, b.leads_score, b.is_token_detector, "
+        "s.density, s.max_activation FROM feature_backtracking_scores b JOIN feature_activation_stats s "
+        "ON s.sae_id = b.sae_id AND s.feature_id = b.feature_id WHERE b.sae_id = ? AND list_contains(?, b.feature_id)",
+        [sae_id, ids],
+    )
 
 
 def find_features_by_logit_token(

@@ -27,9 +27,11 @@ for bit (a CPU or GPU matmul over a differently shaped batch may round different
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -77,6 +79,17 @@ class Window(NamedTuple):
     doc_has_backtracking: bool
     bos_prefixed: bool = False
     """Position 0 is a BOS added in front of a later window, not one of the document's tokens."""
+    sentence_ids: np.ndarray | None = None
+    """[T_w] int32: the index of the document's sentence each token lies in, -1 outside every sentence
+    (BOS, text outside the sentences); None when the documents came without sentences."""
+    label_bits: np.ndarray | None = None
+    """[T_w] uint32: bit l set when the token overlaps a positive span of label set l."""
+    label_start_bits: np.ndarray | None = None
+    """[T_w] uint32: bit l set on the first token of each positive span of label set l."""
+
+
+MAX_LABEL_SETS = 32
+"""Label sets one index scores at most (their token masks are bits of a uint32)."""
 
 
 @dataclass(frozen=True)
@@ -85,11 +98,42 @@ class CorpusDocument:
     text: str
     spans: Sequence[PhraseSpan]
     has_backtracking: bool
+    sentences: Sequence[tuple[int, int]] = ()
+    """The document's sentences as character spans [start, end), in order, not overlapping."""
+    label_spans: Sequence[Sequence[tuple[int, int]]] = ()
+    """Per label set of the index (in its order), this document's positive character spans."""
+
+
+class LabelSetInput(NamedTuple):
+    """A label set as the index takes it: the positive character spans of each document."""
+
+    name: str
+    kind: str
+    """"span" (phrases, regular expressions) or "sentence" (tags on whole sentences)."""
+    source: str
+    spans: Mapping[str, Sequence[tuple[int, int]]]
+    """doc_id -> positive [start, end) character spans; a document not listed has none."""
+
+
+def with_labels(
+    documents: Sequence[CorpusDocument], label_sets: Sequence[LabelSetInput],
+    sentences: Mapping[str, Sequence[tuple[int, int]]] | None,
+) -> list[CorpusDocument]:
+    """The documents with their sentences and each label set's spans (in `label_sets` order) attached."""
+    return [
+        dataclasses.replace(
+            doc,
+            sentences=tuple(sentences.get(doc.doc_id, ())) if sentences is not None else doc.sentences,
+            label_spans=tuple(tuple(ls.spans.get(doc.doc_id, ())) for ls in label_sets),
+        )
+        for doc in documents
+    ]
 
 
 def make_windows(
-    tokenizer, documents: Sequence[CorpusDocument], context_size: int, *, progress: bool = True,
-    max_tokens: int | None = None,
+    tokenizer, documents: Iterable[CorpusDocument], context_size: int, *, progress: bool = True,
+    max_tokens: int | None = None, label_sets: Sequence[LabelSetInput] = (),
+    sentences: Mapping[str, Sequence[tuple[int, int]]] | None = None,
 ) -> list[Window]:
     """Tokenise every document and cut it into windows of at most `context_size` tokens, each one BOS
     and the document's next `context_size - 1` tokens (module docstring). A tokenizer without BOS
@@ -97,8 +141,16 @@ def make_windows(
 
     Context ids are assigned in document order, so they are the same whatever the sharding. With
     `max_tokens`, tokenising stops once the windows hold that many tokens (`limit_tokens` then cuts
-    them exactly): an index of 40M tokens of a 1B-token corpus tokenises 40M, not 1B.
+    them exactly): an index of 40M tokens of a 1B-token corpus tokenises 40M, not 1B. `documents` is
+    iterated `TOKENISE_CHUNK` at a time and no further than that, so a lazy reader of the corpus
+    (`precompute.index_stage.CorpusReader`) reads no more of it than the windows need; the windows are
+    the same as from a list of the same documents.
+
+    With `label_sets` (at most `MAX_LABEL_SETS`) and `sentences` (doc_id -> character spans), each
+    window also carries the sentence of each token and the label sets' token bits (`Window`).
     """
+    if len(label_sets) > MAX_LABEL_SETS:
+        raise IndexInputError(f"an index scores at most {MAX_LABEL_SETS} label sets, not {len(label_sets)}: choose fewer")
     bos = tokenizer.bos_token_id
     n_bos = 0 if bos is None else 1
     if context_size <= n_bos:
@@ -106,9 +158,12 @@ def make_windows(
     special_ids = np.asarray(sorted(tokenizer.all_special_ids), dtype=np.int64)
     windows: list[Window] = []
     n_tokens = 0
-    with tqdm(total=len(documents), desc="tokenising", unit="doc", disable=not progress, smoothing=0.1) as bar:
-        for start in range(0, len(documents), TOKENISE_CHUNK):
-            chunk = documents[start : start + TOKENISE_CHUNK]
+    total = len(documents) if isinstance(documents, Sized) else None
+    remaining = iter(documents)
+    with tqdm(total=total, desc="tokenising", unit="doc", disable=not progress, smoothing=0.1) as bar:
+        while chunk := list(itertools.islice(remaining, TOKENISE_CHUNK)):
+            if label_sets or sentences is not None:
+                chunk = with_labels(chunk, label_sets, sentences)
             made = _chunk_windows(tokenizer, chunk, context_size, bos, special_ids, first_context_id=len(windows))
             windows.extend(made)
             bar.update(len(chunk))
@@ -142,6 +197,22 @@ def _chunk_windows(
     prev_X = np.roll(group_X, 1)
     prev_X[first_D[n_D > 0]] = NO_GROUP
     start_X = np.isin(group_X, [GROUPS.index(g) for g in NOTEBOOK_GROUPS]) & (group_X != prev_X)
+    with_sentences = any(doc.sentences for doc in documents)
+    with_labels = any(doc.label_spans for doc in documents)
+    sentence_X = np.full(len(ids_X), -1, dtype=np.int32)
+    label_X = np.zeros(len(ids_X), dtype=np.uint32)
+    label_start_X = np.zeros(len(ids_X), dtype=np.uint32)
+    for d, doc in enumerate(documents):
+        if not (doc.sentences or doc.label_spans) or not n_D[d]:
+            continue
+        at = slice(first_D[d], first_D[d] + n_D[d])
+        offsets = np.asarray(enc["offset_mapping"][d], dtype=np.int64).reshape(-1, 2)
+        if doc.sentences:
+            sentence_X[at] = sentence_of_tokens(offsets, doc.sentences)
+        for label, spans in enumerate(doc.label_spans):
+            inside, starts = span_token_masks(offsets, spans)
+            label_X[at] |= inside.astype(np.uint32) << np.uint32(label)
+            label_start_X[at] |= starts.astype(np.uint32) << np.uint32(label)
 
     # Window k of a document: BOS, then its text tokens [k * step, (k + 1) * step).
     n_bos = 0 if bos is None else 1
@@ -162,14 +233,56 @@ def _chunk_windows(
     start_Y = np.zeros(len(window_Y), dtype=bool)
     start_Y[text_Y] = start_X[source]
     valid_Y = ~np.isin(ids_Y, special_ids)
+    sentence_Y = label_Y = label_start_Y = None
+    if with_sentences:
+        sentence_Y = np.full(len(window_Y), -1, dtype=np.int32)
+        sentence_Y[text_Y] = sentence_X[source]
+    if with_labels:
+        label_Y, label_start_Y = np.zeros(len(window_Y), dtype=np.uint32), np.zeros(len(window_Y), dtype=np.uint32)
+        label_Y[text_Y], label_start_Y[text_Y] = label_X[source], label_start_X[source]
+
+    def cut(array: np.ndarray | None, start: int, end: int) -> np.ndarray | None:
+        return None if array is None else array[start:end]
+
     windows = []
     for w, (d, k, start, end) in enumerate(zip(doc_W.tolist(), k_W.tolist(), (end_W - length_W).tolist(), end_W.tolist())):
         doc = documents[d]
         windows.append(Window(
             first_context_id + w, doc.doc_id, k * step, ids_Y[start:end], valid_Y[start:end], group_Y[start:end],
             start_Y[start:end], doc.has_backtracking, bos_prefixed=n_bos == 1 and k > 0,
+            sentence_ids=cut(sentence_Y, start, end), label_bits=cut(label_Y, start, end),
+            label_start_bits=cut(label_start_Y, start, end),
         ))
     return windows
+
+
+def sentence_of_tokens(offsets: np.ndarray, sentences: Sequence[tuple[int, int]]) -> np.ndarray:
+    """For each token (`offsets`: [n, 2] character spans), the index of the sentence holding its last
+    character, or -1. The last character, because a token such as " The" begins on the space before
+    its sentence."""
+    bounds = np.asarray(sentences, dtype=np.int64).reshape(-1, 2)
+    last_char = np.maximum(offsets[:, 1] - 1, offsets[:, 0])
+    k = np.searchsorted(bounds[:, 0], last_char, side="right") - 1
+    inside = (k >= 0) & (last_char < bounds[np.maximum(k, 0), 1]) & (offsets[:, 1] > offsets[:, 0])
+    return np.where(inside, k, -1).astype(np.int32)
+
+
+def span_token_masks(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens whose characters overlap a span (as `labels.token_spans` decides for phrases), and the
+    first such token of each span. `offsets`: [n, 2] character spans, in order."""
+    inside = np.zeros(len(offsets), dtype=bool)
+    first = np.zeros(len(offsets), dtype=bool)
+    non_empty = np.flatnonzero(offsets[:, 1] > offsets[:, 0])
+    if not len(spans) or not len(non_empty):
+        return inside, first
+    bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    starts, ends = offsets[non_empty, 0], offsets[non_empty, 1]
+    lo = np.searchsorted(ends, bounds[:, 0], side="right")  # the first token ending after the span starts
+    hi = np.searchsorted(starts, bounds[:, 1], side="left")  # past the last token starting before it ends
+    for a, b in zip(lo[lo < hi].tolist(), hi[lo < hi].tolist()):
+        inside[non_empty[a:b]] = True
+        first[non_empty[a]] = True
+    return inside, first
 
 
 def limit_tokens(windows: Sequence[Window], max_tokens: int | None) -> tuple[list[Window], str | None]:
@@ -243,6 +356,9 @@ class BatchTensors(NamedTuple):
     group_BT: Tensor
     start_BT: Tensor
     n_real: int
+    sentence_BT: Tensor | None = None
+    label_bits_BT: Tensor | None = None
+    label_start_bits_BT: Tensor | None = None
 
 
 def batch_tensors(windows: Sequence[Window], batch: PlannedBatch, batch_size: int, pad_id: int) -> BatchTensors:
@@ -251,14 +367,23 @@ def batch_tensors(windows: Sequence[Window], batch: PlannedBatch, batch_size: in
     valid_BT = torch.zeros(B, T, dtype=torch.bool)
     group_BT = torch.full((B, T), NO_GROUP, dtype=torch.int8)
     start_BT = torch.zeros(B, T, dtype=torch.bool)
-    for b, i in enumerate(batch.windows):
-        w = windows[i]
+    members = [windows[i] for i in batch.windows]
+    sentence_BT = torch.full((B, T), -1, dtype=torch.int64) if any(w.sentence_ids is not None for w in members) else None
+    labelled = any(w.label_bits is not None for w in members)
+    label_BT = torch.zeros(B, T, dtype=torch.int64) if labelled else None
+    label_start_BT = torch.zeros(B, T, dtype=torch.int64) if labelled else None
+    for b, w in enumerate(members):
         n = len(w.token_ids)
         ids_BT[b, :n] = torch.from_numpy(w.token_ids)
         valid_BT[b, :n] = torch.from_numpy(w.valid)
         group_BT[b, :n] = torch.from_numpy(w.group_ids)
         start_BT[b, :n] = torch.from_numpy(w.phrase_start)
-    return BatchTensors(ids_BT, valid_BT, group_BT, start_BT, len(batch.windows))
+        if sentence_BT is not None and w.sentence_ids is not None:
+            sentence_BT[b, :n] = torch.from_numpy(w.sentence_ids.astype(np.int64))
+        if labelled and w.label_bits is not None:
+            label_BT[b, :n] = torch.from_numpy(w.label_bits.astype(np.int64))
+            label_start_BT[b, :n] = torch.from_numpy(w.label_start_bits.astype(np.int64))
+    return BatchTensors(ids_BT, valid_BT, group_BT, start_BT, len(batch.windows), sentence_BT, label_BT, label_start_BT)
 
 
 @torch.no_grad()
@@ -381,6 +506,9 @@ def run_index_pass(
                 doc_has_backtracking_B=torch.tensor([w.doc_has_backtracking for w in rows], dtype=torch.bool),
                 context_ids_B=torch.tensor([w.context_id for w in rows], dtype=torch.long),
                 phrase_start_mask_BT=t.start_BT[:n],
+                sentence_BT=None if t.sentence_BT is None else t.sentence_BT[:n],
+                label_bits_BT=None if t.label_bits_BT is None else t.label_bits_BT[:n],
+                label_start_bits_BT=None if t.label_start_bits_BT is None else t.label_start_bits_BT[:n],
             ).to(device)
         )
         n_tokens += sum(len(w.token_ids) for w in rows)

@@ -19,6 +19,7 @@ from explorer.feature_aggregates import (
     ActivationStatsTotals,
     EvidenceTotals,
     DocumentTotals,
+    LabelSetTotals,
     LeadLagTotals,
     ReasonTotals,
     SampleRecords,
@@ -199,6 +200,42 @@ def compute_lead_lag(totals: LeadLagTotals, pre: tuple[int, int] = (-8, -1)) -> 
     peak_rise = peak_value - baseline
     share = torch.where(peak_rise > 0, rise / peak_rise.clamp_min(1e-300), torch.zeros_like(rise))
     return LeadLagScores(leads, share, pre_mean, totals.offsets_O[peak_index], totals.mean_OF - baseline)
+
+
+# --------------------------------------------------------------------------------------------------
+# Label sets
+# --------------------------------------------------------------------------------------------------
+
+
+class LabelSetScores(NamedTuple):
+    """Per feature and label set ([F, L]), as the lexicon's scores are computed."""
+
+    token_auroc_FL: Auroc
+    """Activations on tokens inside the label's spans against every other valid token."""
+    sentence_auroc_FL: Auroc
+    """Each sentence piece's maximum activation against whether it holds the label."""
+    lead_lag: list[LeadLagScores]
+    """Per label set, the lead-lag scores around its starts (`compute_lead_lag`)."""
+
+
+def compute_label_set_scores(
+    totals: LabelSetTotals, stats: ActivationStatsTotals, lead_lag: LeadLagTotals
+) -> LabelSetScores:
+    """Token AUROC (negatives: the activation statistics' histogram, which counts every valid token,
+    minus the positives), sentence AUROC (negatives: every sentence piece minus the positive ones) and
+    the lead-lag scores around each label's starts, against the all-token baseline of `lead_lag`."""
+    pos_FLB = totals.hist_pos_FLB
+    token = auroc_from_histograms(pos_FLB, stats.hist_FB[:, None, :] - pos_FLB)
+    sentence_pos_FLB = totals.hist_sentence_pos_FLB
+    sentence = auroc_from_histograms(sentence_pos_FLB, totals.hist_sentence_FB[:, None, :] - sentence_pos_FLB)
+    profiles = [
+        compute_lead_lag(LeadLagTotals(
+            totals.offsets_O, totals.mean_LOF[label], totals.sum_LOF[label], totals.count_LO[label],
+            lead_lag.baseline_mean_F, lead_lag.baseline_std_F,
+        ))
+        for label in range(len(totals.labels))
+    ]
+    return LabelSetScores(token, sentence, profiles)
 
 
 # --------------------------------------------------------------------------------------------------

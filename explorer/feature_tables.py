@@ -10,7 +10,7 @@ Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/sha
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from explorer.feature_scores import (
     NearestFeatures,
     compute_backtracking_auroc,
     compute_document_contrast,
+    compute_label_set_scores,
     compute_lead_lag,
     compute_reason_score,
     compute_token_baseline,
@@ -191,6 +192,72 @@ def neighbour_rows(sae_id: str, nearest: NearestFeatures) -> pd.DataFrame:
         "neighbour_id": _np(nearest.feature_ids_FK).reshape(-1).astype(np.int32),
         "cosine": _np(nearest.cosine_FK).reshape(-1).astype(np.float64),
     })
+
+
+class LabelSetInfo(NamedTuple):
+    """What the index records of a label set besides its counts."""
+
+    kind: str
+    """"span" or "sentence"."""
+    source: str
+
+
+def label_set_rows(
+    sae_id: str, totals: IndexTotals, infos: Mapping[str, LabelSetInfo]
+) -> dict[str, pd.DataFrame]:
+    """`index_label_sets`, `feature_label_scores` and `feature_label_lead_lag` for every label set the
+    pass scored (`IndexConfig.labels`)."""
+    labels_totals = totals.label_sets
+    labels = list(labels_totals.labels)
+    scores = compute_label_set_scores(labels_totals, totals.stats, totals.lead_lag)
+    F, L = totals.stats.max_F.shape[0], len(labels)
+    features = np.arange(F, dtype=np.int32)
+    offsets = _np(labels_totals.offsets_O).astype(np.int32)
+    zero = list(offsets).index(0) if 0 in offsets else None
+    sets = pd.DataFrame({
+        "sae_id": sae_id,
+        "label": pd.Series(labels, dtype=object),
+        "kind": [infos[name].kind for name in labels],
+        "source": [infos[name].source for name in labels],
+        "n_positive_tokens": _np(labels_totals.count_pos_L).astype(np.int64),
+        "n_sentences": np.full(L, labels_totals.n_sentences, dtype=np.int64),
+        "n_positive_sentences": _np(labels_totals.count_sentence_pos_L).astype(np.int64),
+        "n_starts": _np(labels_totals.count_LO[:, zero]).astype(np.int64) if zero is not None else np.zeros(L, np.int64),
+    })
+    per_label = []
+    profiles = []
+    for label, name in enumerate(labels):
+        lead = scores.lead_lag[label]
+        per_label.append(pd.DataFrame({
+            "sae_id": sae_id, "label": name, "feature_id": features,
+            "token_auroc": _np(scores.token_auroc_FL.auroc[:, label]),
+            "token_auroc_error_bound": _np(scores.token_auroc_FL.error_bound[:, label]),
+            "sentence_auroc": _np(scores.sentence_auroc_FL.auroc[:, label]),
+            "sentence_auroc_error_bound": _np(scores.sentence_auroc_FL.error_bound[:, label]),
+            "leads_score": _np(lead.leads_score_F), "lead_share": _np(lead.lead_share_F),
+            "lead_pre_mean": _np(lead.pre_mean_F), "lead_peak_offset": _np(lead.peak_offset_F).astype(np.int32),
+        }))
+        O = len(offsets)
+        profiles.append(pd.DataFrame({
+            "sae_id": sae_id, "label": name,
+            "feature_id": np.repeat(features, O),
+            "relative_position": np.tile(offsets, F),
+            "mean_activation": _np(labels_totals.mean_LOF[label]).T.reshape(-1),
+            "delta": _np(lead.delta_OF).T.reshape(-1),
+            "n_targets": np.tile(_np(labels_totals.count_LO[label]).astype(np.int64), F),
+        }))
+    empty_scores = pd.DataFrame(columns=[
+        "sae_id", "label", "feature_id", "token_auroc", "token_auroc_error_bound", "sentence_auroc",
+        "sentence_auroc_error_bound", "leads_score", "lead_share", "lead_pre_mean", "lead_peak_offset",
+    ])
+    empty_profiles = pd.DataFrame(columns=[
+        "sae_id", "label", "feature_id", "relative_position", "mean_activation", "delta", "n_targets",
+    ])
+    return {
+        "index_label_sets": sets,
+        "feature_label_scores": pd.concat(per_label, ignore_index=True) if per_label else empty_scores,
+        "feature_label_lead_lag": pd.concat(profiles, ignore_index=True) if profiles else empty_profiles,
+    }
 
 
 class ScoreTables(dict):

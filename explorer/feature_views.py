@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from explorer.feature_db import RANKING_SCORES, tokens_to_text
+from explorer.feature_db import LABEL_METRICS, RANKING_SCORES, label_ranking_key, tokens_to_text
 from explorer.feature_index import CorpusDocument, make_windows
 from explorer.html import GROUP_COLOURS, ExampleHTML
 from explorer.lexicon import GROUPS
@@ -65,10 +65,15 @@ def parse_feature_id(text: str | None) -> int | None:
 # --- ranking choices ------------------------------------------------------------------------------
 
 
-def ranking_choices() -> dict[str, str]:
-    """Ranking keys and labels: the RANKING_SCORES, then the AUROC of each lexicon group."""
+def ranking_choices(label_sets: Sequence[str] = ()) -> dict[str, str]:
+    """Ranking keys and labels: the RANKING_SCORES, the AUROC of each lexicon group, then each of the
+    index's label sets by each of LABEL_METRICS."""
     groups = {f"{GROUP_SCORE_PREFIX}{g}": f"AUROC of one group: {g}" for g in GROUPS}
-    return {**RANKING_SCORES, **groups}
+    labels = {
+        label_ranking_key(label, metric): f"Label set {label}: {text}"
+        for label in label_sets for metric, text in LABEL_METRICS.items()
+    }
+    return {**RANKING_SCORES, **groups, **labels}
 
 
 def split_ranking(key: str) -> tuple[str, str | None]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -31,6 +31,10 @@ DOCUMENT_LIST_COLUMNS = (
 """The documents table's light columns: what a listing of the corpus shows, without text or metadata."""
 PROMPT_BATCH_ROWS = 256
 """Documents read at a time by `read_corpus_prompts`."""
+DOCUMENT_BATCH_ROWS = 256
+"""Documents read at a time by `iter_documents` (the corpus stage's row group size)."""
+PHRASE_BATCH_ROWS = 8192
+"""Phrases read at a time by `iter_phrases`."""
 
 
 class RunSummary(NamedTuple):
@@ -127,6 +131,23 @@ def read_run_summary(run_dir: Path) -> RunSummary:
     )
 
 
+def run_summary_stamp(run_dir: Path) -> tuple[int, ...]:
+    """The modification times of the files `read_run_summary` reads (0 for one that is missing): what
+    the app caches a run's summary under. profile.json changes only when a command builds something with
+    other settings, so a rebuilt corpus or model must show through its own files. Raises OSError when
+    the run has no profile.json."""
+    run_dir = Path(run_dir)
+    stamps = [(run_dir / artifacts.PROFILE_FILE).stat().st_mtime_ns]
+    for path in (
+        run_dir / artifacts.CORPUS_DIR / artifacts.STAGE_MANIFEST,
+        run_dir / artifacts.CORPUS_DIR / artifacts.CORPUS_SUMMARY_FILE,
+        run_dir / artifacts.MODEL_DIR / artifacts.STAGE_MANIFEST,
+        run_dir / artifacts.MODEL_DIR / artifacts.TRAIN_REPORT_FILE,
+    ):
+        stamps.append(path.stat().st_mtime_ns if path.is_file() else 0)
+    return tuple(stamps)
+
+
 def documents_path(run_dir: Path) -> Path:
     """The run's `corpus/documents.parquet`; a clear error when the corpus stage has not run."""
     path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE
@@ -138,6 +159,22 @@ def documents_path(run_dir: Path) -> Path:
 def read_documents(run_dir: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """The corpus documents table of a run (all of it: pass `columns`, and leave out `text` where you can)."""
     return pd.read_parquet(documents_path(run_dir), columns=columns)
+
+
+def iter_documents(
+    run_dir: Path, columns: list[str], *, batch_rows: int = DOCUMENT_BATCH_ROWS
+) -> Iterator[dict[str, list[Any]]]:
+    """The corpus documents table, `batch_rows` rows at a time in corpus order, each batch as columns
+    of Python values. Nothing is read before it is asked for, so a reader that stops early never reads
+    the rest of the text column."""
+    parquet = pq.ParquetFile(documents_path(run_dir))
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        yield batch.to_pydict()
+
+
+def count_documents(run_dir: Path) -> int:
+    """How many documents the corpus holds (from the file's footer: no column is read)."""
+    return pq.ParquetFile(documents_path(run_dir)).metadata.num_rows
 
 
 def read_document_list(run_dir: Path) -> pd.DataFrame:
@@ -197,11 +234,21 @@ def read_corpus_prompts(run_dir: Path, *, max_documents: int | None = None) -> l
 
 def read_phrases(run_dir: Path, doc_id: str | None = None) -> pd.DataFrame:
     """Labelled phrases of a run (of one document when `doc_id` is given)."""
+    filters = [("doc_id", "==", doc_id)] if doc_id is not None else None
+    return pd.read_parquet(_phrases_path(run_dir), filters=filters)
+
+
+def _phrases_path(run_dir: Path) -> Path:
     path = Path(run_dir) / artifacts.CORPUS_DIR / artifacts.PHRASES_FILE
     if not path.is_file():
         raise RunFolderError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
-    filters = [("doc_id", "==", doc_id)] if doc_id is not None else None
-    return pd.read_parquet(path, filters=filters)
+    return path
+
+
+def iter_phrases(run_dir: Path, *, batch_rows: int = PHRASE_BATCH_ROWS) -> Iterator[dict[str, list[Any]]]:
+    """The labelled phrases of a run, `batch_rows` at a time in the file's order, as columns."""
+    path = _phrases_path(run_dir)
+    yield from (batch.to_pydict() for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows))
 
 
 def read_error_steps(run_dir: Path, doc_id: str) -> pd.DataFrame:

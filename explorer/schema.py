@@ -269,6 +269,48 @@ FEATURE_TABLES = (
         PRIMARY KEY (sae_id, feature_id, word)
     )
     """,
+    """
+    CREATE TABLE IF NOT EXISTS index_label_sets (
+        sae_id VARCHAR NOT NULL,
+        label VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        n_positive_tokens BIGINT NOT NULL,
+        n_sentences BIGINT NOT NULL,
+        n_positive_sentences BIGINT NOT NULL,
+        n_starts BIGINT NOT NULL,
+        PRIMARY KEY (sae_id, label)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS feature_label_scores (
+        sae_id VARCHAR NOT NULL,
+        label VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        token_auroc DOUBLE,
+        token_auroc_error_bound DOUBLE,
+        sentence_auroc DOUBLE,
+        sentence_auroc_error_bound DOUBLE,
+        leads_score DOUBLE,
+        lead_share DOUBLE,
+        lead_pre_mean DOUBLE,
+        lead_peak_offset INTEGER,
+        PRIMARY KEY (sae_id, label, feature_id)
+    )
+    """,
+    # labels x features x offsets rows (20M at 24,576 features and 20 label sets): no primary key,
+    # whose index would cost more memory than the table; the writer makes the rows unique.
+    """
+    CREATE TABLE IF NOT EXISTS feature_label_lead_lag (
+        sae_id VARCHAR NOT NULL,
+        label VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        relative_position INTEGER NOT NULL,
+        mean_activation DOUBLE,
+        delta DOUBLE,
+        n_targets BIGINT NOT NULL
+    )
+    """,
 )
 """Created (if missing) by every write to the file, with `CORE_TABLES`."""
 
@@ -276,6 +318,7 @@ FEATURE_TABLE_NAMES = (
     "feature_index_runs", "index_contexts", "feature_activation_stats", "feature_histograms",
     "feature_top_examples", "feature_interval_samples", "feature_logit_lens", "feature_neighbours",
     "feature_backtracking_scores", "feature_group_auroc", "feature_lead_lag", "feature_reason_word_shares",
+    "index_label_sets", "feature_label_scores", "feature_label_lead_lag",
 )
 """The tables holding one SAE's index (deleted and rewritten together). `vocabulary` is shared."""
 

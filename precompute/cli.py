@@ -11,9 +11,14 @@
     build       every stage in order: corpus, train-lm (demo), train-sae, index
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
-is skipped when its output is already current (pass --force to rebuild). A stage command first runs
-the stages it needs (`train-sae` runs `corpus`, and `train-lm` on the demo), skipping those that are
-current.
+is skipped when its output is already current for the command's settings (pass --force to rebuild). A
+stage command first makes sure the stages it needs are there (`train-sae` needs `corpus`, and `train-lm`
+on the demo): it uses each one's output as it was built, with whatever flags its own command was given,
+and builds it only when it is missing or stale (made from another corpus or model than the run's, or
+from another --dataset). `build` checks every stage against its own flags.
+
+profile.json records what the run's outputs were built with (`precompute.run_record`): a command
+changes it only where it built something with other settings, and prints each change.
 """
 
 from __future__ import annotations
@@ -29,12 +34,20 @@ from explorer.errors import ExplorerError
 from explorer.feature_index import parse_shard
 from precompute import export_sae_vis_cli, steer_cli
 from precompute.atomic import write_text_atomic
-from precompute.cli_common import UserError, add_run_args, resolve_profile, resolve_run_dir
-from precompute.corpus_stage import run_corpus_stage
+from precompute.cli_common import (
+    UserError,
+    add_run_args,
+    apply_overrides,
+    named_profile,
+    resolve_profile,
+    resolve_run_dir,
+)
+from precompute.corpus_stage import reuse_corpus, run_corpus_stage
 from precompute.index_stage import index_is_current, merge_partials, run_index
+from precompute.run_record import RunRecord, same_profile
 from precompute.sae_report_cli import run_sae_report
-from precompute.train_lm_stage import run_train_lm_stage
-from precompute.train_sae_stage import run_train_sae_stage
+from precompute.train_lm_stage import reuse_model, run_train_lm_stage
+from precompute.train_sae_stage import SCALE_DOWN_ARGS, reuse_sae, run_train_sae_stage
 
 
 def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
@@ -144,7 +157,19 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def upstream_profile(args: argparse.Namespace, profile: Profile, saved: Profile | None) -> Profile:
+    """What a command builds the stages it needs first with, when one is missing or stale: the run's
+    recorded profile (when it is the same profile as the command's `profile`), with the command line's
+    overrides, so that a stale SAE is retrained as it was; else the command's own profile."""
+    if saved is None or not same_profile(saved, profile):
+        return profile
+    if args.dataset and saved.corpus.source != str(args.dataset):
+        saved = saved.with_dataset(args.dataset)
+    return apply_overrides(saved, args)
+
+
 def save_profile(profile: Profile, run_dir: Path) -> None:
+    """Write `profile` as the run's profile.json, whatever it held (commands go through `RunRecord`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / artifacts.PROFILE_FILE, profile.to_json() + "\n")
 
@@ -173,6 +198,20 @@ def stages_to_run(command: str, profile: Profile) -> list[str]:
     return [s for s in stages if s != "train-lm" or profile.trains_own_model]
 
 
+def reuse_stage(stage: str, named: Profile, profile: Profile, run_dir: Path, args: argparse.Namespace) -> bool:
+    """Whether a stage the command needs first is used as it was built (printed); False when it must be
+    built first because it is missing or stale (printed why)."""
+    if stage == "corpus":
+        return reuse_corpus(run_dir, named.corpus, args.dataset)
+    if stage == "train-lm":
+        return reuse_model(run_dir, named.demo_lm or profile.demo_lm)
+    if stage == "train-sae":
+        given = {arg: getattr(args, arg, None) for arg in SCALE_DOWN_ARGS}
+        return reuse_sae(profile, named, run_dir, getattr(args, "hook", None) or profile.hook_name,
+                         sae_id=getattr(args, "sae", None), given=given)
+    raise ValueError(f"{stage} is no stage another one needs")
+
+
 def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namespace, force: bool) -> None:
     if stage == "corpus":
         run_corpus_stage(profile.corpus, run_dir, force=force)
@@ -187,7 +226,7 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
 
             if torch.cuda.is_available():  # one GPU per torchrun process
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        explicit = getattr(args, "sae", None) or getattr(args, "tokens", None) or shard != (0, 1)
+        explicit = getattr(args, "sae", None) or shard != (0, 1)
         if not force and not explicit and index_is_current(profile, run_dir):
             print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus and its current weights); "
                   "pass --force to rebuild",
@@ -196,23 +235,34 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
         save_every = getattr(args, "save_every", 10.0)
         if save_every < 0:
             raise UserError(f"--save-every must be 0 (never) or a number of minutes, not {save_every}")
-        run_index(profile, run_dir, sae_id=getattr(args, "sae", None), max_tokens=getattr(args, "tokens", None),
-                  batch_size=getattr(args, "batch_size", 8), shard=shard, save_every_s=60 * save_every)
+        run_index(profile, run_dir, sae_id=getattr(args, "sae", None), batch_size=getattr(args, "batch_size", 8),
+                  shard=shard, save_every_s=60 * save_every)
 
 
 def run_command(args: argparse.Namespace) -> None:
     profile = resolve_profile(args)
     stages = stages_to_run(args.command, profile)
     run_dir = resolve_run_dir(args, profile)
-    save_profile(profile, run_dir)
+    record = RunRecord(run_dir)
+    # The stages the command needs first are built, when they must be, as the run recorded them; `merge`
+    # finishes what `index --shard` started, with the recorded settings.
+    upstream = upstream_profile(args, profile, record.saved)
     print(f"run folder: {run_dir}   profile: {profile.name}", flush=True)
     for stage in stages:
-        # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
-        run_stage(stage, profile, run_dir, args, force=args.force and (args.command in (stage, "build")))
+        if args.command in (stage, "build"):
+            # --force rebuilds the command's own stage (every stage for `build`), not what it needs first.
+            run_stage(stage, profile, run_dir, args, force=args.force)
+            record.record(stage, profile)
+        elif not reuse_stage(stage, named_profile(args), upstream, run_dir, args):
+            run_stage(stage, upstream, run_dir, args, force=False)
+            record.record(stage, upstream)
     if args.command == "merge":
-        merge_partials(profile, run_dir, sae_id=args.sae)
+        merge_partials(upstream, run_dir, sae_id=args.sae)
+        record.record("index", upstream)
     if args.command == "sae-report":
         run_sae_report(profile, run_dir, sae=args.sae, sae_id=args.sae_id, hook=args.hook, force=args.force)
+        record.record("sae-report", profile)
+    record.ensure_saved(profile)
 
 
 def main(argv: list[str] | None = None) -> int:

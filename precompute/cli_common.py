@@ -47,11 +47,19 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 def resolve_profile(args: argparse.Namespace) -> Profile:
     """The profile named by `--profile`, with the command line's overrides applied."""
+    return apply_overrides(named_profile(args).with_dataset(args.dataset), args)
+
+
+def named_profile(args: argparse.Namespace) -> Profile:
+    """The profile `--profile` names, as it is."""
     try:
-        profile = get_profile(args.profile)
+        return get_profile(args.profile)
     except ValueError as err:
         raise UserError(str(err)) from None
-    profile = profile.with_dataset(args.dataset)
+
+
+def apply_overrides(profile: Profile, args: argparse.Namespace) -> Profile:
+    """`profile` with the settings the command line gives."""
 
     def given(name: str) -> int | None:
         return getattr(args, name, None)
@@ -59,18 +67,22 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     for flag in ("top_k", "eval_tokens", "sparsity_tokens", "sae_steps", "norm_batches"):
         if given(flag) is not None and given(flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {given(flag)}")
+    if given("tokens") is not None and given("tokens") < 0:
+        raise UserError(f"--tokens must be 0 (the whole corpus) or a number of tokens, not {given('tokens')}")
     corpus = {field: given(field) for field in ("n_traces", "seed", "balanced") if given(field) is not None}
     report = {
         field: given(flag)
         for field, flag in (("n_tokens", "eval_tokens"), ("n_sparsity_tokens", "sparsity_tokens"))
         if given(flag) is not None
     }
+    index = {field: given(flag) for field, flag in (("top_k", "top_k"), ("n_tokens", "tokens")) if given(flag) is not None}
     replace = dataclasses.replace
-    profile = replace(profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report))
+    profile = replace(
+        profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report),
+        index=replace(profile.index, **index),
+    )
     if given("dtype") is not None:
         profile = replace(profile, dtype=given("dtype"))
-    if given("top_k") is not None:
-        profile = replace(profile, index=replace(profile.index, top_k=given("top_k")))
     if given("sae_steps") is not None:
         profile = replace(profile, sae=replace(profile.sae, training_steps=given("sae_steps")))
     if given("norm_batches") is not None:

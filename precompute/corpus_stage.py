@@ -28,12 +28,19 @@ from explorer.records import TraceRecord
 from explorer.sampling import SamplingError, balanced_sample
 from explorer.synthetic import GENERATOR_VERSION, generate_traces
 from precompute.atomic import atomic_dir
-from precompute.stages import config_hash, print_config, print_skip, stage_is_current, write_manifest
+from precompute.stages import (
+    config_hash, print_config, print_rebuild, print_reuse, print_skip, read_manifest,
+    settings_as_flags, stage_is_current, write_manifest
+)
 
 STAGE = "corpus"
 MAX_LISTED = 10
 """Documents listed by name in the printed summary, per kind of difference."""
 SYNTHETIC = "synthetic"
+FLAGS = {"source": "--dataset", "n_traces": "--n-traces", "seed": "--seed", "balanced": "--balanced"}
+"""The stage's settings that a command-line flag sets, by their name in the stage's config."""
+INPUT_VERSIONS = ("lexicon_hash", "label_rule_version", "generator_version")
+"""What the labels were made with besides the settings: a corpus made with other ones is stale."""
 DOCUMENTS_ROW_GROUP_ROWS = 256
 """Documents per row group of documents.parquet: the app reads one document's text by reading the row
 group that holds it (`explorer.runs.read_document_texts`), a few MB at OpenR1-Math-220k's trace lengths
@@ -67,6 +74,28 @@ def stage_config(spec: CorpusSpec) -> dict:
     if spec.source == SYNTHETIC:  # so does a change to the generator
         config["generator_version"] = GENERATOR_VERSION
     return config
+
+
+def reuse_corpus(run_dir: Path, named: CorpusSpec, dataset: str | None) -> bool:
+    """For a later stage's command: whether the run's corpus is used as it was made, whatever its
+    settings (printed, as flags where they differ from the profile's `named` ones). It is not when the
+    run has none, when `--dataset` names another source, or when the lexicon, the label rule or the
+    generator changed since it was made; then this prints why, and the caller builds it."""
+    out_dir = Path(run_dir) / artifacts.CORPUS_DIR
+    manifest = read_manifest(out_dir)
+    recorded = (manifest or {}).get("config") or {}
+    current = stage_config(CorpusSpec(source=str(recorded.get("source", SYNTHETIC))))
+    if manifest is None or not (out_dir / artifacts.DOCUMENTS_FILE).is_file():
+        reason = f"{run_dir} has no corpus"
+    elif dataset is not None and recorded.get("source") != str(dataset):
+        reason = f"the run's corpus was made from {recorded.get('source')}, not from --dataset {dataset}"
+    elif any(recorded.get(key) != current.get(key) for key in INPUT_VERSIONS):
+        reason = "the run's corpus was labelled with another lexicon, label rule or generator"
+    else:
+        print_reuse(STAGE, "the corpus made", out_dir, settings_as_flags(recorded, stage_config(named), FLAGS))
+        return True
+    print_rebuild(STAGE, reason)
+    return False
 
 
 def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:

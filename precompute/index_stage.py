@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -38,15 +38,18 @@ from explorer.feature_index import (
     run_index_pass,
 )
 from explorer.feature_scores import logit_lens, nearest_features, select_interval_samples, top_phrase_token_ids
+from explorer.feature_tables import LabelSetInfo
 from explorer.labels import PhraseSpan
 from explorer.model_loading import load_run_model
 from explorer.runs import (
+    DOCUMENT_BATCH_ROWS,
     RunFolderError,
     corpus_content_hash,
+    count_documents,
     database_path,
+    iter_documents,
+    iter_phrases,
     list_sae_ids,
-    read_documents,
-    read_phrases,
     sae_dir,
 )
 from explorer.sae_loading import check_sae_fits_model, load_sae, stop_layer_for_hook
@@ -75,6 +78,8 @@ class IndexInputs(NamedTuple):
     n_documents: int
     config: IndexConfig
     corpus_hash: str
+    label_infos: dict[str, LabelSetInfo] = {}
+    """The label sets scored (`config.labels`): kind and source of each."""
 
 
 def choose_sae_id(run_dir: Path, sae_id: str | None) -> str:
@@ -91,16 +96,44 @@ def choose_sae_id(run_dir: Path, sae_id: str | None) -> str:
     return sae_id
 
 
-def corpus_documents(run_dir: Path) -> list[CorpusDocument]:
-    docs = read_documents(run_dir, columns=["doc_id", "text", "has_backtracking"])
-    phrases = read_phrases(run_dir)
-    spans: dict[str, list[PhraseSpan]] = {}
-    for row in phrases.itertuples(index=False):
-        spans.setdefault(row.doc_id, []).append(PhraseSpan(int(row.start), int(row.end), row.group, row.phrase))
-    return [
-        CorpusDocument(doc_id, text, sorted(spans.get(doc_id, [])), bool(flag))
-        for doc_id, text, flag in zip(docs["doc_id"], docs["text"], docs["has_backtracking"])
-    ]
+class CorpusReader:
+    """A run's corpus documents with their labelled phrases, read `batch_rows` documents at a time as
+    they are iterated, in corpus order: `make_windows` stops iterating once its token budget is met,
+    so an index of 40M tokens never reads the rest of OpenR1-Math-220k's 3 GB of text.
+
+    Phrases are read alongside, as far as the documents read so far need: each document says how many
+    it has (`n_phrases`), and the corpus stage writes them in document order, so only a batch or two
+    is held at a time (in another order, those read ahead wait in memory for their documents)."""
+
+    def __init__(self, run_dir: Path, *, batch_rows: int = DOCUMENT_BATCH_ROWS) -> None:
+        self.run_dir = Path(run_dir)
+        self.batch_rows = batch_rows
+        self.n_documents = count_documents(run_dir)
+        self.rows_read = 0
+        """Documents read from the file so far (whole batches)."""
+
+    def __len__(self) -> int:
+        return self.n_documents
+
+    def __iter__(self) -> Iterator[CorpusDocument]:
+        columns = ["doc_id", "text", "has_backtracking", "n_phrases"]
+        phrases = iter_phrases(self.run_dir)
+        waiting: dict[str, list[PhraseSpan]] = {}
+        for batch in iter_documents(self.run_dir, columns, batch_rows=self.batch_rows):
+            self.rows_read += len(batch["doc_id"])
+            for doc_id, text, flag, n_phrases in zip(*(batch[c] for c in columns)):
+                while len(waiting.get(doc_id, ())) < n_phrases:
+                    more = next(phrases, None)
+                    if more is None:
+                        break
+                    for row in zip(more["doc_id"], more["start"], more["end"], more["group"], more["phrase"]):
+                        waiting.setdefault(row[0], []).append(PhraseSpan(int(row[1]), int(row[2]), row[3], row[4]))
+                yield CorpusDocument(doc_id, text, sorted(waiting.pop(doc_id, [])), bool(flag))
+
+
+def corpus_documents(run_dir: Path) -> CorpusReader:
+    """The run's corpus as `make_windows` reads it: documents and their phrases, a batch at a time."""
+    return CorpusReader(run_dir)
 
 
 def load_inputs(
@@ -109,7 +142,7 @@ def load_inputs(
     """Model, SAE (checked against the model), the corpus's windows and the pass configuration."""
     sae_id = choose_sae_id(run_dir, sae_id)
     documents = corpus_documents(run_dir)
-    if not documents:
+    if not len(documents):
         raise IndexInputError(f"The corpus of {run_dir} is empty: nothing to index.")
     model = load_run_model(run_dir, profile)
     loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device), dtype=profile.dtype)
@@ -331,6 +364,7 @@ def finish_index(
         "feature_logit_lens": tables.logit_lens_rows(sae_id, lens),
         "feature_neighbours": tables.neighbour_rows(sae_id, nearest),
         **scores,
+        **tables.label_set_rows(sae_id, totals, inputs.label_infos),
     }
     n_tokens = sum(m["n_tokens"] for m in metas)
     pass_seconds = max(m["seconds"] for m in metas)  # shards run side by side
@@ -366,7 +400,7 @@ def finish_index(
     }
     vocabulary = tables.vocabulary_rows(tokenizer, inputs.model.cfg.d_vocab)
     db_path = database_path(run_dir)
-    write_feature_index(db_path, sae_id, run_row, frames, vocabulary, provenance(profile, run_dir))
+    write_feature_index(db_path, sae_id, run_row, frames, vocabulary, provenance(profile, run_dir, STAGE))
     print(
         f"  wrote the index of {sae_id} ({inputs.config.n_features:,} features, {n_tokens:,} tokens) to {db_path} "
         f"in {seconds:.1f}s", flush=True,

@@ -115,7 +115,7 @@ def _remeasure(
     extra.pop("curve", None)
     notes = tuple(extra.pop("notes", ()))
     write_text_atomic(report_path, sae_reports.training_report_json(row, curve, notes, **extra))
-    write_sae_training_report(database_path(run_dir), row, curve, provenance(profile, run_dir))
+    write_sae_training_report(database_path(run_dir), row, curve, provenance(profile, run_dir, "sae-report"))
     sae_reports.print_report(sae_id, row)
 
 
@@ -172,7 +172,7 @@ def _import(
         (tmp / SOURCE_FILE).write_text(json.dumps(origin, indent=2))
         (tmp / artifacts.SAE_TRAINING_REPORT_FILE).write_text(sae_reports.training_report_json(row, [], loaded.notes))
         write_manifest(tmp, STAGE, config, started, sae_id=sae_id)
-    write_sae_training_report(database_path(run_dir), row, [], provenance(profile, run_dir))
+    write_sae_training_report(database_path(run_dir), row, [], provenance(profile, run_dir, "sae-report"))
     sae_reports.print_report(sae_id, row)
     print(f"  wrote {target} and {database_path(run_dir)}", flush=True)
     return sae_id

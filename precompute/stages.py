@@ -22,6 +22,7 @@ from explorer import artifacts
 from explorer.config import Profile
 from explorer.database import Provenance
 from explorer.runs import RunFolderError, corpus_content_hash, sae_dir
+from precompute.run_record import recorded_profile
 
 _VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "transformer-lens", "sae-lens", "datasets", "duckdb")
 
@@ -91,6 +92,34 @@ def print_config(stage: str, config: dict[str, Any]) -> None:
         print(f"  {key:<{width}} = {value}", flush=True)
 
 
+def settings_as_flags(recorded: Mapping[str, Any], reference: Mapping[str, Any], flags: Mapping[str, str]) -> list[str]:
+    """The settings of a stage's recorded config that differ from `reference` (the config the named
+    profile would give), each as its command-line flag where it has one (`--sae-steps 3`), else as
+    `key value`. Keys `reference` lacks (hashes of inputs, ...) are left out."""
+    reference = json.loads(json.dumps(dict(reference), default=str))  # as the manifest stores it
+    return [
+        f"{flags.get(key, key)} {value}"
+        for key, value in recorded.items()
+        if key in reference and reference[key] != value
+    ]
+
+
+def print_reuse(stage: str, what: str, stage_dir: Path, settings: list[str]) -> None:
+    """A later stage's command uses this stage's output as it was built: say so, and with what."""
+    manifest = read_manifest(stage_dir) or {}
+    how = " ".join(settings) if settings else "the profile's settings"
+    print(
+        f"== {stage} == using {what} with {how} ({stage_dir}, built {manifest.get('finished_at', '?')}); "
+        f"`{stage}` rebuilds it with other settings",
+        flush=True,
+    )
+
+
+def print_rebuild(stage: str, reason: str) -> None:
+    """A stage a later command needs is missing or stale, and is built first."""
+    print(f"== {stage} == building it first: {reason}", flush=True)
+
+
 def print_skip(stage: str, stage_dir: Path) -> None:
     manifest = read_manifest(stage_dir) or {}
     print(
@@ -103,10 +132,13 @@ def print_skip(stage: str, stage_dir: Path) -> None:
 # --- what made an output: the provenance, the model and the SAE as they were ----------------------
 
 
-def provenance(profile: Profile, run_dir: Path) -> Provenance:
-    """What the database's `schema_info` records: the profile, the package versions, the corpus's hash."""
+def provenance(profile: Profile, run_dir: Path, stage: str) -> Provenance:
+    """What the DuckDB file keeps with what `stage`, built with `profile`, wrote into it: the run's
+    profile as profile.json records it with that stage (`precompute.run_record`), the package versions
+    and the corpus's hash."""
     return Provenance(
-        profile=profile.to_dict(), package_versions=package_versions(), corpus_hash=corpus_content_hash(run_dir)
+        profile=recorded_profile(run_dir, stage, profile).to_dict(), package_versions=package_versions(),
+        corpus_hash=corpus_content_hash(run_dir),
     )
 
 

@@ -16,10 +16,14 @@ from explorer import artifacts
 from explorer.config import DemoLMSpec
 from explorer.runs import RunFolderError, read_documents
 from precompute.atomic import atomic_dir
-from precompute.stages import print_config, print_skip, read_manifest, stage_is_current, write_manifest
+from precompute.stages import (
+    print_config, print_rebuild, print_reuse, print_skip, read_manifest, settings_as_flags,
+    stage_is_current, write_manifest
+)
 
 STAGE = "train-lm"
 # Settings added after models were built, with the value those models were trained with.
+FLAGS = {"steps": "--steps"}
 ADDED_CONFIG_KEYS = {"plant_weight": 0.0, "plant_hook": "blocks.1.hook_mlp_out", "plant_value": 8.0, "plant_lead": 0, "plant_value_before": None}
 
 
@@ -29,6 +33,26 @@ def stage_config(spec: DemoLMSpec, run_dir: Path) -> dict:
         raise RunFolderError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
     # The model depends on the corpus it was trained on: a new corpus retrains it.
     return {**dataclasses.asdict(spec), "corpus_config_hash": corpus_manifest["config_hash"]}
+
+
+def reuse_model(run_dir: Path, named: DemoLMSpec) -> bool:
+    """For a later stage's command: whether the run's demo model is used as it was trained, whatever its
+    settings (printed, as flags where they differ from the profile's `named` ones). It is not when the
+    run has none or it was trained on another corpus than the run's; then this prints why."""
+    out_dir = Path(run_dir) / artifacts.MODEL_DIR
+    manifest = read_manifest(out_dir)
+    corpus = read_manifest(Path(run_dir) / artifacts.CORPUS_DIR)
+    recorded = (manifest or {}).get("config") or {}
+    if manifest is None:
+        reason = f"{run_dir} has no demo model"
+    elif corpus is None or recorded.get("corpus_config_hash") != corpus.get("config_hash"):
+        reason = "the run's demo model was trained on another corpus than the run's"
+    else:
+        settings = settings_as_flags(recorded, dataclasses.asdict(named), FLAGS)
+        print_reuse(STAGE, "the demo model trained", out_dir, settings)
+        return True
+    print_rebuild(STAGE, reason)
+    return False
 
 
 def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from explorer import artifacts
 from explorer.config import SAE_FIELDS_ADDED_LATER, Profile
@@ -37,13 +37,8 @@ from precompute.sae_reports import (
     training_report_json,
 )
 from precompute.stages import (
-    model_identity,
-    print_config,
-    print_skip,
-    provenance,
-    read_manifest,
-    stage_is_current,
-    write_manifest,
+    model_identity, print_config, print_rebuild, print_reuse, print_skip, provenance, read_manifest,
+    settings_as_flags, stage_is_current, write_manifest,
 )
 
 STAGE = "train-sae"
@@ -53,6 +48,21 @@ ADDED_CONFIG_KEYS = {
     "model_dtype": "float32",
 }
 """Recipe fields added after SAEs were trained, with the value those SAEs had (`stage_is_current`)."""
+FLAGS = {
+    "sae.training_steps": "--sae-steps",
+    "sae.n_batches_for_norm_estimate": "--norm-batches",
+    "eval_tokens": "--eval-tokens",
+    "sparsity_tokens": "--sparsity-tokens",
+    "model_dtype": "--dtype",
+}
+"""The stage's settings that a command-line flag sets, by their name in the stage's config."""
+SCALE_DOWN_ARGS = {
+    "sae_steps": "sae.training_steps",
+    "norm_batches": "sae.n_batches_for_norm_estimate",
+    "eval_tokens": "eval_tokens",
+    "sparsity_tokens": "sparsity_tokens",
+}
+"""The command line's SAE flags (argparse names) and the config keys they set."""
 
 
 def corpus_config_hash(run_dir: Path) -> str:
@@ -87,6 +97,66 @@ def find_current_sae(run_dir: Path, config: dict[str, Any]) -> str | None:
         if manifest and manifest.get("stage") == STAGE and stage_is_current(folder, config, ADDED_CONFIG_KEYS):
             return sae_id
     return None
+
+
+def find_reusable_sae(profile: Profile, run_dir: Path, hook_name: str) -> tuple[str | None, str]:
+    """An SAE the run holds at `hook_name` that a later stage can use as it is, whatever its recipe:
+    trained on the run's current model and corpus, or imported for its current model. Else None, and
+    why none fits."""
+    model, corpus = model_identity(profile, run_dir), corpus_config_hash(run_dir)
+    reasons = []
+    for folder in (sae_dir(run_dir, sae_id) for sae_id in list_sae_ids(run_dir)):
+        manifest = read_manifest(folder)
+        config = (manifest or {}).get("config") or {}
+        if config.get("hook_name") != hook_name:
+            continue
+        if config.get("model") != model:
+            reasons.append(f"the SAE {folder.name} was made for another model than the run's ({config.get('model')})")
+        elif manifest.get("stage") == STAGE and config.get("corpus_config_hash") != corpus:
+            reasons.append(f"the SAE {folder.name} was trained on another corpus than the run's")
+        else:
+            return folder.name, ""
+    return None, reasons[0] if reasons else f"{run_dir} has no SAE at {hook_name}"
+
+
+def reuse_sae(
+    profile: Profile, named: Profile, run_dir: Path, hook_name: str, *, sae_id: str | None = None,
+    given: Mapping[str, int | None] | None = None,
+) -> bool:
+    """For a later stage's command: whether an SAE the run holds is used as it was trained (the one
+    `sae_id` names, else `find_reusable_sae`'s), printing its settings as flags where they differ from
+    the profile's `named` ones, and a note for each SAE flag in `given` (argparse names) that differs
+    from how it was trained: such a flag applies when the SAE is trained, here or by `train-sae`.
+    False, printing why, when none fits: the caller trains one with `profile`."""
+    run_dir = Path(run_dir)
+    if sae_id is not None and (sae_dir(run_dir, sae_id) / "cfg.json").is_file():
+        found = sae_id
+    else:
+        found, reason = find_reusable_sae(profile, run_dir, hook_name)
+        if found is None:
+            print_rebuild(STAGE, reason)
+            return False
+    folder = sae_dir(run_dir, found)
+    manifest = read_manifest(folder) or {}
+    config = manifest.get("config") or {}
+    recorded = {**config, **{key: value for key, value in ADDED_CONFIG_KEYS.items() if key not in config}}
+    if manifest.get("stage") == STAGE:
+        settings = settings_as_flags(recorded, stage_config(named, run_dir, hook_name), FLAGS)
+        print_reuse(STAGE, f"the SAE {found} trained", folder, settings)
+    else:
+        print(f"== {STAGE} == using the SAE {found} as it is ({folder}, {manifest.get('stage', 'no manifest')})",
+              flush=True)
+    for arg, key in SCALE_DOWN_ARGS.items():
+        value = (given or {}).get(arg)
+        if value is not None and key in recorded and recorded[key] != value:
+            flag = FLAGS[key]
+            print(
+                f"  note: {flag} {value} is not what the SAE was trained with ({recorded[key]}); a command uses "
+                f"the stages before it as they were built: `train-sae {flag} {value}` retrains it", flush=True,
+            )
+    if (folder / artifacts.SAE_TRAINING_REPORT_FILE).is_file():
+        _ensure_in_database(profile, run_dir, found)
+    return True
 
 
 def run_train_sae_stage(
@@ -172,7 +242,7 @@ def run_train_sae_stage(
             )
         )
         write_manifest(tmp, STAGE, config, started, sae_id=sae_id, d_in=d_in)
-    write_sae_training_report(database_path(run_dir), row, trained.curve, provenance(profile, run_dir))
+    write_sae_training_report(database_path(run_dir), row, trained.curve, provenance(profile, run_dir, STAGE))
     print(f"  trained in {trained.train_seconds:.0f}s ({trained.training_tokens:,} tokens)", flush=True)
     print_report(sae_id, row)
     print(f"  wrote {final_dir} and {database_path(run_dir)}", flush=True)
@@ -194,5 +264,5 @@ def _ensure_in_database(profile: Profile, run_dir: Path, sae_id: str) -> None:
         return
     report_path = sae_dir(run_dir, sae_id) / artifacts.SAE_TRAINING_REPORT_FILE
     row, curve = row_from_training_report(report_path)
-    write_sae_training_report(db_path, row, curve, provenance(profile, run_dir))
+    write_sae_training_report(db_path, row, curve, provenance(profile, run_dir, STAGE))
     print(f"  restored {sae_id}'s report in {db_path}", flush=True)

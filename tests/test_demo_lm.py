@@ -29,8 +29,8 @@ from explorer.demo_lm import (
     train_tokenizer,
 )
 from explorer.labels import label_text
-from explorer.synthetic import generate_traces
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
+from explorer.synthetic import generate_traces
 from tests.hub_fixtures import MINI_TEXTS
 
 UNICODE_TEXTS = [

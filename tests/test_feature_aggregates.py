@@ -24,6 +24,8 @@ from explorer.feature_aggregates import (
     IndexConfig,
     IntervalSampleAccumulator,
     IntervalSampleConfig,
+    LabelSetAccumulator,
+    LabelSetConfig,
     LeadLagAccumulator,
     LeadLagConfig,
     LogBins,
@@ -67,6 +69,9 @@ class Corpus(NamedTuple):
     doc_flag_C: np.ndarray
     context_ids_C: np.ndarray
     start_CT: np.ndarray
+    sentence_CT: np.ndarray
+    label_bits_CT: np.ndarray
+    label_start_bits_CT: np.ndarray
 
     def batch(self, lo: int, hi: int) -> ActivationBatch:
         return ActivationBatch(
@@ -77,6 +82,9 @@ class Corpus(NamedTuple):
             torch.from_numpy(self.doc_flag_C[lo:hi].copy()),
             torch.from_numpy(self.context_ids_C[lo:hi].copy()),
             torch.from_numpy(self.start_CT[lo:hi].copy()),
+            torch.from_numpy(self.sentence_CT[lo:hi].copy()),
+            torch.from_numpy(self.label_bits_CT[lo:hi].copy()),
+            torch.from_numpy(self.label_start_bits_CT[lo:hi].copy()),
         )
 
     def batches(self, bounds) -> list[ActivationBatch]:
@@ -116,7 +124,30 @@ def make_corpus(n_contexts: int = 18, T: int = 40, F: int = 12, seed: int = 0) -
             start[c, s] = True
     context_ids = (1000 + 7 * rng.permutation(n_contexts)).astype(np.int64)
     doc_flag = rng.random(n_contexts) < 0.5
-    return Corpus(acts, token_ids.astype(np.int64), valid, group_ids, doc_flag, context_ids, start)
+    # Sentences: runs of 3-9 tokens, numbered from a window-dependent first index, with gaps (-1).
+    sentence = np.full((n_contexts, T), -1, dtype=np.int64)
+    for c in range(n_contexts):
+        t, k = 1, int(rng.integers(0, 50))
+        while t < T:
+            length = int(rng.integers(3, 10))
+            sentence[c, t : t + length] = k
+            t, k = t + length + int(rng.integers(0, 2)), k + 1
+    # Label sets: label 0 marks whole sentences (a sentence-level set), label 1 short spans, label 2 nothing.
+    label_bits = np.zeros((n_contexts, T), dtype=np.int64)
+    label_start = np.zeros((n_contexts, T), dtype=np.int64)
+    for c in range(n_contexts):
+        for k in np.unique(sentence[c][sentence[c] >= 0]):
+            if rng.random() < 0.3:
+                where = np.flatnonzero(sentence[c] == k)
+                label_bits[c, where] |= 1
+                label_start[c, where[0]] |= 1
+        for _ in range(2):
+            s, length = int(rng.integers(0, T - 3)), int(rng.integers(1, 4))
+            label_bits[c, s : s + length] |= 2
+            label_start[c, s] |= 2
+    return Corpus(
+        acts, token_ids.astype(np.int64), valid, group_ids, doc_flag, context_ids, start, sentence, label_bits, label_start
+    )
 
 
 @pytest.fixture(scope="module")
@@ -445,10 +476,54 @@ def test_invalid_tokens_change_nothing(corpus):
 # --------------------------------------------------------------------------------------------------
 
 
+LABELS = ("sentences", "spans", "empty")
+
+
+def test_label_sets_match_brute_force(corpus):
+    """Token histograms inside each label's spans, each sentence piece's maximum against its label, and
+    the mean activation around each label's starts, against a direct count over the dense corpus."""
+    F, nb = corpus.acts_CTF.shape[2], SMALL_BINS.n_bins
+    totals = single_pass(lambda: LabelSetAccumulator(LabelSetConfig(F, LABELS, SMALL_BINS, -4, 2)), corpus)
+    acts = np.where(corpus.valid_CT[:, :, None], corpus.acts_CTF, 0.0)
+    valid = corpus.valid_CT
+    for label in range(len(LABELS)):
+        inside = ((corpus.label_bits_CT >> label) & 1).astype(bool) & valid
+        assert int(totals.count_pos_L[label]) == inside.sum()
+        for f in range(F):
+            expected = np.bincount(bin_of(acts[:, :, f][inside], SMALL_BINS), minlength=nb)
+            np.testing.assert_array_equal(totals.hist_pos_FLB[f, label].numpy(), expected)
+    assert int(totals.count_pos_L[2]) == 0 and totals.hist_pos_FLB[:, 2].sum() == 0
+    # Sentence pieces: (window, sentence) over valid tokens.
+    piece_max, piece_label = {}, {}
+    for c, t in zip(*np.nonzero(valid & (corpus.sentence_CT >= 0))):
+        key = (c, corpus.sentence_CT[c, t])
+        piece_max[key] = np.maximum(piece_max.get(key, np.zeros(F)), acts[c, t])
+        piece_label[key] = piece_label.get(key, 0) | int(corpus.label_bits_CT[c, t])
+    assert totals.n_sentences == len(piece_max)
+    maxima = np.array(list(piece_max.values()))
+    labels_P = np.array(list(piece_label.values()))
+    for f in range(F):
+        np.testing.assert_array_equal(totals.hist_sentence_FB[f].numpy(), np.bincount(bin_of(maxima[:, f], SMALL_BINS), minlength=nb))
+        for label in range(len(LABELS)):
+            positive = ((labels_P >> label) & 1).astype(bool)
+            expected = np.bincount(bin_of(maxima[positive, f], SMALL_BINS), minlength=nb)
+            np.testing.assert_array_equal(totals.hist_sentence_pos_FLB[f, label].numpy(), expected)
+    assert int(totals.count_sentence_pos_L[0]) > 10 and int(totals.count_sentence_pos_L[2]) == 0
+    # Lead-lag: activations at offset o from a valid start, inside the window, on valid targets.
+    offsets = list(range(-4, 3))
+    for label in range(2):
+        starts = ((corpus.label_start_bits_CT >> label) & 1).astype(bool) & valid
+        for o, offset in enumerate(offsets):
+            values = [acts[c, t + offset] for c, t in zip(*np.nonzero(starts)) if 0 <= t + offset < acts.shape[1] and valid[c, t + offset]]
+            assert int(totals.count_LO[label, o]) == len(values)
+            np.testing.assert_allclose(totals.sum_LOF[label, o].numpy(), np.sum(values, axis=0), rtol=1e-6, atol=1e-5)
+
+
 def index_config(corpus: Corpus) -> IndexConfig:
     return IndexConfig(
         n_features=corpus.acts_CTF.shape[2], vocab_size=VOCAB_SIZE, feature_offset=24, k=4, bins=SMALL_BINS,
         samples_per_bin=2, reasoning_vocab=REASON_VOCAB, control_token_ids=CONTROL_TOKENS, min_offset=-8, max_offset=3,
+        labels=LABELS,
     )
 
 
@@ -462,6 +537,7 @@ ACCUMULATORS = {
     "documents": lambda F: DocumentContrastAccumulator(DocumentContrastConfig(F)),
     "token_counts": lambda F: TokenCountAccumulator(TokenCountConfig(VOCAB_SIZE)),
     "within_token": lambda F: WithinTokenAccumulator(WithinTokenConfig(F, CONTROL_TOKENS)),
+    "label_sets": lambda F: LabelSetAccumulator(LabelSetConfig(F, LABELS, SMALL_BINS, -4, 2)),
 }
 
 

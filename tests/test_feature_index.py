@@ -197,3 +197,54 @@ def test_a_token_budget_stops_tokenising_early_and_keeps_the_same_windows(mini_q
     assert len(kept_early) == len(kept_all)
     for a, b in zip(kept_early, kept_all):
         assert a.context_id == b.context_id and a.doc_id == b.doc_id and (a.token_ids == b.token_ids).all()
+
+
+def test_windows_carry_each_tokens_sentence_and_label_bits(mini_qwen2_dir):  # noqa: F811
+    """Per token: the sentence holding its last character, and for each label set whether the token
+    overlaps one of its spans and whether it is a span's first token, checked character by character,
+    across window cuts (each window carries its own tokens' values)."""
+    from explorer.feature_index import LabelSetInput
+
+    tokenizer = load_tokenizer(mini_qwen2_dir)
+    docs = [CorpusDocument(f"d{i}", text, (), False) for i, text in enumerate(TEXTS[:4])]
+    sentences, spans_a, spans_b = {}, {}, {}
+    for doc in docs:
+        bounds, start = [], 0
+        for i, ch in enumerate(doc.text):
+            if ch in ".?!" and (i + 1 == len(doc.text) or doc.text[i + 1] == " "):
+                bounds.append((start, i + 1))
+                start = i + 2
+        sentences[doc.doc_id] = bounds
+        spans_a[doc.doc_id] = bounds[1:2]  # a sentence-level set: the second sentence
+        spans_b[doc.doc_id] = [(3, 9)]  # a span inside the first word or two
+    labels = [LabelSetInput("second", "sentence", "test", spans_a), LabelSetInput("early", "span", "test", spans_b),
+              LabelSetInput("none", "span", "test", {})]
+    windows = make_windows(tokenizer, docs, context_size=6, progress=False, label_sets=labels, sentences=sentences)
+    plain = make_windows(tokenizer, docs, context_size=6, progress=False)
+    assert [w.token_ids.tolist() for w in windows] == [w.token_ids.tolist() for w in plain]  # same cuts
+    checked = 0
+    for doc in docs:
+        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        mine = [w for w in windows if w.doc_id == doc.doc_id]
+        for w in mine:
+            for p in range(int(w.bos_prefixed or w.token_offset == 0), len(w.token_ids)):
+                i = w.token_offset + p - 1  # the document's token i (its BOS is token 0 of the first window)
+                if w.token_offset == 0:
+                    i = p - 1
+                start, end = offsets[i]
+                last = end - 1
+                expected_sentence = next((k for k, (a, b) in enumerate(sentences[doc.doc_id]) if a <= last < b), -1)
+                assert w.sentence_ids[p] == expected_sentence
+                for label, ls in enumerate(labels):
+                    spans = ls.spans.get(doc.doc_id, ())
+                    overlaps = any(start < b and end > a for a, b in spans)
+                    first = any(start < b and end > a and not any(s2 < b and e2 > a for s2, e2 in offsets[:i] if e2 > s2)
+                                for a, b in spans)
+                    assert bool((int(w.label_bits[p]) >> label) & 1) == overlaps
+                    assert bool((int(w.label_start_bits[p]) >> label) & 1) == first
+                checked += 1
+            if w.token_offset == 0:
+                assert w.sentence_ids[0] == -1 and w.label_bits[0] == 0  # BOS
+    assert checked == sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)
+    assert any(int(w.label_bits.max()) & 1 for w in windows) and any(int(w.label_bits.max()) & 2 for w in windows)

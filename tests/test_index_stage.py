@@ -430,3 +430,85 @@ def test_the_forward_stops_right_after_the_hooks_block(tmp_path):
     for key in state:
         assert torch.equal(state[key], whole_state[key]), key
     assert contexts.token_ids == whole_contexts.token_ids and contexts.activations == whole_contexts.activations
+
+
+# --- reading the corpus a batch at a time -----------------------------------------------------------
+
+
+def _read_whole_corpus(run_dir) -> list:
+    """The corpus as the index read it before it read in batches: every document's text at once."""
+    from explorer.feature_index import CorpusDocument
+    from explorer.labels import PhraseSpan
+    from explorer.runs import read_documents, read_phrases
+
+    docs = read_documents(run_dir, columns=["doc_id", "text", "has_backtracking"])
+    spans: dict = {}
+    for row in read_phrases(run_dir).itertuples(index=False):
+        spans.setdefault(row.doc_id, []).append(PhraseSpan(int(row.start), int(row.end), row.group, row.phrase))
+    return [
+        CorpusDocument(doc_id, text, sorted(spans.get(doc_id, [])), bool(flag))
+        for doc_id, text, flag in zip(docs["doc_id"], docs["text"], docs["has_backtracking"])
+    ]
+
+
+def _same_windows(got, want) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert (a.context_id, a.doc_id, a.token_offset, a.doc_has_backtracking, a.bos_prefixed) == (
+            b.context_id, b.doc_id, b.token_offset, b.doc_has_backtracking, b.bos_prefixed)
+        for field in ("token_ids", "valid", "group_ids", "phrase_start"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), (a.context_id, field)
+
+
+@pytest.fixture(scope="module")
+def large_corpora(tmp_path_factory):
+    """A corpus of three tokenising chunks' worth of documents, and a balanced one (its phrases file is
+    not in document order)."""
+    from explorer.feature_index import TOKENISE_CHUNK
+
+    root = tmp_path_factory.mktemp("large")
+    plain, balanced = root / "plain", root / "balanced"
+    run_corpus_stage(CorpusSpec(source="synthetic", n_traces=2 * TOKENISE_CHUNK + 200, seed=1), plain)
+    run_corpus_stage(CorpusSpec(source="synthetic", n_traces=600, seed=2, balanced=300), balanced)
+    return plain, balanced
+
+
+@pytest.mark.parametrize("max_tokens", [None, 20_000, 150_000])
+def test_windows_read_in_batches_equal_those_of_the_whole_corpus(large_corpora, mini_qwen2_dir, max_tokens):  # noqa: F811
+    from explorer.feature_index import limit_tokens
+    from explorer.model_loading import load_tokenizer
+    from explorer.runs import read_phrases
+    from precompute.index_stage import CorpusReader
+
+    tokenizer = load_tokenizer(mini_qwen2_dir)
+
+    def windows(documents) -> list:
+        return limit_tokens(make_windows(tokenizer, documents, 64, progress=False, max_tokens=max_tokens), max_tokens)[0]
+
+    for run_dir in large_corpora:
+        whole = _read_whole_corpus(run_dir)
+        assert sum(len(d.spans) for d in whole) > 0
+        for batch_rows in (256, 7):
+            _same_windows(windows(CorpusReader(run_dir, batch_rows=batch_rows)), windows(whole))
+    # The balanced corpus's phrases are not in its documents' order: the reader waits for them.
+    _, balanced = large_corpora
+    phrase_docs = list(dict.fromkeys(read_phrases(balanced)["doc_id"]))
+    assert phrase_docs != [d.doc_id for d in _read_whole_corpus(balanced) if d.spans]
+
+
+def test_the_index_reads_no_more_of_the_corpus_than_its_budget_needs(large_corpora, mini_qwen2_dir):  # noqa: F811
+    from explorer.feature_index import TOKENISE_CHUNK
+    from explorer.model_loading import load_tokenizer
+    from precompute.index_stage import CorpusReader
+
+    tokenizer = load_tokenizer(mini_qwen2_dir)
+    plain, _ = large_corpora
+    n_documents = 2 * TOKENISE_CHUNK + 200
+    for max_tokens, chunks in ((20_000, 1), (150_000, 2), (None, 3)):
+        reader = CorpusReader(plain, batch_rows=64)
+        assert len(reader) == n_documents and reader.rows_read == 0  # counting read no rows
+        windows = make_windows(tokenizer, reader, 64, progress=False, max_tokens=max_tokens)
+        assert len({w.doc_id for w in windows}) == min(chunks * TOKENISE_CHUNK, n_documents)
+        # Whole batches of 64 rows, up to the last chunk's last document, and not one batch more.
+        assert reader.rows_read == min(-(-chunks * TOKENISE_CHUNK // 64) * 64, n_documents), max_tokens
+    assert reader.rows_read == n_documents  # without a budget, every document, a batch at a time

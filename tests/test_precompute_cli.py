@@ -199,12 +199,16 @@ def test_flags_scale_the_real_profile_down(tmp_path, capsys):
     assert profile.sae.training_steps == 6 and profile.sae.training_tokens == 6 * 2048
     assert profile.sae.n_batches_for_norm_estimate == 2
     assert (profile.report.n_tokens, profile.report.n_sparsity_tokens) == (1024, 4096)
+    assert profile.index.n_tokens == 8192  # recorded in profile.json with the index it builds
     assert DEEPSEEK_R1_DISTILL_QWEN_1_5B.report.n_sparsity_tokens == 2_000_000  # the profile is untouched
     args = build_parser().parse_args(["sae-report", "--eval-tokens", "512"])
     assert resolve_profile(args).report.n_tokens == 512
     for flag in ("--sae-steps", "--norm-batches", "--eval-tokens", "--sparsity-tokens"):
         assert main(["train-sae", flag, "0", "--out", str(tmp_path / "run")]) == 2
         assert f"{flag} must be at least 1, not 0" in capsys.readouterr().err
+    assert main(["index", "--tokens", "-1", "--out", str(tmp_path / "run")]) == 2
+    assert "--tokens must be 0 (the whole corpus) or a number of tokens, not -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_a_profile_saved_before_the_notebooks_fields_reads_back_as_it_was():

@@ -96,3 +96,22 @@ def test_the_profile_reads_back_typed(tmp_path: Path):
     (run / artifacts.PROFILE_FILE).write_text(json.dumps({"name": "x"}))
     with pytest.raises(RunFolderError, match="does not hold a profile"):
         read_profile(run)
+
+
+def test_the_summary_stamp_moves_when_the_corpus_is_rebuilt_and_profile_json_is_not(tmp_path):
+    """The app caches a run's summary under `run_summary_stamp`: profile.json no longer changes on every
+    command, so a corpus rebuilt with the same settings must change the stamp by itself."""
+    from explorer.runs import run_summary_stamp
+    from precompute.cli import save_profile
+
+    run = tmp_path / "run"
+    with pytest.raises(OSError):  # not a run folder yet: the app shows its error
+        run_summary_stamp(run)
+    spec = CorpusSpec(source="synthetic", n_traces=20, seed=0)
+    run_corpus_stage(spec, run)
+    save_profile(DEMO, run)
+    before = run_summary_stamp(run)
+    profile_bytes = (run / artifacts.PROFILE_FILE).read_bytes()
+    run_corpus_stage(spec, run, force=True)
+    assert run_summary_stamp(run) != before
+    assert (run / artifacts.PROFILE_FILE).read_bytes() == profile_bytes

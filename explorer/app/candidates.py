@@ -7,7 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from explorer.app.index_cache import FeatureDB, load_candidates, load_lead_lag_profiles
+from explorer.app.index_cache import FeatureDB, load_best_features_per_label, load_candidates, load_lead_lag_profiles
+from explorer.feature_db import LABEL_METRICS
 from explorer.feature_views import LEAD_WINDOW, lead_lag_grid, ranking_choices, split_ranking
 
 DEFAULT_RANKING = "auroc_notebook"
@@ -113,3 +114,26 @@ def top_candidate_note(feature_id: int) -> str:
         f"among features with density at least {DEFAULT_MIN_DENSITY:.0e} (the **Candidates** page's default "
         "ranking). Type another id, or find a feature below."
     )
+
+
+def render_best_per_label(db: FeatureDB, min_density: float) -> None:
+    """For each SAE of the run and each label set, its best feature: which hook carries a label best."""
+    metric = st.radio("Best by", list(LABEL_METRICS), format_func=LABEL_METRICS.get, horizontal=True, key="best_by")
+    best = load_best_features_per_label(db, metric, min_density)
+    if best is None:
+        return
+    if best.empty:
+        st.info("This run's index scored no label sets: add some with `python -m precompute labels --add`, "
+                "then rebuild the index (`python -m precompute index --force`).")
+        return
+    st.dataframe(best, hide_index=True, width="stretch", column_config={
+        "sae_id": st.column_config.TextColumn("SAE"),
+        "hook_name": st.column_config.TextColumn("hook"),
+        "layer": st.column_config.NumberColumn("layer"),
+        "label": st.column_config.TextColumn("label set"),
+        "feature_id": st.column_config.NumberColumn("best feature"),
+        "token_auroc": st.column_config.NumberColumn("token AUROC", format="%.3f"),
+        "sentence_auroc": st.column_config.NumberColumn("sentence AUROC", format="%.3f"),
+        "leads_score": st.column_config.NumberColumn("leads", format="%.2f"),
+        "density": st.column_config.NumberColumn("density", format="%.1e"),
+    })

@@ -89,6 +89,32 @@ def render_backtracking_evidence(card: FeatureCard, index_run: dict) -> None:
     right.plotly_chart(word_shares_figure(card.reason_word_shares), width="stretch", key="card_word_shares")
 
 
+LABEL_SCORE_COLUMNS = {
+    "label": st.column_config.TextColumn("label set"),
+    "kind": st.column_config.TextColumn("kind", help="span: phrases or patterns; sentence: tags on whole sentences"),
+    "token_auroc": st.column_config.NumberColumn(
+        "token AUROC", format="%.3f", help="Activations on the label's tokens against every other token"),
+    "sentence_auroc": st.column_config.NumberColumn(
+        "sentence AUROC", format="%.3f", help="Each sentence's maximum activation against whether it holds the label"),
+    "leads_score": st.column_config.NumberColumn(
+        "leads", format="%.2f", help="Rise over the baseline 8 to 1 tokens before the label's starts, in baseline SDs"),
+    "lead_peak_offset": st.column_config.NumberColumn("peak offset", help="Where the profile around the starts peaks"),
+    "n_positive_tokens": st.column_config.NumberColumn("positive tokens"),
+    "n_positive_sentences": st.column_config.NumberColumn("positive sentences"),
+}
+"""Labels and help of the card's label-set table (explorer.feature_db.read_feature_label_scores)."""
+
+
+def render_label_set_scores(card: FeatureCard) -> None:
+    """The feature's scores on every label set of the index, side by side."""
+    if card.label_scores.empty:
+        return
+    st.subheader("Label sets")
+    st.caption("The same feature scored against each label set of the index (docs/labels.md): the lexicon's "
+               "phrases, its groups, sentence tags from a labeller, and any set added with `precompute labels`.")
+    st.dataframe(card.label_scores, hide_index=True, column_config=LABEL_SCORE_COLUMNS, width="stretch")
+
+
 def render_card(card: FeatureCard, vocabulary: list[str], run: str, index_run: dict) -> None:
     """The whole card, in the Features page's layout."""
     render_card_header(card, run, index_run)
@@ -99,3 +125,4 @@ def render_card(card: FeatureCard, vocabulary: list[str], run: str, index_run: d
         render_distribution_and_lens(card, run)
     render_interval_samples(card, vocabulary, run)
     render_backtracking_evidence(card, index_run)
+    render_label_set_scores(card)

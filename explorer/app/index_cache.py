@@ -14,10 +14,12 @@ from explorer.app.messages import shown
 from explorer.database import ENGINE_ERROR, Connection, DatabaseError, open_read_only
 from explorer.feature_db import (
     FeatureCard,
+    read_best_features_per_label,
     read_candidates,
     read_feature_card,
     read_feature_scores,
     read_index_run,
+    read_label_sets,
     read_lead_lag_profiles,
     read_vocabulary,
 )
@@ -106,6 +108,26 @@ def load_candidates(db: FeatureDB, sae_id: str, score: str, group: str | None = 
                     hide_token_detectors: bool = False, limit: int = 100) -> pd.DataFrame | None:
     """`explorer.feature_db.read_candidates`, cached; None after a clear message."""
     return shown(_cached_candidates, db, sae_id, score, group, float(min_density), bool(hide_token_detectors), int(limit))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_label_sets(db: FeatureDB, sae_id: str) -> list[str]:
+    return read_label_sets(db.con, sae_id)["label"].tolist()
+
+
+def load_label_set_names(db: FeatureDB, sae_id: str) -> list[str]:
+    """The label sets the SAE's index scored; [] for none (or an index built before label sets)."""
+    return shown(_cached_label_sets, db, sae_id) or []
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _cached_best_per_label(db: FeatureDB, metric: str, min_density: float) -> pd.DataFrame:
+    return read_best_features_per_label(db.con, metric, min_density)
+
+
+def load_best_features_per_label(db: FeatureDB, metric: str, min_density: float) -> pd.DataFrame | None:
+    """`explorer.feature_db.read_best_features_per_label`, cached; None after a clear message."""
+    return shown(_cached_best_per_label, db, metric, float(min_density))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

@@ -17,6 +17,7 @@ from explorer.runs import (
     read_document_list,
     read_document_text,
     read_run_summary,
+    run_summary_stamp,
 )
 
 CORPUS_PROMPTS = 200
@@ -24,15 +25,14 @@ CORPUS_PROMPTS = 200
 
 
 @st.cache_data(show_spinner=False)
-def _cached_run_summary(run_dir: str, mtime: float) -> RunSummary:
+def _cached_run_summary(run_dir: str, stamp: tuple[int, ...]) -> RunSummary:
     return read_run_summary(Path(run_dir))
 
 
 def load_run_summary(run_dir: Path) -> RunSummary | None:
     """The run's summary, or None after showing the error (never a traceback)."""
     try:
-        mtime = (run_dir / artifacts.PROFILE_FILE).stat().st_mtime
-        return _cached_run_summary(str(run_dir), mtime)
+        return _cached_run_summary(str(run_dir), run_summary_stamp(run_dir))
     except (RunFolderError, OSError) as err:
         show_error(err)
         return None
