@@ -69,8 +69,9 @@ def build_card_views(card, vocabulary, run: str, index_run: dict) -> None:
 def bench_demo(run_dir: Path, n_cards: int, seed: int) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from explorer.database import database_path, open_read_only
+    from explorer.database import open_read_only
     from explorer.feature_db import read_feature_card, read_index_runs, read_index_run, read_vocabulary
+    from explorer.runs import database_path
 
     db_path = database_path(run_dir)
     if not db_path.is_file():

@@ -283,8 +283,8 @@ def stage_commands(dataset: Path, run_dir: Path, hook: str | None, index_tokens:
 
 def index_note(run_dir: Path) -> tuple[int, str]:
     """The tokens the index read, and what it says of its own time."""
-    from explorer.database import database_path
     from explorer.feature_db import read_index_runs
+    from explorer.runs import database_path
 
     run = read_index_runs(database_path(run_dir)).iloc[0]
     return int(run["n_tokens"]), (f"{run['n_tokens']:,} tokens in {run['n_windows']} windows; its pass "
@@ -292,8 +292,8 @@ def index_note(run_dir: Path) -> tuple[int, str]:
 
 
 def top_candidate(run_dir: Path, sae_id: str) -> int:
-    from explorer.database import database_path
     from explorer.feature_db import read_candidates
+    from explorer.runs import database_path
 
     return int(read_candidates(database_path(run_dir), sae_id, limit=1)["feature_id"][0])
 
@@ -376,7 +376,7 @@ coefficients) x 256 tokens."""
 
 def extrapolate(config: dict) -> list[tuple[str, float]]:
     """Print the real budget's FLOPs per stage and its time at each `H100` throughput; return (stage, FLOPs)."""
-    from precompute.profiles import get_profile
+    from explorer.config import get_profile
 
     profile = get_profile(PROFILE)
     d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]

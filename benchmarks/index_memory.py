@@ -34,7 +34,7 @@ def measure(run_dir: Path, n_tokens: int) -> dict:
 
     from explorer.feature_index import limit_tokens, run_index_pass
     from precompute.index_stage import load_inputs
-    from precompute.profiles import Profile
+    from explorer.config import Profile
 
     profile = Profile.from_dict(json.loads((run_dir / "profile.json").read_text()))
     inputs = load_inputs(profile, run_dir, None, n_tokens)

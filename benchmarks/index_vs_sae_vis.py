@@ -26,7 +26,6 @@ and the script prints `speedup vs SAEDashboard: Y` as well.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ def pick_windows(tokenizer, run_dir: Path, n_ctx: int, rows: int, ctx: int | Non
     from explorer.feature_index import CorpusDocument, make_windows
     from explorer.labels import PhraseSpan
     from explorer.runs import read_documents, read_phrases
-    from precompute.export_sae_vis_cli import _truncate
+    from precompute.export_sae_vis_cli import truncate_window
 
     docs = read_documents(run_dir, columns=["doc_id", "text", "has_backtracking"])
     phrases = read_phrases(run_dir)
@@ -66,7 +65,7 @@ def pick_windows(tokenizer, run_dir: Path, n_ctx: int, rows: int, ctx: int | Non
     lengths = sorted((len(w.token_ids) for w in windows), reverse=True)
     if ctx is None:
         ctx = min(n_ctx, lengths[min(rows, len(lengths)) - 1])
-    picked = [_truncate(w, ctx) for w in windows if len(w.token_ids) >= ctx][:rows]
+    picked = [truncate_window(w, ctx) for w in windows if len(w.token_ids) >= ctx][:rows]
     return picked, ctx
 
 
@@ -83,28 +82,27 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from explorer import artifacts
     from explorer.feature_aggregates import IndexConfig
     from explorer.feature_index import stream_index
     from explorer.model_loading import load_model
-    from explorer.runs import list_sae_ids, run_model_source
+    from explorer.runs import list_sae_ids, model_source, read_profile, sae_dir
     from explorer.sae_loading import load_sae, stop_layer_for_hook
     from explorer.sae_vis_export import compute_sae_vis_data, token_rows, write_html_atomic
 
-    profile = json.loads((args.run / artifacts.PROFILE_FILE).read_text(encoding="utf-8"))
+    profile = read_profile(args.run)
     sae_id = args.sae or list_sae_ids(args.run)[0]
-    loaded = load_sae(args.run / artifacts.SAES_DIR / sae_id, device=args.device)
-    hook = loaded.hook_name or profile["hook_name"]
+    loaded = load_sae(sae_dir(args.run, sae_id), device=args.device)
+    hook = loaded.hook_name or profile.hook_name
     stop_at_layer = stop_layer_for_hook(hook)  # the forward runs up to the hook's block
-    n_ctx = int(profile["n_ctx"])
-    model = load_model(run_model_source(args.run, profile), device=args.device, n_ctx=n_ctx)
+    n_ctx = profile.n_ctx
+    model = load_model(model_source(args.run, profile), device=args.device, n_ctx=n_ctx)
     windows, ctx = pick_windows(model.tokenizer, args.run, n_ctx, args.rows, args.ctx)
     tokens_BT = token_rows(windows, ctx)
     n_tok = tokens_BT.numel()
     index_cfg = IndexConfig(
         n_features=loaded.d_sae,
         vocab_size=model.cfg.d_vocab,
-        k=int(profile.get("index", {}).get("top_k", 32)),
+        k=profile.index.top_k,
     )
     features = list(range(min(args.features, loaded.d_sae)))
 

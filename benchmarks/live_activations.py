@@ -93,7 +93,7 @@ def time_live(model, sae, hook_name: str, text: str, runs: int, warmup: int, cud
 def bench_demo(run_dir: Path, n_tokens: int, runs: int, warmup: int, page: bool) -> None:
     from explorer import artifacts
     from explorer.model_loading import load_model
-    from explorer.runs import list_sae_ids, read_documents, read_run_summary, run_model_source
+    from explorer.runs import list_sae_ids, model_source, read_documents, read_run_summary, sae_dir
     from explorer.sae_loading import check_sae_fits_model, load_sae
 
     if not (run_dir / artifacts.PROFILE_FILE).is_file() or not list_sae_ids(run_dir):
@@ -103,9 +103,9 @@ def bench_demo(run_dir: Path, n_tokens: int, runs: int, warmup: int, page: bool)
     profile = read_run_summary(run_dir).profile
     sae_id = list_sae_ids(run_dir)[0]
     t0 = time.perf_counter()
-    model = load_model(run_model_source(run_dir, profile), device="cpu", n_ctx=int(profile["n_ctx"]))
-    loaded = load_sae(run_dir / artifacts.SAES_DIR / sae_id, device="cpu")
-    hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.get("hook_name"))
+    model = load_model(model_source(run_dir, profile), device="cpu", n_ctx=profile.n_ctx)
+    loaded = load_sae(sae_dir(run_dir, sae_id), device="cpu")
+    hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.hook_name)
     loaded_s = time.perf_counter() - t0
     documents = read_documents(run_dir, columns=["text", "has_backtracking"])
     documents = documents.sort_values("has_backtracking", ascending=False, kind="stable")["text"]  # traces that backtrack

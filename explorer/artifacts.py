@@ -48,6 +48,8 @@ TRAIN_REPORT_FILE = "train_report.json"
 SAES_DIR = "saes"
 SAE_TRAINING_REPORT_FILE = "training_report.json"
 
+DATABASE_FILE = "explorer.duckdb"
+
 # Where run folders live; EXPLORER_RUNS_DIR moves them (the app and precompute both read it).
 DEFAULT_RUNS_DIR = Path(os.environ.get("EXPLORER_RUNS_DIR", "runs"))
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 from urllib.parse import urlparse
 
+from explorer.errors import ExplorerError
 from explorer.records import TraceRecord
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ HUB_PROBE_TIMEOUT_S = 3.0
 """How long to wait for a TCP connection to the hub before calling it unreachable."""
 
 
-class CorpusError(ValueError):
+class CorpusError(ExplorerError, ValueError):
     """A corpus that cannot be read, with a message saying which file, which record and what to do."""
 
 

@@ -1,8 +1,9 @@
-"""The run's DuckDB file, `runs/<run>/explorer.duckdb`: opening, atomic writes, the schema version,
-and the SAE tables. `explorer.feature_db` reads and writes the feature index's tables and
-`explorer.steering_store` the steering results; no other code runs SQL.
+"""The run's DuckDB file (`runs/<run>/explorer.duckdb`, `explorer.runs.database_path`): opening, atomic
+writes, the schema version, and the SAE tables. `explorer.feature_db` reads and writes the feature
+index's tables and `explorer.steering_store` the steering results; no other code runs SQL.
+`explorer.schema` holds every table's CREATE TABLE statement.
 
-Tables (docs/schema.md lists them all, with example queries):
+Tables written here (docs/schema.md lists them all, with example queries):
 
 - `schema_info`: one row. `schema_version`, when the file was created and last written (UTC), and the
   provenance of what it holds: the profile (JSON), package versions (JSON), the corpus hash and the
@@ -35,81 +36,18 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import duckdb
 
-from explorer.feature_schema import FEATURE_TABLES
+from explorer.errors import ExplorerError
 from explorer.sae_metrics import TrainingCurvePoint
+from explorer.schema import CORE_TABLES, FEATURE_TABLES, MIGRATIONS, SCHEMA_VERSION
 
-DATABASE_FILE = "explorer.duckdb"
-SCHEMA_VERSION = 3
-"""1: SAE training reports. 2: the feature index's tables (explorer.feature_schema)."""
-
-_SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS schema_info (
-        schema_version INTEGER NOT NULL,
-        created_at TIMESTAMP NOT NULL,
-        updated_at TIMESTAMP NOT NULL,
-        profile_json VARCHAR,
-        package_versions_json VARCHAR,
-        corpus_hash VARCHAR,
-        sae_ids VARCHAR[] NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS sae_training_report (
-        sae_id VARCHAR PRIMARY KEY,
-        hook_name VARCHAR NOT NULL,
-        architecture VARCHAR NOT NULL,
-        d_in INTEGER NOT NULL,
-        d_sae INTEGER NOT NULL,
-        k INTEGER,
-        model_name VARCHAR NOT NULL,
-        source VARCHAR NOT NULL,
-        source_kind VARCHAR NOT NULL,
-        training_tokens BIGINT,
-        train_seconds DOUBLE,
-        n_tokens BIGINT NOT NULL,
-        n_sparsity_tokens BIGINT NOT NULL,
-        l0 DOUBLE NOT NULL,
-        mse DOUBLE NOT NULL,
-        explained_variance DOUBLE NOT NULL,
-        frac_dead DOUBLE NOT NULL,
-        frac_dense DOUBLE NOT NULL,
-        dense_threshold DOUBLE NOT NULL,
-        ce_loss_clean DOUBLE NOT NULL,
-        ce_loss_spliced DOUBLE NOT NULL,
-        ce_loss_zero_ablated DOUBLE NOT NULL,
-        ce_loss_recovered DOUBLE NOT NULL,
-        measured_at TIMESTAMP NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS sae_training_curve (
-        sae_id VARCHAR NOT NULL,
-        step INTEGER NOT NULL,
-        n_tokens BIGINT NOT NULL,
-        loss DOUBLE NOT NULL,
-        mse_loss DOUBLE NOT NULL,
-        sparsity_loss DOUBLE NOT NULL,
-        l0 DOUBLE NOT NULL,
-        explained_variance DOUBLE NOT NULL,
-        PRIMARY KEY (sae_id, step)
-    )
-    """,
-    *FEATURE_TABLES,
-)
+ENGINE_ERROR = duckdb.Error
+"""DuckDB's own error (a damaged file, a failed query): callers that show it catch this instead of
+importing duckdb, which only the store modules do."""
+Connection = duckdb.DuckDBPyConnection
+"""A connection to the run's file (`open_read_only`), for annotations outside the store modules."""
 
 
-def all_table_statements() -> tuple[str, ...]:
-    """The CREATE TABLE statements of every table the file can hold (docs/schema.md lists them): the
-    core and feature tables, and the steering tables that `explorer.steering_store` adds."""
-    try:
-        from explorer.steering_store import STEERING_TABLES
-    except ImportError:
-        STEERING_TABLES = ()
-    return (*_SCHEMA, *STEERING_TABLES)
-
-
-class DatabaseError(RuntimeError):
+class DatabaseError(ExplorerError, RuntimeError):
     """The run's DuckDB file is missing, unreadable or from another schema; the message says what to do."""
 
 
@@ -168,10 +106,6 @@ _REPORT_COLUMNS = SAETrainingReportRow._fields
 _CURVE_COLUMNS = ("sae_id", *TrainingCurvePoint._fields)
 
 
-def database_path(run_dir: Path) -> Path:
-    return Path(run_dir) / DATABASE_FILE
-
-
 def utc_now() -> datetime:
     """Now, in UTC, without tzinfo (DuckDB TIMESTAMP)."""
     return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
@@ -227,26 +161,14 @@ def write_transaction(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
                 leftover.unlink(missing_ok=True)
 
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # 3 measures L0 and the dead and dense shares on their own, larger, token count; a version-2 report
-    # measured them on its n_tokens.
-    2: (
-        "ALTER TABLE sae_training_report ADD COLUMN n_sparsity_tokens BIGINT",
-        "UPDATE sae_training_report SET n_sparsity_tokens = n_tokens",
-        "UPDATE schema_info SET schema_version = 3",
-    ),
-}
-"""Statements that bring a file of an older schema version up to `SCHEMA_VERSION` when it is written."""
-
-
 def _ensure_schema(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", ["schema_info"]
     ).fetchone()[0]
     if exists:
         row = con.execute("SELECT schema_version FROM schema_info").fetchone()
-        if row is not None and row[0] in _MIGRATIONS:
-            for statement in _MIGRATIONS[row[0]]:
+        if row is not None and row[0] in MIGRATIONS:
+            for statement in MIGRATIONS[row[0]]:
                 con.execute(statement)
             row = (SCHEMA_VERSION,)
         if row is not None and row[0] != SCHEMA_VERSION:
@@ -254,7 +176,7 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
                 f"{db_path} has schema version {row[0]}, but this code writes version {SCHEMA_VERSION}. "
                 "Rebuild the run (`python -m precompute build --force`) or use the matching code."
             )
-    for statement in _SCHEMA:
+    for statement in (*CORE_TABLES, *FEATURE_TABLES):
         con.execute(statement)
 
 
@@ -322,7 +244,8 @@ def open_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
 
 
 @contextlib.contextmanager
-def _cursor(db: duckdb.DuckDBPyConnection | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def read_cursor(db: duckdb.DuckDBPyConnection | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor of `db` (a connection, closed after use) or of a read-only connection to the file at `db`."""
     if isinstance(db, duckdb.DuckDBPyConnection):
         cursor = db.cursor()
         try:
@@ -337,7 +260,8 @@ def _cursor(db: duckdb.DuckDBPyConnection | Path) -> Iterator[duckdb.DuckDBPyCon
         con.close()
 
 
-def _has_table(cursor: duckdb.DuckDBPyConnection, table: str) -> bool:
+def has_table(cursor: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the file holds `table` (tables are created on a file's first write of their kind)."""
     return bool(
         cursor.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]
     )
@@ -345,8 +269,8 @@ def _has_table(cursor: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 def read_schema_info(db: duckdb.DuckDBPyConnection | Path) -> SchemaInfo | None:
     """The `schema_info` row, or None for a file that has none yet."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "schema_info"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "schema_info"):
             return None
         row = cursor.execute(
             "SELECT schema_version, created_at, updated_at, profile_json, package_versions_json, corpus_hash, sae_ids "
@@ -368,16 +292,16 @@ def read_schema_info(db: duckdb.DuckDBPyConnection | Path) -> SchemaInfo | None:
 
 def read_sae_ids(db: duckdb.DuckDBPyConnection | Path) -> list[str]:
     """The ids of the SAEs with a training report, sorted."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "sae_training_report"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "sae_training_report"):
             return []
         return [row[0] for row in cursor.execute("SELECT sae_id FROM sae_training_report ORDER BY sae_id").fetchall()]
 
 
 def read_sae_training_reports(db: duckdb.DuckDBPyConnection | Path) -> list[SAETrainingReportRow]:
     """Every SAE's report, sorted by id."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "sae_training_report"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "sae_training_report"):
             return []
         rows = cursor.execute(
             f"SELECT {', '.join(_REPORT_COLUMNS)} FROM sae_training_report ORDER BY sae_id"
@@ -387,8 +311,8 @@ def read_sae_training_reports(db: duckdb.DuckDBPyConnection | Path) -> list[SAET
 
 def read_sae_training_report(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> SAETrainingReportRow | None:
     """One SAE's report, or None."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "sae_training_report"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "sae_training_report"):
             return None
         row = cursor.execute(
             f"SELECT {', '.join(_REPORT_COLUMNS)} FROM sae_training_report WHERE sae_id = ?", [sae_id]
@@ -398,8 +322,8 @@ def read_sae_training_report(db: duckdb.DuckDBPyConnection | Path, sae_id: str) 
 
 def read_sae_training_curve(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> list[TrainingCurvePoint]:
     """One SAE's training curve, by step (empty for SAEs trained elsewhere)."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "sae_training_curve"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "sae_training_curve"):
             return []
         rows = cursor.execute(
             f"SELECT {', '.join(TrainingCurvePoint._fields)} FROM sae_training_curve WHERE sae_id = ? ORDER BY step",

@@ -1,26 +1,16 @@
-"""Which exceptions carry a message meant for a person (shown without a traceback)."""
+"""The one base class of the project's errors.
+
+`ExplorerError` marks an error whose message is meant for a person: it says what went wrong and what
+to do, so the command line prints it without a traceback (`error: ...`, exit code 2) and the app shows
+it as a message. Each module defines its own errors on it (`explorer.runs.RunFolderError`,
+`explorer.database.DatabaseError`, ...), keeping the built-in class they also were (`ValueError`,
+`RuntimeError`, `LookupError`), so existing `except ValueError` still catch them.
+
+This module imports nothing from the project, so every module can import it.
+"""
 
 from __future__ import annotations
 
 
-def user_facing_errors() -> tuple[type[BaseException], ...]:
-    from explorer.corpus import CorpusError
-    from explorer.database import DatabaseError
-    from explorer.demo_lm import DemoLMSettingsError
-    from explorer.feature_db import NoIndexError, UnknownFeatureError
-    from explorer.feature_index import IndexInputError
-    from explorer.label_sets import LabelSetError
-    from explorer.model_loading import ModelLoadError
-    from explorer.runs import RunFolderError
-    from explorer.sae_loading import SAELoadError
-    from explorer.sae_vis_export import SaeVisExportError
-    from explorer.steering import SteeringInputError
-
-    return (
-        CorpusError, DatabaseError, ModelLoadError, RunFolderError, SAELoadError, IndexInputError, NoIndexError,
-        UnknownFeatureError, SaeVisExportError, SteeringInputError, DemoLMSettingsError, LabelSetError,
-    )
-
-
-def is_user_facing(err: BaseException) -> bool:
-    return isinstance(err, user_facing_errors())
+class ExplorerError(Exception):
+    """An error with an actionable message, shown to the user without a traceback."""

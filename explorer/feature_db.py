@@ -19,21 +19,21 @@ import pandas as pd
 from explorer.database import (
     DatabaseError,
     Provenance,
-    _cursor,
-    _has_table,
+    has_table,
+    read_cursor,
     read_schema_info,
-    SCHEMA_VERSION,
     write_provenance,
     write_transaction,
 )
-from explorer.feature_schema import FEATURE_TABLE_NAMES
+from explorer.errors import ExplorerError
+from explorer.schema import FEATURE_TABLE_NAMES, SCHEMA_VERSION
 
 
-class UnknownFeatureError(LookupError):
+class UnknownFeatureError(ExplorerError, LookupError):
     """A feature id the index does not hold; the message says which ids exist."""
 
 
-class NoIndexError(LookupError):
+class NoIndexError(ExplorerError, LookupError):
     """The database holds no feature index for this SAE; the message says how to build one."""
 
 
@@ -119,8 +119,8 @@ def _frame(cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -
 
 def _read_if_table(db: duckdb.DuckDBPyConnection | Path, table: str, sql: str, params: Sequence[Any]) -> pd.DataFrame:
     """`sql`'s rows, or an empty frame when the file has no `table` (an index built before it)."""
-    with _cursor(db) as cursor:
-        return _frame(cursor, sql, params) if _has_table(cursor, table) else pd.DataFrame()
+    with read_cursor(db) as cursor:
+        return _frame(cursor, sql, params) if has_table(cursor, table) else pd.DataFrame()
 
 
 def _check_version(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
@@ -134,9 +134,9 @@ def _check_version(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
 
 def read_index_runs(db: duckdb.DuckDBPyConnection | Path) -> pd.DataFrame:
     """One row per indexed SAE: what the pass covered, how long it took, the corpus-level controls."""
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
-        if not _has_table(cursor, "feature_index_runs"):
+        if not has_table(cursor, "feature_index_runs"):
             return pd.DataFrame()
         return _frame(cursor, "SELECT * FROM feature_index_runs ORDER BY sae_id", [])
 
@@ -156,8 +156,8 @@ def read_index_run(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> dict[st
 
 def read_vocabulary(db: duckdb.DuckDBPyConnection | Path) -> list[str]:
     """Token strings by token id."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "vocabulary"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "vocabulary"):
             return []
         rows = cursor.execute("SELECT token FROM vocabulary ORDER BY token_id").fetchall()
     return [r[0] for r in rows]
@@ -202,9 +202,9 @@ def read_feature_card(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature
         feature_id = int(feature_id)
     except (TypeError, ValueError):
         raise UnknownFeatureError(f"{feature_id!r} is not a feature id (a whole number).") from None
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
-        if not _has_table(cursor, "feature_activation_stats"):
+        if not has_table(cursor, "feature_activation_stats"):
             raise NoIndexError("This database has no feature index yet: run `python -m precompute index`.")
         stats = _require_feature(cursor, sae_id, feature_id)
         key = [sae_id, feature_id]
@@ -268,11 +268,11 @@ def read_candidates(
     by_label = parse_label_ranking(score) if group is None else None
     if group is None and by_label is None and score not in RANKING_SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(RANKING_SCORES)}")
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
-        if not _has_table(cursor, "feature_backtracking_scores"):
+        if not has_table(cursor, "feature_backtracking_scores"):
             return pd.DataFrame()
-        if by_label is not None and not _has_table(cursor, "feature_label_scores"):
+        if by_label is not None and not has_table(cursor, "feature_label_scores"):
             raise NoIndexError("This index has no label-set scores: rebuild it with `python -m precompute index --force`.")
         where = ["b.sae_id = ?", "s.density >= ?"]
         params: list[Any] = [sae_id, float(min_density)]
@@ -307,8 +307,8 @@ def read_candidates(
 def read_label_sets(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> pd.DataFrame:
     """The label sets the SAE's index scored (index_label_sets), by name; empty for an index built
     before label sets, or with none."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "index_label_sets"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "index_label_sets"):
             return pd.DataFrame(columns=["label", "kind", "source", "n_positive_tokens", "n_sentences",
                                          "n_positive_sentences", "n_starts"])
         return _frame(
@@ -336,8 +336,8 @@ def read_best_features_per_label(
     token and sentence AUROC and its leads. Shows which hook carries a label best."""
     if metric not in LABEL_METRICS:
         raise ValueError(f"unknown label metric {metric!r}; choose one of {', '.join(LABEL_METRICS)}")
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "feature_label_scores"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "feature_label_scores"):
             return pd.DataFrame()
         ranked = (  # `metric` is a key of LABEL_METRICS, never user text
             f"SELECT s.*, row_number() OVER (PARTITION BY s.sae_id, s.label ORDER BY s.{metric} DESC, s.feature_id) AS n "
@@ -361,7 +361,7 @@ def read_lead_lag_profiles(db: duckdb.DuckDBPyConnection | Path, sae_id: str, fe
     ids = [int(f) for f in feature_ids]
     if not ids:
         return pd.DataFrame(columns=["feature_id", "relative_position", "mean_activation", "delta"])
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         return _frame(
             cursor, "SELECT feature_id, relative_position, mean_activation, delta FROM feature_lead_lag "
             "WHERE sae_id = ? AND list_contains(?, feature_id) ORDER BY feature_id, relative_position", [sae_id, ids],
@@ -385,7 +385,7 @@ def find_features_by_logit_token(
 ) -> pd.DataFrame:
     """Features whose top logit-lens tokens include a token matching `token_text` (case-insensitive,
     surrounding spaces ignored), best rank first."""
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         return _frame(
             cursor, "SELECT l.feature_id, l.rank, v.token, l.logit FROM feature_logit_lens l JOIN vocabulary v "
             "ON v.token_id = l.token_id WHERE l.sae_id = ? AND l.direction = 'top' AND lower(trim(v.token)) = lower(trim(?)) "
@@ -398,7 +398,7 @@ def find_features_by_example_token(
 ) -> pd.DataFrame:
     """Features whose top examples peak on a token matching `token_text`, by how many of their top
     examples do, then by the best activation."""
-    with _cursor(db) as cursor:
+    with read_cursor(db) as cursor:
         return _frame(
             cursor, "SELECT e.feature_id, count(*) AS n_examples, max(e.activation) AS max_activation "
             "FROM feature_top_examples e JOIN vocabulary v ON v.token_id = e.token_ids[e.position - e.first_position + 1] "
@@ -408,8 +408,8 @@ def find_features_by_example_token(
 
 
 def indexed_feature_count(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> int:
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "feature_activation_stats"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "feature_activation_stats"):
             return 0
         return int(cursor.execute("SELECT count(*) FROM feature_activation_stats WHERE sae_id = ?", [sae_id]).fetchone()[0])
 

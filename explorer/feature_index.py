@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from explorer.errors import ExplorerError
 from explorer.feature_aggregates import ActivationBatch, FeatureIndexAccumulators, IndexConfig
 from explorer.labels import NO_GROUP, PhraseSpan, token_group_ids
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
@@ -56,7 +57,7 @@ TOKENISE_CHUNK = 512
 bar moves by a chunk at a time."""
 
 
-class IndexInputError(ValueError):
+class IndexInputError(ExplorerError, ValueError):
     """Input the index cannot use (an empty corpus, too few tokens, a bad shard); the message says why."""
 
 

@@ -3,6 +3,8 @@
 Pure functions on tensors: `explorer.feature_aggregates` accumulates totals over the corpus, these
 functions turn them into the numbers the index stores. Definitions and error bounds:
 docs/index-math.md.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Auroc(NamedTuple):
     error_bound: Tensor
 
 
-def auroc_from_counts(pos_XB: Tensor, neg_XB: Tensor, exact_bins: int | None = None) -> Auroc:
+def auroc_from_counts(pos_XH: Tensor, neg_XH: Tensor, exact_bins: int | None = None) -> Auroc:
     """AUROC of positives against negatives from counts over ordered bins (last dim, ascending values).
 
     Pairs in different bins are ordered exactly; pairs inside one bin count as ties (1/2). The first
@@ -55,7 +57,7 @@ def auroc_from_counts(pos_XB: Tensor, neg_XB: Tensor, exact_bins: int | None = N
     error_bound = 1/2 * sum over the other bins b of pos_b * neg_b / (P * N).
     NaN where there are no positives or no negatives.
     """
-    pos, neg = pos_XB.to(torch.float64), neg_XB.to(torch.float64)
+    pos, neg = pos_XH.to(torch.float64), neg_XH.to(torch.float64)
     n_pos, n_neg = pos.sum(-1), neg.sum(-1)
     neg_below = torch.cumsum(neg, -1) - neg
     wins = (pos * (neg_below + 0.5 * neg)).sum(-1)
@@ -69,9 +71,9 @@ def auroc_from_counts(pos_XB: Tensor, neg_XB: Tensor, exact_bins: int | None = N
     )
 
 
-def auroc_from_histograms(pos_XB: Tensor, neg_XB: Tensor) -> Auroc:
+def auroc_from_histograms(pos_XH: Tensor, neg_XH: Tensor) -> Auroc:
     """AUROC from two histograms on the same `LogBins` (bin 0, exact zeros, is the only exact bin)."""
-    return auroc_from_counts(pos_XB, neg_XB, exact_bins=1)
+    return auroc_from_counts(pos_XH, neg_XH, exact_bins=1)
 
 
 class BacktrackingAuroc(NamedTuple):
@@ -89,10 +91,10 @@ class BacktrackingAuroc(NamedTuple):
 
 def auroc_for_groups(evidence: EvidenceTotals, groups: Sequence[str]) -> Auroc:
     """AUROC of tokens inside phrases of `groups` against all other valid tokens."""
-    hist_FCB = evidence.hist_FCB
-    in_class = torch.tensor([g in groups for g in GROUPS] + [False], device=hist_FCB.device)
-    pos_FB = hist_FCB[:, in_class].sum(1)
-    return auroc_from_histograms(pos_FB, hist_FCB.sum(1) - pos_FB)
+    hist_FCH = evidence.hist_FCB
+    in_class = torch.tensor([g in groups for g in GROUPS] + [False], device=hist_FCH.device)
+    pos_FH = hist_FCH[:, in_class].sum(1)
+    return auroc_from_histograms(pos_FH, hist_FCH.sum(1) - pos_FH)
 
 
 def compute_backtracking_auroc(evidence: EvidenceTotals) -> BacktrackingAuroc:
@@ -222,10 +224,10 @@ def compute_label_set_scores(
     """Token AUROC (negatives: the activation statistics' histogram, which counts every valid token,
     minus the positives), sentence AUROC (negatives: every sentence piece minus the positive ones) and
     the lead-lag scores around each label's starts, against the all-token baseline of `lead_lag`."""
-    pos_FLB = totals.hist_pos_FLB
-    token = auroc_from_histograms(pos_FLB, stats.hist_FB[:, None, :] - pos_FLB)
-    sentence_pos_FLB = totals.hist_sentence_pos_FLB
-    sentence = auroc_from_histograms(sentence_pos_FLB, totals.hist_sentence_FB[:, None, :] - sentence_pos_FLB)
+    pos_FLH = totals.hist_pos_FLB
+    token = auroc_from_histograms(pos_FLH, stats.hist_FB[:, None, :] - pos_FLH)
+    sentence_pos_FLH = totals.hist_sentence_pos_FLB
+    sentence = auroc_from_histograms(sentence_pos_FLH, totals.hist_sentence_FB[:, None, :] - sentence_pos_FLH)
     profiles = [
         compute_lead_lag(LeadLagTotals(
             totals.offsets_O, totals.mean_LOF[label], totals.sum_LOF[label], totals.count_LO[label],
@@ -328,14 +330,14 @@ class WithinTokenAuroc(NamedTuple):
 
 
 def compute_within_token_auroc(totals: WithinTokenTotals) -> WithinTokenAuroc:
-    pos_FKB, neg_FKB = totals.hist_FKCB[:, :, 1], totals.hist_FKCB[:, :, 0]
-    per_token = auroc_from_histograms(pos_FKB, neg_FKB)
-    F, K = pos_FKB.shape[:2]
+    pos_FKH, neg_FKH = totals.hist_FKCB[:, :, 1], totals.hist_FKCB[:, :, 0]
+    per_token = auroc_from_histograms(pos_FKH, neg_FKH)
+    F, K = pos_FKH.shape[:2]
     if F == 0 or K == 0:
-        empty = torch.full((F,), math.nan, dtype=torch.float64, device=pos_FKB.device)
+        empty = torch.full((F,), math.nan, dtype=torch.float64, device=pos_FKH.device)
         return WithinTokenAuroc(empty, empty, per_token, torch.zeros(K, dtype=torch.float64), totals.token_ids_K)
     # Token counts do not depend on the feature: take them from the first feature's row.
-    in_K, out_K = pos_FKB[0].sum(-1).to(torch.float64), neg_FKB[0].sum(-1).to(torch.float64)
+    in_K, out_K = pos_FKH[0].sum(-1).to(torch.float64), neg_FKH[0].sum(-1).to(torch.float64)
     weight_K = torch.where((in_K > 0) & (out_K > 0), in_K, torch.zeros_like(in_K))
     total = weight_K.sum()
 
@@ -404,30 +406,30 @@ class IntervalSelection(NamedTuple):
 
 
 def interval_of_bins(stats: ActivationStatsTotals, n_intervals: int, scheme: Literal["linear", "quantile"]) -> Tensor:
-    """interval_FB[f, b]: the interval that bin b of feature f belongs to (-1 for the zero bin).
+    """interval_FH[f, h]: the interval that bin h of feature f belongs to (-1 for the zero bin).
 
     linear: sae_vis-style equal-width intervals of (0, max]; a bin goes to the interval holding its
     representative value. quantile: intervals of equal counts of non-zero activations; a bin goes to
     the interval holding the cumulative share at its middle. Whole bins only, so samples stay exact.
     """
-    hist_FB = stats.hist_FB.to(torch.float64)
-    F, nb = hist_FB.shape
+    hist_FH = stats.hist_FB.to(torch.float64)
+    F, nb = hist_FH.shape
     if scheme == "linear":
-        rep_B = stats.bins.representative_values().to(hist_FB.device)
+        rep_H = stats.bins.representative_values().to(hist_FH.device)
         width_F = stats.max_F.to(torch.float64) / n_intervals
-        ratio_FB = rep_B[None, :] / width_F.clamp_min(1e-300)[:, None]
-        interval_FB = torch.ceil(ratio_FB) - 1
+        ratio_FH = rep_H[None, :] / width_F.clamp_min(1e-300)[:, None]
+        interval_FH = torch.ceil(ratio_FH) - 1
     elif scheme == "quantile":
-        counts_FB = hist_FB[:, 1:]
-        before_FB = torch.cumsum(counts_FB, 1) - counts_FB
-        share_FB = (before_FB + counts_FB / 2) / counts_FB.sum(1, keepdim=True).clamp_min(1)
-        zero_bin_F1 = torch.zeros(F, 1, dtype=torch.float64, device=hist_FB.device)  # overwritten below
-        interval_FB = torch.cat([zero_bin_F1, torch.floor(share_FB * n_intervals)], 1)
+        counts_FH = hist_FH[:, 1:]
+        before_FH = torch.cumsum(counts_FH, 1) - counts_FH
+        share_FH = (before_FH + counts_FH / 2) / counts_FH.sum(1, keepdim=True).clamp_min(1)
+        zero_bin_F1 = torch.zeros(F, 1, dtype=torch.float64, device=hist_FH.device)  # overwritten below
+        interval_FH = torch.cat([zero_bin_F1, torch.floor(share_FH * n_intervals)], 1)
     else:
         raise ValueError(f"unknown interval scheme {scheme!r}")
-    interval_FB = interval_FB.clamp(0, n_intervals - 1).to(torch.int64)
-    interval_FB[:, 0] = -1
-    return interval_FB
+    interval_FH = interval_FH.clamp(0, n_intervals - 1).to(torch.int64)
+    interval_FH[:, 0] = -1
+    return interval_FH
 
 
 def select_interval_samples(
@@ -443,10 +445,10 @@ def select_interval_samples(
     of one bin then shows at most per_bin examples."""
     if samples.bins != stats.bins:
         raise ValueError("samples and statistics were accumulated on different bins")
-    interval_FB = interval_of_bins(stats, n_intervals, scheme)
-    F = interval_FB.shape[0]
+    interval_FH = interval_of_bins(stats, n_intervals, scheme)
+    F = interval_FH.shape[0]
     local_N = samples.feature_N - samples.feature_offset
-    interval_N = interval_FB[local_N, samples.bin_N]
+    interval_N = interval_FH[local_N, samples.bin_N]
     group_N = local_N * n_intervals + interval_N
     order = lexsort_indices([group_N, samples.priority_N, samples.context_id_N, samples.position_N])
     rank = rank_within_runs(group_N[order])
@@ -456,26 +458,26 @@ def select_interval_samples(
         samples.value_N[keep], samples.context_id_N[keep], samples.position_N[keep],
         None if samples.context_values_NL is None else samples.context_values_NL[keep],
     )
-    return IntervalSelection(records, _interval_bounds(stats, interval_FB, n_intervals, samples.feature_offset))
+    return IntervalSelection(records, _interval_bounds(stats, interval_FH, n_intervals, samples.feature_offset))
 
 
 def _interval_bounds(
-    stats: ActivationStatsTotals, interval_FB: Tensor, n_intervals: int, feature_offset: int
+    stats: ActivationStatsTotals, interval_FH: Tensor, n_intervals: int, feature_offset: int
 ) -> IntervalBounds:
-    device = interval_FB.device
-    F, nb = interval_FB.shape
-    filled_FB = (stats.hist_FB > 0) & (interval_FB >= 0)
-    f_X, b_X = torch.nonzero(filled_FB, as_tuple=True)
-    group_X = f_X * n_intervals + interval_FB[f_X, b_X]
+    device = interval_FH.device
+    F, nb = interval_FH.shape
+    filled_FH = (stats.hist_FB > 0) & (interval_FH >= 0)
+    f_X, h_X = torch.nonzero(filled_FH, as_tuple=True)
+    group_X = f_X * n_intervals + interval_FH[f_X, h_X]
     size = F * n_intervals
-    low = torch.full((size,), nb, dtype=torch.int64, device=device).scatter_reduce_(0, group_X, b_X, "amin")
-    high = torch.full((size,), -1, dtype=torch.int64, device=device).scatter_reduce_(0, group_X, b_X, "amax")
-    count = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group_X, stats.hist_FB[f_X, b_X])
+    low = torch.full((size,), nb, dtype=torch.int64, device=device).scatter_reduce_(0, group_X, h_X, "amin")
+    high = torch.full((size,), -1, dtype=torch.int64, device=device).scatter_reduce_(0, group_X, h_X, "amax")
+    count = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group_X, stats.hist_FB[f_X, h_X])
     present = torch.nonzero(count > 0).flatten()
-    lower_B, upper_B = stats.bins.lower_edges().to(device), stats.bins.upper_edges().to(device)
+    lower_H, upper_H = stats.bins.lower_edges().to(device), stats.bins.upper_edges().to(device)
     return IntervalBounds(
         present // n_intervals + feature_offset, present % n_intervals,
-        lower_B[low[present]], upper_B[high[present]], count[present],
+        lower_H[low[present]], upper_H[high[present]], count[present],
     )
 
 

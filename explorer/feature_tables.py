@@ -3,6 +3,8 @@
 No SQL and no model here: `explorer.feature_index` supplies the totals and the example contexts,
 `explorer.feature_scores` the scores, `explorer.feature_db` writes the frames. Column meanings:
 docs/schema.md.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 The app package (`explorer.app`: `card`, `candidates`, `live_links`) renders what this module builds
 from the read API's records (`explorer.feature_db`). Every link is relative to the app's root, so it
 works behind any host or base path: `Features?run=demo&sae=...&feature=504` reproduces a card.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from explorer.feature_db import LABEL_METRICS, RANKING_SCORES, label_ranking_key, tokens_to_text
+from explorer.feature_index import CorpusDocument, make_windows
 from explorer.html import GROUP_COLOURS, ExampleHTML
 from explorer.lexicon import GROUPS
+from explorer.sae_vis_export import token_rows
 
 FEATURES_PAGE = "Features"
 LIVE_PAGE = "Live"
@@ -231,13 +235,13 @@ def histogram_figure(histogram: pd.DataFrame) -> go.Figure:
     n_tokens = int(histogram["count"].sum())
     fig = go.Figure()
     if not nonzero.empty:
-        upper_B, count_B = nonzero["upper"].to_numpy(), nonzero["count"].to_numpy()
-        lower_B = nonzero["lower"].to_numpy()
-        lower_B = np.where(lower_B > 0, lower_B, upper_B / 2)  # the underflow bin starts at 0: no log
-        zero_B = np.zeros_like(count_B)
+        upper_H, count_H = nonzero["upper"].to_numpy(), nonzero["count"].to_numpy()
+        lower_H = nonzero["lower"].to_numpy()
+        lower_H = np.where(lower_H > 0, lower_H, upper_H / 2)  # the underflow bin starts at 0: no log
+        zero_H = np.zeros_like(count_H)
         # Four corners per bin, bins in order: empty bins between them drop to zero.
-        x = np.stack([lower_B, lower_B, upper_B, upper_B], axis=-1).ravel()
-        y = np.stack([zero_B, count_B, count_B, zero_B], axis=-1).ravel()
+        x = np.stack([lower_H, lower_H, upper_H, upper_H], axis=-1).ravel()
+        y = np.stack([zero_H, count_H, count_H, zero_H], axis=-1).ravel()
         fig.add_trace(
             go.Scatter(
                 x=x, y=y, mode="lines", fill="tozeroy", line=dict(color="rgb(255, 140, 0)", width=1),
@@ -362,8 +366,5 @@ def compute_sae_vis_tokens(tokenizer, texts: Sequence[str], row_len: int, max_ro
     """`[rows, row_len]` token ids for sae-vis: each text cut into windows as the index cuts them (each
     window starts with BOS), the first `row_len` tokens of each window long enough, at most `max_rows`
     rows."""
-    from explorer.feature_index import CorpusDocument, make_windows
-    from explorer.sae_vis_export import token_rows
-
     documents = [CorpusDocument(str(i), t, (), False) for i, t in enumerate(texts)]
     return token_rows(make_windows(tokenizer, documents, row_len, progress=False), row_len, max_rows)

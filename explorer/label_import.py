@@ -30,13 +30,15 @@ from explorer.label_sets import (
     LabelSet,
     LabelSetData,
     LabelSetError,
-    _as_spans,
-    _off_line,
-    _on_line,
-    _union,
+    as_spans,
+    off_line,
+    on_line,
+    union,
     check_name,
 )
 from explorer.sentences import iter_document_texts, segment, think_region
+from explorer.runs import read_document_texts
+from explorer.runs import read_documents
 
 TAG_PATTERN = re.compile(r"[\w.+-]+")
 """A tag: letters (any script), digits and `_ . + -`."""
@@ -191,7 +193,6 @@ def _squeezed(text: str) -> tuple[str, np.ndarray]:
 def _match_documents(run_dir: Path, traces: list[TaggedTrace], report: ImportReport) -> dict[str, str]:
     """Each trace's document id (doc_id = trace id, else by text ignoring whitespace); unmatched traces are
     left out and listed in `report`."""
-    from explorer.runs import read_documents
 
     doc_ids = set(read_documents(run_dir, columns=["doc_id"])["doc_id"])
     matched = {t.trace_id: t.trace_id for t in traces if t.trace_id in doc_ids}
@@ -301,7 +302,6 @@ def import_sentence_tags(
             "text ignoring whitespace):\n  " + "\n  ".join(report.unmatched_traces[:10])
             + ("\n  ..." if len(report.unmatched_traces) > 10 else "")
         )
-    from explorer.runs import read_document_texts
 
     texts = read_document_texts(run_dir, matched.values())
     by_tag: dict[str, list[tuple[str, int, int]]] = {}
@@ -323,7 +323,7 @@ def import_sentence_tags(
     documents = sorted(matched.values())
     sets = []
     for tag in sorted(by_tag):
-        spans = _as_spans(pd.DataFrame(by_tag[tag], columns=SPAN_COLUMNS)).drop_duplicates(ignore_index=True)
+        spans = as_spans(pd.DataFrame(by_tag[tag], columns=SPAN_COLUMNS)).drop_duplicates(ignore_index=True)
         report.sentences_per_tag[tag] = len(spans)
         name = f"{prefix}:{tag}"
         sets.append(
@@ -399,6 +399,6 @@ def match_label_set(
             rows.extend((doc_id, m.start(), m.end()) for m in pattern.finditer(text) if m.end() > m.start())
     spans = pd.DataFrame(rows, columns=SPAN_COLUMNS)
     if len(spans):
-        ids, [(starts, ends)] = _on_line([spans])
-        spans = _off_line(ids, *_union(starts, ends))
-    return LabelSetData(LabelSet(name, SPAN, source, description), _as_spans(spans), documents, {"n_patterns": len(patterns)})
+        ids, [(starts, ends)] = on_line([spans])
+        spans = off_line(ids, *union(starts, ends))
+    return LabelSetData(LabelSet(name, SPAN, source, description), as_spans(spans), documents, {"n_patterns": len(patterns)})

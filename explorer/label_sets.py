@@ -40,8 +40,11 @@ import numpy as np
 import pandas as pd
 
 from explorer import artifacts
+from explorer.errors import ExplorerError
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 from explorer.sentences import read_sentences
+from explorer.runs import read_documents
+from explorer.runs import read_phrases
 
 SPAN = "span"
 SENTENCE = "sentence"
@@ -78,7 +81,7 @@ THOUGHT_ANCHORS_TAGS: tuple[str, ...] = (
 lives in `uncertainty_management`. Imports accept any tag; the synthetic generator uses these."""
 
 
-class LabelSetError(ValueError):
+class LabelSetError(ExplorerError, ValueError):
     """Bad label-set input or a missing label set; the message says what and where."""
 
 
@@ -132,17 +135,16 @@ def builtin_label_sets() -> dict[str, LabelSet]:
 
 
 def _builtin_spans(run_dir: Path, name: str) -> pd.DataFrame:
-    from explorer.runs import read_phrases
 
     phrases = read_phrases(run_dir)
     if name == BACKTRACKING or name == SENTENCE_BACKTRACKING:
         phrases = phrases[phrases["group"].isin(NOTEBOOK_GROUPS)]
     elif name.startswith(GROUP_PREFIX):
         phrases = phrases[phrases["group"] == name[len(GROUP_PREFIX) :]]
-    spans = _as_spans(phrases)
+    spans = as_spans(phrases)
     if name.startswith(SENTENCE_PREFIX):  # the sentences those phrases lie in
         sentences = read_sentences(run_dir)
-        spans = _as_spans(sentences[sentence_positives(sentences, spans, SPAN)])
+        spans = as_spans(sentences[sentence_positives(sentences, spans, SPAN)])
     return spans
 
 
@@ -205,14 +207,13 @@ def read_label_spans(run_dir: Path, name: str) -> pd.DataFrame:
     stored = stored_label_sets(run_dir)
     if name not in stored:
         raise _unknown(run_dir, name)
-    return _as_spans(pd.read_parquet(stored[name][1] / SPANS_FILE))
+    return as_spans(pd.read_parquet(stored[name][1] / SPANS_FILE))
 
 
 def read_label_documents(run_dir: Path, name: str) -> list[str]:
     """The documents label set `name` labels (every document of the run, for a built-in set). Outside these
     a set says nothing: score it on these documents only."""
     if name in builtin_label_sets():
-        from explorer.runs import read_documents
 
         return read_documents(run_dir, columns=["doc_id"])["doc_id"].tolist()
     stored = stored_label_sets(run_dir)
@@ -237,7 +238,7 @@ def read_sentence_labels(run_dir: Path, name: str, sentences: pd.DataFrame | Non
 # Interval arithmetic on spans of many documents
 
 
-def _as_spans(frame: pd.DataFrame) -> pd.DataFrame:
+def as_spans(frame: pd.DataFrame) -> pd.DataFrame:
     spans = frame[SPAN_COLUMNS].astype({"doc_id": str, "start": "int64", "end": "int64"})
     return spans.sort_values(["doc_id", "start", "end"], kind="stable").reset_index(drop=True)
 
@@ -246,7 +247,7 @@ _STRIDE = np.int64(1) << np.int64(40)
 """Documents are laid end to end on one line, each `_STRIDE` characters apart."""
 
 
-def _on_line(frames: Sequence[pd.DataFrame]) -> tuple[pd.Index, list[tuple[np.ndarray, np.ndarray]]]:
+def on_line(frames: Sequence[pd.DataFrame]) -> tuple[pd.Index, list[tuple[np.ndarray, np.ndarray]]]:
     """Each frame's spans as positions on one line shared by all frames: document `ids[i]` starts at
     i * _STRIDE. Returns the ids and, per frame, its spans' starts and ends."""
     ids = pd.Index(pd.unique(np.concatenate([f["doc_id"].to_numpy(dtype=object) for f in frames])))
@@ -257,13 +258,13 @@ def _on_line(frames: Sequence[pd.DataFrame]) -> tuple[pd.Index, list[tuple[np.nd
     return ids, result
 
 
-def _off_line(ids: pd.Index, starts: np.ndarray, ends: np.ndarray) -> pd.DataFrame:
-    """Spans on the line of `_on_line` back as doc_id, start, end."""
+def off_line(ids: pd.Index, starts: np.ndarray, ends: np.ndarray) -> pd.DataFrame:
+    """Spans on the line of `on_line` back as doc_id, start, end."""
     doc = starts // _STRIDE
     return pd.DataFrame({"doc_id": ids[doc].to_numpy(dtype=object), "start": starts - doc * _STRIDE, "end": ends - doc * _STRIDE})
 
 
-def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted, disjoint intervals covering exactly what the given intervals cover."""
     keep = ends > starts
     starts, ends = starts[keep], ends[keep]
@@ -297,8 +298,8 @@ def _covered_length(query_starts, query_ends, union_starts, union_ends) -> np.nd
 def sentence_positives(sentences: pd.DataFrame, spans: pd.DataFrame, kind: str) -> np.ndarray:
     """For each row of `sentences` (doc_id, start, end), whether it is positive for a set of `kind` with
     positive `spans`: any overlap for a span set, at least half its characters covered for a sentence set."""
-    _, [(sentence_starts, sentence_ends), (span_starts, span_ends)] = _on_line([sentences, spans])
-    covered = _covered_length(sentence_starts, sentence_ends, *_union(span_starts, span_ends))
+    _, [(sentence_starts, sentence_ends), (span_starts, span_ends)] = on_line([sentences, spans])
+    covered = _covered_length(sentence_starts, sentence_ends, *union(span_starts, span_ends))
     if kind == SPAN:
         return covered > 0
     return (covered > 0) & (2 * covered >= sentence_ends - sentence_starts)
@@ -306,8 +307,8 @@ def sentence_positives(sentences: pd.DataFrame, spans: pd.DataFrame, kind: str) 
 
 def spans_hit(spans: pd.DataFrame, others: pd.DataFrame) -> np.ndarray:
     """For each span of `spans`, whether a span of `others` overlaps it."""
-    _, [(starts, ends), (other_starts, other_ends)] = _on_line([spans, others])
-    return _covered_length(starts, ends, *_union(other_starts, other_ends)) > 0
+    _, [(starts, ends), (other_starts, other_ends)] = on_line([spans, others])
+    return _covered_length(starts, ends, *union(other_starts, other_ends)) > 0
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,27 +2,28 @@
 
 Pure computation (no Streamlit): `compute_live_activations` tokenises with offsets, runs the model up
 to the SAE's hook only, encodes with the SAE and returns a `LiveActivations` record. Model calls are
-serialised by a process-wide lock, so two browser sessions that run at once each get their own,
-correct result (a HookedTransformer with hooks attached is not safe to call from two threads).
+serialised by a process-wide lock (`explorer.model_loading.MODEL_LOCK`), so two browser sessions that
+run at once each get their own, correct result (a HookedTransformer with hooks attached is not safe to
+call from two threads).
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from explorer.errors import ExplorerError
 from explorer.labels import PhraseSpan, label_text
+from explorer.model_loading import MODEL_LOCK
 from explorer.prompts import THINK_CLOSE, format_prompt
 from explorer.sae_loading import stop_layer_for_hook
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
-
-MODEL_LOCK = threading.Lock()
-"""Held around every call of a shared model (the app's pages, the SAE check, steering, the sae_vis export)."""
 
 EXAMPLE_PROBLEM = "A shirt costs $40 and is on sale for 15% off. What is the sale price in dollars?"
 EXAMPLE_THINKING = (
@@ -62,7 +63,7 @@ class LiveActivations(NamedTuple):
         return self.n_text_tokens > len(self.token_ids)
 
 
-class LiveInputError(ValueError):
+class LiveInputError(ExplorerError, ValueError):
     """Text the live view cannot run (empty); the message is a hint for the user."""
 
 

@@ -53,11 +53,16 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+
+from explorer.config import Profile
+from explorer.errors import ExplorerError
+from explorer.runs import model_source
 
 if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
@@ -65,6 +70,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
+
+MODEL_LOCK = threading.Lock()
+"""Held around every call into a shared model (live activations, steering, the app's checks): a
+HookedTransformer with hooks attached is not safe to call from two threads, and the app shares one model
+between its sessions."""
 
 DEEPSEEK_R1_DISTILL_QWEN_1_5B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 
@@ -79,7 +89,7 @@ _WEIGHT_FILES = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ExplorerError, RuntimeError):
     """A model or tokenizer could not be loaded. The message says what to do about it."""
 
 
@@ -455,3 +465,9 @@ def load_model(
     gc.collect()
     model.eval()
     return model
+
+
+def load_run_model(run_dir: Path, profile: Profile) -> HookedSAETransformer:
+    """A run's model as the pipeline runs it (`explorer.runs.model_source`: the demo's own `model/`, else
+    the profile's model), on the best device, in the profile's dtype and context length."""
+    return load_model(model_source(run_dir, profile), device="auto", dtype=profile.dtype, n_ctx=profile.n_ctx)

@@ -1,6 +1,9 @@
-"""Read a run folder's artifacts: its profile, stage manifests, corpus summary, LM report and corpus.
+"""The run folder: where each of its artifacts is, and reading them back.
 
-The app and the CLI use this to say what a run holds. The corpus's text column is the one large thing
+One typed API for the paths every stage and page needs: `read_profile` (the `Profile` the run was built
+with), `model_source` (what to load as its model), `sae_dir` (one SAE's folder), `list_sae_ids` and
+`database_path` (its DuckDB file); `explorer.artifacts` names the files. The app and the CLI also read a
+run's summary, corpus and labels here. The corpus's text column is the one large thing
 here (about 3 GB for OpenR1-Math-220k), so the app never reads it whole: `read_document_list` reads the
 light columns, `read_document_texts` the text of the documents asked for only (the corpus stage writes
 `documents.parquet` in row groups of a few hundred documents, and only the groups that hold one of them
@@ -9,6 +12,7 @@ are read), and `read_corpus_prompts` a batch of rows at a time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -17,6 +21,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from explorer import artifacts
+from explorer.config import Profile
+from explorer.errors import ExplorerError
 from explorer.prompts import prompt_of_document
 
 DOCUMENT_LIST_COLUMNS = (
@@ -33,14 +39,14 @@ PHRASE_BATCH_ROWS = 8192
 
 class RunSummary(NamedTuple):
     run_dir: Path
-    profile: dict[str, Any]
+    profile: Profile
     corpus_manifest: dict[str, Any] | None
     corpus_summary: dict[str, Any] | None
     model_manifest: dict[str, Any] | None
     train_report: dict[str, Any] | None
 
 
-class RunFolderError(ValueError):
+class RunFolderError(ExplorerError, ValueError):
     """A run folder that is missing or unreadable; the message says how to build one."""
 
 
@@ -61,11 +67,58 @@ def find_runs(root: Path = artifacts.DEFAULT_RUNS_DIR) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / artifacts.PROFILE_FILE).is_file())
 
 
+def read_profile(run_dir: Path) -> Profile:
+    """The profile the run was built with (its `profile.json`)."""
+    path = Path(run_dir) / artifacts.PROFILE_FILE
+    data = _read_json(path)
+    if data is None:
+        raise RunFolderError(f"{run_dir} is not a run folder (no {artifacts.PROFILE_FILE}); build one with `make demo-data`.")
+    try:
+        return Profile.from_dict(data)
+    except (TypeError, KeyError, ValueError) as err:
+        raise RunFolderError(
+            f"{path} does not hold a profile this code reads ({err}); rebuild it with `python -m precompute build --force`."
+        ) from err
+
+
+def model_source(run_dir: Path, profile: Profile) -> Path | str:
+    """What `load_model` should load for this run: its own `model/` for the demo, else the profile's
+    hub id or folder."""
+    if profile.model == artifacts.DEMO_MODEL:
+        return Path(run_dir) / artifacts.MODEL_DIR
+    return profile.model
+
+
+def sae_dir(run_dir: Path, sae_id: str) -> Path:
+    """The folder of one of the run's SAEs, `saes/<sae_id>/`."""
+    return Path(run_dir) / artifacts.SAES_DIR / sae_id
+
+
+def list_sae_ids(run_dir: Path) -> list[str]:
+    """The SAEs a run holds (folders under `saes/` with a sae_lens config), sorted."""
+    root = Path(run_dir) / artifacts.SAES_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file())
+
+
+def database_path(run_dir: Path) -> Path:
+    """The run's DuckDB file (`explorer.database` opens and writes it)."""
+    return Path(run_dir) / artifacts.DATABASE_FILE
+
+
+def corpus_content_hash(run_dir: Path) -> str:
+    """sha256 (first 16 hex digits) of the corpus's documents.parquet: the provenance's corpus hash."""
+    digest = hashlib.sha256()
+    with open(Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def read_run_summary(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
-    profile = _read_json(run_dir / artifacts.PROFILE_FILE)
-    if profile is None:
-        raise RunFolderError(f"{run_dir} is not a run folder (no {artifacts.PROFILE_FILE}); build one with `make demo-data`.")
+    profile = read_profile(run_dir)
     corpus_dir = run_dir / artifacts.CORPUS_DIR
     model_dir = run_dir / artifacts.MODEL_DIR
     return RunSummary(
@@ -205,17 +258,3 @@ def read_error_steps(run_dir: Path, doc_id: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["doc_id", "start", "end", "correction_index"])
     return pd.read_parquet(path, filters=[("doc_id", "==", doc_id)])
 
-
-def run_model_source(run_dir: Path, profile: dict[str, Any]) -> str:
-    """What `load_model` should load for this run: its own `model/` for the demo, else the profile's."""
-    if profile["model"] == artifacts.DEMO_MODEL:
-        return str(Path(run_dir) / artifacts.MODEL_DIR)
-    return profile["model"]
-
-
-def list_sae_ids(run_dir: Path) -> list[str]:
-    """The SAEs a run holds (folders under `saes/` with a sae_lens config), sorted."""
-    root = Path(run_dir) / artifacts.SAES_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file())

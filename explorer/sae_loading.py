@@ -34,6 +34,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from explorer.errors import ExplorerError
+
 if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
@@ -50,7 +52,7 @@ SAE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-class SAELoadError(RuntimeError):
+class SAELoadError(ExplorerError, RuntimeError):
     """An SAE could not be loaded or does not fit the model. The message says what to do."""
 
 

@@ -22,6 +22,8 @@ The training curve is captured while sae_lens trains: `TrainingCurveRecorder` wr
 L0 of every `every`-th step. Those are sae_lens's training-time numbers on that step's batch (special
 tokens already filtered out), with losses in the normalised space the SAE trains in
 (`normalize_activations`), so they compare across steps, not with the held-out report's `mse`.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from explorer.sae_loading import stop_layer_for_hook
 
 if TYPE_CHECKING:
     from sae_lens import SAE, TrainingSAE
@@ -187,8 +191,6 @@ def compute_feature_firing(
 ) -> FiringCounts:
     """Count, per feature, the text tokens of `contexts_NT` it fires on. The forward stops after the
     hook's block, so this costs a fraction of the report's three full forwards per token."""
-    from explorer.sae_loading import stop_layer_for_hook
-
     head_index = sae.cfg.metadata.hook_head_index
     fire_count_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     n_tokens = 0

@@ -16,6 +16,8 @@ The activation source (what the SAE sees):
 
 The recipe -> `LanguageModelSAERunnerConfig` mapping is `build_runner_config`; docs/sae.md lists it field
 by field, with what sae_lens 6 has no exact equivalent for.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from explorer.config import SAERecipe
 from explorer.sae_loading import LoadedSAE, load_sae
 from explorer.sae_metrics import TrainingCurvePoint, TrainingCurveRecorder
 
@@ -40,8 +43,6 @@ if TYPE_CHECKING:
     from sae_lens import LanguageModelSAERunnerConfig, TrainingSAE
     from transformer_lens import HookedTransformer
     from transformers import PreTrainedTokenizerBase
-
-    from precompute.profiles import SAERecipe
 
 HELDOUT_FRACTION = 0.02
 """Share of documents kept out of SAE training, for the report."""

@@ -16,6 +16,8 @@ What sae-vis does with the tokens it is given:
 - its example sequences and the "MAX ACT" in the dashboard's title never come from the first
   `buffer[0] + 1` (6) or last `buffer[1]` (5) positions of a row: `max_activations` reads
   `feature_stats.max`, the maximum over every counted position.
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from explorer.errors import ExplorerError
+
 SAE_VIS_VERSION = "0.3.7"
 INSTALL_HINT = (
     "install it with `pip install --no-deps -r requirements-sae-vis.txt` (sae-vis==0.3.7, no dependencies: "
@@ -41,7 +45,7 @@ INSTALL_HINT = (
 )
 
 
-class SaeVisExportError(ValueError):
+class SaeVisExportError(ExplorerError, ValueError):
     """A sae-vis export that cannot run as asked; the message says what to change."""
 
 

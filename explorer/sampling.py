@@ -11,6 +11,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, Callable, Hashable, Mapping, Sequence, Union
 
+from explorer.errors import ExplorerError
 from explorer.records import TraceRecord
 
 Flag = Union[Callable[[TraceRecord], bool], Mapping[str, bool]]
@@ -20,7 +21,7 @@ BACKTRACKS = "with backtracking"
 CLEAN = "without backtracking"
 
 
-class SamplingError(ValueError):
+class SamplingError(ExplorerError, ValueError):
     """A balanced sample that cannot be drawn, with the counts that say why."""
 
 

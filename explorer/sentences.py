@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from explorer import artifacts
 from explorer.prompts import THINK_CLOSE, THINK_OPEN
+from explorer.runs import documents_path
 
 SENTENCE_RULE_VERSION = 1
 SENTENCE_COLUMNS = ("doc_id", "sentence_index", "start", "end")
@@ -178,7 +179,6 @@ def sentences_path(run_dir: Path) -> Path:
 
 def iter_document_texts(run_dir: Path) -> Iterable[tuple[str, str]]:
     """Every document of the run as `(doc_id, text)`, in corpus order, a row group's worth at a time."""
-    from explorer.runs import documents_path
 
     parquet = pq.ParquetFile(documents_path(run_dir))
     for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["doc_id", "text"]):

@@ -38,6 +38,8 @@ the number of generated tokens (EOS not counted), whether `</think>` appears in 
 whether the model stopped by itself (EOS). Each condition's summary gives mean, standard deviation,
 standard error and a percentile bootstrap 95% CI over its samples, and the same for the paired
 difference steered-minus-baseline (same prompt, same seed).
+
+Array names end in shape letters (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ from typing import TYPE_CHECKING, Callable, Iterator, Literal, NamedTuple, Seque
 import numpy as np
 import torch
 
+from explorer.errors import ExplorerError
 from explorer.labels import PhraseSpan, group_counts, label_text
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
-from explorer.live import MODEL_LOCK
+from explorer.model_loading import MODEL_LOCK
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
 
 if TYPE_CHECKING:
@@ -73,7 +76,7 @@ CONFIDENCE = 0.95
 _NONLINEAR_NORMALISATIONS = ("constant_norm_rescale", "layer_norm")
 
 
-class SteeringInputError(ValueError):
+class SteeringInputError(ExplorerError, ValueError):
     """Settings the steering run cannot use; the message says what to change."""
 
 

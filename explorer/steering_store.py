@@ -1,6 +1,7 @@
-"""Steering results in the run's DuckDB file (`explorer.database.database_path(run_dir)`).
+"""Steering results in the run's DuckDB file (`explorer.runs.database_path(run_dir)`).
 
-Tables, created on the first write (`CREATE TABLE IF NOT EXISTS`), all keyed by `run_id`:
+Tables (their DDL is `explorer.schema.STEERING_TABLES`), created on the first write, all keyed by
+`run_id`:
 
 - `steering_runs` (`run_id`): one steering experiment: `(sae_id, feature_id, mode)`, its coefficients,
   how it sampled, the prompts' hash, when and how long. `run_id` is a hash of all of that, so
@@ -31,8 +32,9 @@ from typing import NamedTuple, Sequence
 import duckdb
 import pandas as pd
 
-from explorer.database import _cursor, _has_table, utc_now, write_transaction
+from explorer.database import has_table, read_cursor, utc_now, write_transaction
 from explorer.lexicon import GROUPS
+from explorer.schema import STEERING_SCHEMA_VERSION, STEERING_TABLE_NAMES, STEERING_TABLES
 from explorer.steering import (
     ConditionSummary,
     Estimate,
@@ -40,102 +42,9 @@ from explorer.steering import (
     SteeringResult,
     SteeringSample,
     describe_effect,
+    make_sample,
     summarise_conditions,
 )
-
-STEERING_SCHEMA_VERSION = 1
-"""Written into every `steering_runs` row; readers skip rows of another version."""
-
-STEERING_TABLES = (
-    """
-    CREATE TABLE IF NOT EXISTS steering_runs (
-        run_id VARCHAR PRIMARY KEY,
-        schema_version INTEGER NOT NULL,
-        sae_id VARCHAR NOT NULL,
-        feature_id INTEGER NOT NULL,
-        mode VARCHAR NOT NULL,
-        hook_name VARCHAR NOT NULL,
-        coefs DOUBLE[] NOT NULL,
-        n_prompts INTEGER NOT NULL,
-        n_samples INTEGER NOT NULL,
-        max_new_tokens INTEGER NOT NULL,
-        requested_max_new_tokens INTEGER NOT NULL,
-        temperature DOUBLE NOT NULL,
-        top_k INTEGER,
-        seed BIGINT NOT NULL,
-        steer_prompt BOOLEAN NOT NULL,
-        prompt_source VARCHAR NOT NULL,
-        prompts_hash VARCHAR NOT NULL,
-        device VARCHAR NOT NULL,
-        seconds DOUBLE NOT NULL,
-        n_generated_tokens BIGINT NOT NULL,
-        created_at TIMESTAMP NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS steering_prompts (
-        run_id VARCHAR NOT NULL,
-        prompt_index INTEGER NOT NULL,
-        prompt VARCHAR NOT NULL,
-        PRIMARY KEY (run_id, prompt_index)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS steering_conditions (
-        run_id VARCHAR NOT NULL,
-        condition_index INTEGER NOT NULL,
-        coef DOUBLE,
-        n INTEGER NOT NULL,
-        rate_mean DOUBLE NOT NULL,
-        rate_std DOUBLE,
-        rate_sem DOUBLE,
-        rate_ci_low DOUBLE,
-        rate_ci_high DOUBLE,
-        diff_mean DOUBLE,
-        diff_sem DOUBLE,
-        diff_ci_low DOUBLE,
-        diff_ci_high DOUBLE,
-        notebook_rate_mean DOUBLE NOT NULL,
-        notebook_diff_mean DOUBLE,
-        notebook_diff_ci_low DOUBLE,
-        notebook_diff_ci_high DOUBLE,
-        length_mean DOUBLE NOT NULL,
-        length_std DOUBLE,
-        think_close_share DOUBLE NOT NULL,
-        eos_share DOUBLE NOT NULL,
-        PRIMARY KEY (run_id, condition_index)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS steering_samples (
-        run_id VARCHAR NOT NULL,
-        condition_index INTEGER NOT NULL,
-        prompt_index INTEGER NOT NULL,
-        sample_index INTEGER NOT NULL,
-        coef DOUBLE,
-        n_tokens INTEGER NOT NULL,
-        n_phrases INTEGER NOT NULL,
-        rate DOUBLE NOT NULL,
-        stopped_at_eos BOOLEAN NOT NULL,
-        reached_think_close BOOLEAN NOT NULL,
-        text VARCHAR NOT NULL,
-        token_ids INTEGER[] NOT NULL,
-        PRIMARY KEY (run_id, condition_index, prompt_index, sample_index)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS steering_phrase_counts (
-        run_id VARCHAR NOT NULL,
-        condition_index INTEGER NOT NULL,
-        prompt_index INTEGER NOT NULL,
-        sample_index INTEGER NOT NULL,
-        group_name VARCHAR NOT NULL,
-        n_phrases INTEGER NOT NULL,
-        PRIMARY KEY (run_id, condition_index, prompt_index, sample_index, group_name)
-    )
-    """,
-)
-_TABLES = ("steering_phrase_counts", "steering_samples", "steering_conditions", "steering_prompts", "steering_runs")
 
 
 class SteeringRun(NamedTuple):
@@ -263,7 +172,7 @@ def write_steering_result(
         count_rows.extend([*key, g, s.group_counts[g]] for g in GROUPS if s.group_counts[g])
     with write_transaction(db_path) as con:
         _ensure_schema(con)
-        for table in _TABLES:
+        for table in STEERING_TABLE_NAMES:
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         con.execute(
             f"INSERT INTO steering_runs (schema_version, {', '.join(_RUN_COLUMNS)}) "
@@ -314,8 +223,8 @@ def read_steering_runs(
     db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature_id: int | None = None
 ) -> list[SteeringRun]:
     """The stored runs of an SAE (of one feature when given), newest first."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "steering_runs"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "steering_runs"):
             return []
         sql = (
             f"SELECT {', '.join(_RUN_COLUMNS)} FROM steering_runs WHERE schema_version = ? AND sae_id = ?"
@@ -329,10 +238,8 @@ def read_steering_runs(
 
 def read_steering_result(db: duckdb.DuckDBPyConnection | Path, run_id: str) -> StoredSteering | None:
     """One stored run with its prompts and samples (texts, metrics, phrase spans relabelled)."""
-    from explorer.steering import make_sample
-
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "steering_runs"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "steering_runs"):
             return None
         sql = f"SELECT {', '.join(_RUN_COLUMNS)} FROM steering_runs WHERE run_id = ?"
         row = cursor.execute(sql, [run_id]).fetchone()
@@ -360,8 +267,8 @@ def read_condition_table(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feat
         "coef", "n", "rate_mean", "rate_sem", "rate_ci_low", "rate_ci_high", "diff_mean", "diff_ci_low",
         "diff_ci_high", "notebook_rate_mean", "length_mean", "think_close_share",
     ]
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "steering_runs"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "steering_runs"):
             return pd.DataFrame(columns=columns)
         rows = cursor.execute(
             "SELECT r.run_id, r.created_at, r.mode, r.n_prompts, r.n_samples, r.max_new_tokens, r.temperature, "
@@ -378,8 +285,8 @@ def read_condition_table(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feat
 def read_causal_effects(db: duckdb.DuckDBPyConnection | Path, sae_id: str) -> dict[int, CausalEffect]:
     """Per feature with a stored `add` run that has a positive coefficient: the effect at the largest
     positive coefficient of its latest such run (steered minus baseline rate, paired, 95% CI)."""
-    with _cursor(db) as cursor:
-        if not _has_table(cursor, "steering_runs"):
+    with read_cursor(db) as cursor:
+        if not has_table(cursor, "steering_runs"):
             return {}
         rows = cursor.execute(
             """

@@ -56,6 +56,7 @@ from explorer.labels import PhraseSpan, has_backtracking
 from explorer.lexicon import GROUPS, LEXICON, phrase_group
 from explorer.prompts import THINK_CLOSE, format_prompt
 from explorer.records import TraceRecord
+from explorer.sentences import segment
 
 GENERATOR_VERSION = 3
 """Bumped when the same seed makes different traces (2: the "?" cue before corrections; 3: the notebook's
@@ -884,7 +885,6 @@ def sentence_tags(
     """Each sentence of the trace (`explorer.sentences.segment`, or `sentences` when the caller has them)
     as `(start, end, tags)`: the tags of the lines it overlaps (one line each, so one tag each). Text after
     `</think>` has no sentences."""
-    from explorer.sentences import segment
 
     tagged = []
     for start, end in segment(trace.record.text) if sentences is None else sentences:

@@ -25,45 +25,30 @@ changes it only where it built something with other settings, and prints each ch
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.config import Profile
+from explorer.errors import ExplorerError
+from explorer.feature_index import parse_shard
+from precompute import export_sae_vis_cli, labels_cli, steer_cli
 from precompute.atomic import write_text_atomic
-from precompute.profiles import PROFILES, Profile, get_profile
+from precompute.cli_common import (
+    UserError,
+    add_run_args,
+    apply_overrides,
+    named_profile,
+    resolve_profile,
+    resolve_run_dir,
+)
+from precompute.corpus_stage import reuse_corpus, run_corpus_stage
+from precompute.index_stage import index_is_current, merge_partials, run_index
 from precompute.run_record import RunRecord, same_profile
-
-
-class UserError(Exception):
-    """An error whose message tells the user what to do; printed without a traceback."""
-
-
-def _add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--profile",
-        default="demo",
-        help=f"built-in profile ({', '.join(PROFILES)}) or a saved profile.json (default: demo)",
-    )
-    parser.add_argument(
-        "--dataset",
-        help="read traces from this file, folder or hub dataset id instead of the profile's corpus "
-        "(notebook JSON, .jsonl, .parquet, a save_to_disk folder, or e.g. open-r1/OpenR1-Math-220k)",
-    )
-    parser.add_argument(
-        "--out",
-        "--run",
-        dest="out",
-        type=Path,
-        help="run folder (default: runs/<profile>, or runs/<profile>-<dataset name> with --dataset)",
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
-    parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"),
-        help="the model's dtype (and the SAE's at inference) wherever the command runs them "
-        "(default: the profile's, float32; bfloat16 is about 2x faster on a GPU and half the memory)",
-    )
+from precompute.sae_report_cli import run_sae_report
+from precompute.train_lm_stage import reuse_model, run_train_lm_stage
+from precompute.train_sae_stage import SCALE_DOWN_ARGS, reuse_sae, run_train_sae_stage
 
 
 def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     corpus = sub.add_parser("corpus", help="generate or import a corpus and label its backtracking phrases")
-    _add_run_args(corpus)
+    add_run_args(corpus)
     corpus.add_argument("--n-traces", type=int, help="synthetic: number of traces; import: read at most this many")
     corpus.add_argument("--seed", type=int, help="synthetic generator seed, and the balanced sampler's")
     corpus.add_argument(
@@ -114,17 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the notebook's balanced sample: N/2 correct traces that backtrack, N/2 that don't",
     )
     train_lm = sub.add_parser("train-lm", help="train the demo model on the run's corpus (demo profiles only)")
-    _add_run_args(train_lm)
+    add_run_args(train_lm)
     train_lm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
     train_sae = sub.add_parser("train-sae", help="train an SAE with sae_lens on the run's model and corpus")
-    _add_run_args(train_sae)
+    add_run_args(train_sae)
     _add_sae_training_args(train_sae)
     report = sub.add_parser(
         "sae-report",
         help="measure the run's SAEs on held-out tokens (L0, MSE, explained variance, dead/dense, CE recovered), "
         "or import one with --sae",
     )
-    _add_run_args(report)
+    add_run_args(report)
     report.add_argument(
         "--sae",
         help="import this SAE: a sae_lens output folder, a checkpoint folder <checkpoints>/<run id>/<tokens>/, "
@@ -138,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the feature index of an SAE: top examples, quantile samples, histograms, logit lens, "
         "neighbours and backtracking scores of every feature, into the run's DuckDB file",
     )
-    _add_run_args(index)
+    add_run_args(index)
     _add_sae_training_args(index)
     _add_index_args(index)
     index.add_argument(
@@ -147,15 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "from torchrun's RANK and WORLD_SIZE (one GPU per process, by LOCAL_RANK)",
     )
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
-    _add_run_args(merge)
+    add_run_args(merge)
     merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
-    from precompute import export_sae_vis_cli, labels_cli, steer_cli
-
     export_sae_vis_cli.add_parser(sub)
     steer_cli.add_parser(sub)
     labels_cli.add_parser(sub)
     build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
-    _add_run_args(build)
+    add_run_args(build)
     _add_sae_training_args(build)
     _add_index_args(build)
     return parser
@@ -176,53 +159,6 @@ def _add_index_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_profile(args: argparse.Namespace) -> Profile:
-    """The profile named by `--profile`, with the command line's overrides applied."""
-    return apply_overrides(named_profile(args).with_dataset(args.dataset), args)
-
-
-def named_profile(args: argparse.Namespace) -> Profile:
-    """The profile `--profile` names, as it is."""
-    try:
-        return get_profile(args.profile)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-
-
-def apply_overrides(profile: Profile, args: argparse.Namespace) -> Profile:
-    """`profile` with the settings the command line gives."""
-
-    def given(name: str) -> int | None:
-        return getattr(args, name, None)
-
-    for flag in ("top_k", "eval_tokens", "sparsity_tokens", "sae_steps", "norm_batches"):
-        if given(flag) is not None and given(flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {given(flag)}")
-    if given("tokens") is not None and given("tokens") < 0:
-        raise UserError(f"--tokens must be 0 (the whole corpus) or a number of tokens, not {given('tokens')}")
-    corpus = {field: given(field) for field in ("n_traces", "seed", "balanced") if given(field) is not None}
-    report = {
-        field: given(flag)
-        for field, flag in (("n_tokens", "eval_tokens"), ("n_sparsity_tokens", "sparsity_tokens"))
-        if given(flag) is not None
-    }
-    index = {field: given(flag) for field, flag in (("top_k", "top_k"), ("n_tokens", "tokens")) if given(flag) is not None}
-    replace = dataclasses.replace
-    profile = replace(
-        profile, corpus=replace(profile.corpus, **corpus), report=replace(profile.report, **report),
-        index=replace(profile.index, **index),
-    )
-    if given("dtype") is not None:
-        profile = replace(profile, dtype=given("dtype"))
-    if given("sae_steps") is not None:
-        profile = replace(profile, sae=replace(profile.sae, training_steps=given("sae_steps")))
-    if given("norm_batches") is not None:
-        profile = replace(profile, sae=replace(profile.sae, n_batches_for_norm_estimate=given("norm_batches")))
-    if given("steps") is not None and profile.demo_lm is not None:
-        profile = replace(profile, demo_lm=replace(profile.demo_lm, steps=given("steps")))
-    return profile
-
-
 def upstream_profile(args: argparse.Namespace, profile: Profile, saved: Profile | None) -> Profile:
     """What a command builds the stages it needs first with, when one is missing or stale: the run's
     recorded profile (when it is the same profile as the command's `profile`), with the command line's
@@ -232,15 +168,6 @@ def upstream_profile(args: argparse.Namespace, profile: Profile, saved: Profile 
     if args.dataset and saved.corpus.source != str(args.dataset):
         saved = saved.with_dataset(args.dataset)
     return apply_overrides(saved, args)
-
-
-def resolve_run_dir(args: argparse.Namespace, profile: Profile) -> Path:
-    if args.out is not None:
-        return args.out
-    if args.dataset:
-        stem = Path(str(args.dataset).rstrip("/")).name.split(".")[0] or "dataset"
-        return artifacts.DEFAULT_RUNS_DIR / f"{profile.name}-{stem}"
-    return artifacts.default_run_dir(profile.name)
 
 
 def save_profile(profile: Profile, run_dir: Path) -> None:
@@ -277,16 +204,10 @@ def reuse_stage(stage: str, named: Profile, profile: Profile, run_dir: Path, arg
     """Whether a stage the command needs first is used as it was built (printed); False when it must be
     built first because it is missing or stale (printed why)."""
     if stage == "corpus":
-        from precompute.corpus_stage import reuse_corpus
-
         return reuse_corpus(run_dir, named.corpus, args.dataset)
     if stage == "train-lm":
-        from precompute.train_lm_stage import reuse_model
-
         return reuse_model(run_dir, named.demo_lm or profile.demo_lm)
     if stage == "train-sae":
-        from precompute.train_sae_stage import SCALE_DOWN_ARGS, reuse_sae
-
         given = {arg: getattr(args, arg, None) for arg in SCALE_DOWN_ARGS}
         return reuse_sae(profile, named, run_dir, getattr(args, "hook", None) or profile.hook_name,
                          sae_id=getattr(args, "sae", None), given=given)
@@ -295,21 +216,12 @@ def reuse_stage(stage: str, named: Profile, profile: Profile, run_dir: Path, arg
 
 def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namespace, force: bool) -> None:
     if stage == "corpus":
-        from precompute.corpus_stage import run_corpus_stage
-
         run_corpus_stage(profile.corpus, run_dir, force=force)
     elif stage == "train-lm":
-        from precompute.train_lm_stage import run_train_lm_stage
-
         run_train_lm_stage(profile.demo_lm, run_dir, force=force)
     elif stage == "train-sae":
-        from precompute.train_sae_stage import run_train_sae_stage
-
         run_train_sae_stage(profile, run_dir, hook=args.hook, wandb=args.wandb, force=force)
     elif stage == "index":
-        from explorer.feature_index import parse_shard
-        from precompute.index_stage import index_is_current, run_index
-
         shard = parse_shard(args.shard) if getattr(args, "shard", None) else (0, 1)
         if getattr(args, "shard", None) == "auto" and "LOCAL_RANK" in os.environ:
             import torch
@@ -347,13 +259,9 @@ def run_command(args: argparse.Namespace) -> None:
             run_stage(stage, upstream, run_dir, args, force=False)
             record.record(stage, upstream)
     if args.command == "merge":
-        from precompute.index_stage import merge_partials
-
         merge_partials(upstream, run_dir, sae_id=args.sae)
         record.record("index", upstream)
     if args.command == "sae-report":
-        from precompute.sae_report_cli import run_sae_report
-
         run_sae_report(profile, run_dir, sae=args.sae, sae_id=args.sae_id, hook=args.hook, force=args.force)
         record.record("sae-report", profile)
     record.ensure_saved(profile)
@@ -363,30 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "export-sae-vis":
-            from precompute import export_sae_vis_cli
-
             export_sae_vis_cli.run(args)
         elif args.command == "steer":  # reads the run's saved profile; writes no profile.json
-            from precompute import steer_cli
-
             steer_cli.run(args)
         elif args.command == "labels":  # reads and writes the run's label sets only
-            from precompute import labels_cli
-
             labels_cli.run(args)
         else:
             run_command(args)
     except KeyboardInterrupt:
         print("\ninterrupted: nothing half-written was kept", file=sys.stderr)
         return 130
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the library's own errors carry actionable messages
-        from explorer.errors import is_user_facing
-
-        if not is_user_facing(err):
-            raise
+    except ExplorerError as err:  # UserError and the library's own errors carry actionable messages
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

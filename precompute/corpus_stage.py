@@ -18,7 +18,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from explorer import artifacts
-from explorer.corpus import CorpusError
+from explorer.config import CorpusSpec
+from explorer.corpus import CorpusError, load_corpus
 from explorer.correctness import is_correct
 from explorer.label_audit import BoundaryDifference, LabelAgreement, audit_against_source, boundary_differences
 from explorer.labels import LABEL_RULE_VERSION, PhraseSpan, group_counts, has_backtracking, label_text, notebook_has_backtracking
@@ -27,11 +28,11 @@ from explorer.records import TraceRecord
 from explorer.sampling import SamplingError, balanced_sample
 from explorer.synthetic import GENERATOR_VERSION, generate_traces
 from precompute.atomic import atomic_dir
-from precompute.profiles import CorpusSpec
 from precompute.stages import (
     config_hash, print_config, print_rebuild, print_reuse, print_skip, read_manifest,
     settings_as_flags, stage_is_current, write_manifest
 )
+from precompute.label_store import ensure_corpus_labels
 
 STAGE = "corpus"
 MAX_LISTED = 10
@@ -112,8 +113,6 @@ def build_labelled_corpus(spec: CorpusSpec) -> LabelledCorpus:
             exact=True,
             synthetic_traces=tuple(traces),
         )
-    from explorer.corpus import load_corpus
-
     records = load_corpus(spec.source, limit=spec.n_traces or None)
     spans_by_doc = {r.doc_id: label_text(r.text) for r in tqdm(records, desc="labelling", unit="doc")}
     return LabelledCorpus(records, spans_by_doc, {}, exact=False)
@@ -277,7 +276,6 @@ def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) ->
 
 def _add_sentences_and_tags(spec: CorpusSpec, run_dir: Path, traces: tuple = ()) -> None:
     """The corpus's sentences, and a synthetic corpus's sentence tags (added to a run built without them)."""
-    from precompute.label_store import ensure_corpus_labels
 
     ensure_corpus_labels(
         run_dir, synthetic=spec.source == SYNTHETIC, n_traces=spec.n_traces, seed=spec.seed, traces=traces or None

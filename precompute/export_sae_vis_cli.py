@@ -15,11 +15,19 @@ sae-vis is optional: `pip install --no-deps -r requirements-sae-vis.txt` (`make 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from explorer import artifacts
+from explorer.config import Profile
+from explorer.feature_index import CorpusDocument, make_windows
+from explorer.model_loading import load_model
+from explorer.runs import list_sae_ids, model_source, read_documents, read_profile, sae_dir
+from explorer.sae_loading import load_sae
+from explorer.sae_vis_export import SaeVisExportError, check_features, export_to_file, require_sae_vis, token_rows
+from precompute.cli_common import UserError, add_run_args, resolve_profile, resolve_run_dir
 
 DEFAULT_TOKENS = 8192
 DOC_CHUNK = 256
@@ -28,15 +36,13 @@ SCAN_FACTOR = 4
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from precompute.cli import _add_run_args
-
     parser = subparsers.add_parser(
         "export-sae-vis",
         help="export sae-vis 0.3.7 feature dashboards (HTML) for chosen features of a run's SAE",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_run_args(parser)  # --force has no effect here: the HTML file is always rewritten
+    add_run_args(parser)  # --force has no effect here: the HTML file is always rewritten
     parser.add_argument("--sae", help="SAE id under <run>/saes/ (default: the run's only or first SAE)")
     parser.add_argument("--features", required=True, type=parse_features, help="feature ids, e.g. 1,2,3")
     parser.add_argument(
@@ -75,9 +81,6 @@ def corpus_windows(
 
     `documents`: a DataFrame with `doc_id` and `text` (the run's corpus table). Documents are windowed
     in chunks, in corpus order, until enough windows are long enough."""
-    from explorer.feature_index import CorpusDocument, make_windows
-    from explorer.sae_vis_export import SaeVisExportError
-
     if n_tokens <= 0:
         raise ValueError("--tokens must be positive")
     if row_len is not None and row_len > n_ctx:
@@ -101,7 +104,7 @@ def corpus_windows(
     if not picked:
         longest = max((len(w.token_ids) for w in windows), default=0)
         raise SaeVisExportError(f"No document has {row_len} tokens (the longest has {longest}): pass a smaller --ctx.")
-    return [_truncate(w, row_len) for w in picked], row_len
+    return [truncate_window(w, row_len) for w in picked], row_len
 
 
 def _auto_row_len(lengths: list[int], n_ctx: int, n_tokens: int) -> int:
@@ -117,7 +120,8 @@ def _auto_row_len(lengths: list[int], n_ctx: int, n_tokens: int) -> int:
     return best
 
 
-def _truncate(window, row_len: int):
+def truncate_window(window, row_len: int):
+    """`window` with every per-token field cut to its first `row_len` tokens."""
     return window._replace(
         token_ids=window.token_ids[:row_len],
         valid=window.valid[:row_len],
@@ -126,24 +130,15 @@ def _truncate(window, row_len: int):
     )
 
 
-def _run_paths(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    from explorer import artifacts
-    from precompute.cli import UserError, resolve_profile, resolve_run_dir
-
+def _run_paths(args: argparse.Namespace) -> tuple[Path, Profile]:
     run_dir = resolve_run_dir(args, resolve_profile(args))
-    profile_path = run_dir / artifacts.PROFILE_FILE
-    if not profile_path.is_file():
+    if not (run_dir / artifacts.PROFILE_FILE).is_file():
         raise UserError(f"{run_dir} is not a built run (no {artifacts.PROFILE_FILE}): run `python -m precompute build` first.")
-    return run_dir, json.loads(profile_path.read_text(encoding="utf-8"))
+    return run_dir, read_profile(run_dir)
 
 
 def run(args: argparse.Namespace) -> Path:
     """Export the dashboards; returns the HTML path."""
-    from explorer import artifacts
-    from explorer.runs import list_sae_ids, read_documents, run_model_source
-    from explorer.sae_vis_export import SaeVisExportError, require_sae_vis, check_features, export_to_file, token_rows
-    from precompute.cli import UserError
-
     try:
         require_sae_vis()  # fail before loading anything
     except SaeVisExportError as err:
@@ -159,20 +154,17 @@ def run(args: argparse.Namespace) -> Path:
         raise UserError(f"No SAE {sae_id!r} in {run_dir}; it holds: {', '.join(sae_ids)}.")
 
     import torch
-    from sae_vis.utils_fns import get_device
-
-    from explorer.model_loading import load_model
-    from explorer.sae_loading import load_sae
+    from sae_vis.utils_fns import get_device  # optional (requirements-sae-vis.txt): imported only here
 
     device = str(get_device())  # sae-vis moves tokens to the device it picked on import
-    loaded = load_sae(run_dir / artifacts.SAES_DIR / sae_id, device=device)
-    hook_name = loaded.hook_name or profile["hook_name"]
+    loaded = load_sae(sae_dir(run_dir, sae_id), device=device)
+    hook_name = loaded.hook_name or profile.hook_name
     try:
         features = check_features(args.features, loaded.d_sae)
     except SaeVisExportError as err:
         raise UserError(str(err)) from None
-    n_ctx = int(profile["n_ctx"])
-    model = load_model(run_model_source(run_dir, profile), device=device, n_ctx=n_ctx)
+    n_ctx = profile.n_ctx
+    model = load_model(model_source(run_dir, profile), device=device, n_ctx=n_ctx)
     docs = read_documents(run_dir, columns=["doc_id", "text"])
     try:
         windows, row_len = corpus_windows(model.tokenizer, docs, n_ctx, args.tokens, args.ctx)

@@ -21,8 +21,11 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from explorer.database import database_path
+from explorer import feature_tables as tables
+from explorer.config import Profile
+from explorer.database import utc_now
 from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, build_reasoning_vocab
+from explorer.feature_db import read_index_runs, write_feature_index
 from explorer.feature_index import (
     CorpusDocument,
     WINDOWING_VERSION,
@@ -34,20 +37,24 @@ from explorer.feature_index import (
     make_windows,
     run_index_pass,
 )
+from explorer.feature_scores import logit_lens, nearest_features, select_interval_samples, top_phrase_token_ids
 from explorer.feature_tables import LabelSetInfo
 from explorer.labels import PhraseSpan
+from explorer.model_loading import load_run_model
 from explorer.runs import (
     DOCUMENT_BATCH_ROWS,
     RunFolderError,
+    corpus_content_hash,
     count_documents,
+    database_path,
     iter_documents,
     iter_phrases,
     list_sae_ids,
+    sae_dir,
 )
+from explorer.sae_loading import check_sae_fits_model, load_sae, stop_layer_for_hook
 from precompute.atomic import atomic_file
-from precompute.profiles import Profile
-from precompute.train_sae_stage import corpus_content_hash, load_run_model, provenance, sae_dir, sae_fingerprint
-from precompute.stages import package_versions, print_config
+from precompute.stages import package_versions, print_config, provenance, sae_fingerprint
 
 STAGE = "index"
 PARTIALS_DIR = "index_partials"
@@ -133,15 +140,11 @@ def load_inputs(
     profile: Profile, run_dir: Path, sae_id: str | None, max_tokens: int | None, *, progress: bool = True
 ) -> IndexInputs:
     """Model, SAE (checked against the model), the corpus's windows and the pass configuration."""
-    from explorer.feature_scores import top_phrase_token_ids
-    from explorer.feature_tables import count_tokens
-    from explorer.sae_loading import check_sae_fits_model, load_sae, stop_layer_for_hook
-
     sae_id = choose_sae_id(run_dir, sae_id)
     documents = corpus_documents(run_dir)
     if not len(documents):
         raise IndexInputError(f"The corpus of {run_dir} is empty: nothing to index.")
-    model = load_run_model(profile, run_dir)
+    model = load_run_model(run_dir, profile)
     loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device), dtype=profile.dtype)
     hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.hook_name, model_name=profile.model)
     stop_at_layer = stop_layer_for_hook(hook_name)
@@ -162,7 +165,7 @@ def load_inputs(
             "or a smaller index.top_k in the profile."
         )
     vocab_size = model.cfg.d_vocab
-    controls = top_phrase_token_ids(count_tokens(windows, vocab_size), N_CONTROL_TOKENS)
+    controls = top_phrase_token_ids(tables.count_tokens(windows, vocab_size), N_CONTROL_TOKENS)
     config = IndexConfig(
         n_features=loaded.d_sae,
         vocab_size=vocab_size,
@@ -327,8 +330,6 @@ def load_merged_partials(
 
 def select_examples(accumulators: FeatureIndexAccumulators):
     """Finalise the totals and choose the interval samples: the same choice on every call."""
-    from explorer.feature_scores import select_interval_samples
-
     totals = accumulators.finalise()
     selection = select_interval_samples(totals.samples, totals.stats, N_INTERVALS, PER_INTERVAL, scheme="quantile")
     return totals, selection
@@ -339,11 +340,6 @@ def finish_index(
     metas: list[dict[str, Any]], *, batch_size: int | None = None, progress: bool = True,
 ) -> Path:
     """Finalise the totals and write every table of the SAE's index in one atomic transaction."""
-    from explorer import feature_tables as tables
-    from explorer.database import utc_now
-    from explorer.feature_db import write_feature_index
-    from explorer.feature_scores import logit_lens, nearest_features
-
     started = time.perf_counter()
     batch_size = batch_size or metas[0]["batch_size"]
     totals, selection = select_examples(accumulators)
@@ -416,8 +412,6 @@ def index_is_current(profile: Profile, run_dir: Path) -> bool:
     """`build` skips the index when the database already holds one for every SAE of the run, built
     from the current corpus and the SAE's current weights, with the profile's index settings and
     windows cut the current way."""
-    from explorer.feature_db import read_index_runs
-
     db_path = database_path(run_dir)
     sae_ids = list_sae_ids(run_dir)
     if not db_path.is_file() or not sae_ids:

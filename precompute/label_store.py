@@ -35,6 +35,7 @@ from explorer.label_sets import (
 from explorer.sentences import compute_sentences, read_sentences, sentences_are_current, sentences_path, sentences_table
 from explorer.synthetic import GENERATOR_VERSION, SyntheticTrace, generate_traces, sentence_tags
 from precompute.atomic import atomic_dir, atomic_file
+from explorer.runs import read_documents
 
 SYNTHETIC_TAG_PREFIX = "tag"
 """The demo's sentence tags are the sets `tag:<tag>`."""
@@ -150,7 +151,6 @@ def import_synthetic_tags(run_dir: Path, n_traces: int, seed: int, traces: Seque
     (the same seed makes the same traces). Only the run's documents are imported (a balanced subset keeps
     fewer), and each generated text must be the document's, or the corpus is not this generator's.
     """
-    from explorer.runs import read_documents
 
     documents = read_documents(run_dir, columns=["doc_id", "text"])
     texts = dict(zip(documents["doc_id"], documents["text"]))

@@ -21,6 +21,18 @@ import math
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.label_import import match_label_set, read_phrase_file, read_regex_file
+from explorer.label_import import read_tag_jsonl, read_thought_anchors
+from explorer.label_sets import LabelSetError
+from explorer.label_sets import check_name
+from explorer.label_sets import compare_label_sets
+from explorer.label_sets import read_label_documents, read_label_sets, read_label_spans
+from explorer.label_sets import stored_label_sets
+from precompute.cli_common import UserError
+from precompute.label_store import ensure_sentences
+from precompute.label_store import import_tag_file
+from precompute.label_store import remove_label_sets
+from precompute.label_store import write_label_sets
 
 MAX_LISTED = 10
 """Unmatched traces and unplaced sentences printed by name; the rest are counted."""
@@ -62,7 +74,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from precompute.cli import UserError
 
     run_dir = Path(args.out)
     if not (run_dir / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE).is_file():
@@ -76,7 +87,6 @@ def run(args: argparse.Namespace) -> None:
             raise UserError("--add NAME needs --from FILE, --phrases FILE or --regex FILE.")
         add_label_set(run_dir, args)
     elif args.remove:
-        from precompute.label_store import remove_label_sets
 
         for name in remove_label_sets(run_dir, args.remove):
             print(f"removed {name}")
@@ -85,8 +95,6 @@ def run(args: argparse.Namespace) -> None:
 
 
 def list_label_sets(run_dir: Path) -> None:
-    from explorer.label_sets import read_label_documents, read_label_sets, read_label_spans
-    from precompute.label_store import ensure_sentences
 
     ensure_sentences(run_dir)
     sets = read_label_sets(run_dir)
@@ -103,9 +111,6 @@ def list_label_sets(run_dir: Path) -> None:
 
 
 def add_label_set(run_dir: Path, args: argparse.Namespace) -> None:
-    from explorer.label_import import match_label_set, read_phrase_file, read_regex_file
-    from explorer.label_sets import check_name
-    from precompute.label_store import write_label_sets
 
     name = args.add
     check_name(name)
@@ -127,15 +132,11 @@ def add_label_set(run_dir: Path, args: argparse.Namespace) -> None:
 
 
 def _stored_names(run_dir: Path) -> set[str]:
-    from explorer.label_sets import stored_label_sets
 
     return set(stored_label_sets(run_dir))
 
 
 def import_tags(run_dir: Path, prefix: str, path: Path, *, allow_unplaced: bool) -> None:
-    from explorer.label_import import read_tag_jsonl, read_thought_anchors
-    from explorer.label_sets import LabelSetError
-    from precompute.label_store import import_tag_file
 
     if path.is_dir():
         traces, source, strict = read_thought_anchors(path), f"thought-anchors: {path}", False
@@ -166,7 +167,6 @@ def _print_some(lines: list[str]) -> None:
 
 
 def print_comparison(run_dir: Path, a: str, b: str, unit: str | None = None) -> None:
-    from explorer.label_sets import compare_label_sets
 
     table = compare_label_sets(run_dir, a, b, unit=unit)
     print(f"precision and recall of {a} against {b} in {run_dir}")

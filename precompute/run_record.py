@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from explorer import artifacts
+from explorer.config import Profile
 from precompute.atomic import write_text_atomic
-from precompute.profiles import Profile
 
 IDENTITY_FIELDS = ("name", "model", "hook_name", "n_ctx")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {

@@ -16,32 +16,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from explorer.database import database_path, write_sae_training_report
-from explorer.runs import RunFolderError, read_documents
-from explorer.sae_metrics import SAEReport, TrainingCurvePoint
+from explorer import artifacts
+from explorer.config import Profile
+from explorer.database import write_sae_training_report
+from explorer.model_loading import load_run_model, resolve_device
+from explorer.runs import RunFolderError, database_path, list_sae_ids, read_documents, sae_dir
+from explorer.sae_loading import LoadedSAE, check_sae_fits_model, default_sae_id, load_sae, validate_sae_id
+from explorer.sae_metrics import TrainingCurvePoint
+from explorer.sae_training import build_heldout_contexts, special_token_ids
+from precompute import sae_reports
 from precompute.atomic import atomic_dir, write_text_atomic
-from precompute.profiles import Profile
-from precompute.stages import print_config, write_manifest
-from precompute.train_sae_stage import (
-    SAES_DIR,
-    TRAINING_REPORT_FILE,
-    heldout_tokens_needed,
-    load_run_model,
-    measure_sae,
-    model_identity,
-    print_report,
-    provenance,
-    report_row,
-    row_from_training_report,
-    sae_dir,
-    training_report_json,
-)
+from precompute.stages import model_identity, print_config, provenance, write_manifest
 
 if TYPE_CHECKING:
     import torch
     from sae_lens import HookedSAETransformer
-
-    from explorer.sae_loading import LoadedSAE
 
 STAGE = "import-sae"
 SOURCE_FILE = "source.json"
@@ -63,36 +52,31 @@ def run_sae_report(
     id: `<hook>-<architecture>[k]-<d_sae>`); `hook` names the hook it must fit (default: its own).
     An existing folder of that id is replaced only with `force`.
     """
-    from explorer.model_loading import resolve_device
-    from explorer.sae_loading import load_sae
-
     run_dir = Path(run_dir)
     if sae is None:
-        ids = sorted(p.name for p in (run_dir / SAES_DIR).glob("*") if (p / "cfg.json").is_file())
+        ids = list_sae_ids(run_dir)
         if not ids:
             raise RunFolderError(f"{run_dir} holds no SAEs yet: run `python -m precompute train-sae` or pass --sae.")
-        model = load_run_model(profile, run_dir)
+        model = load_run_model(run_dir, profile)
         heldout_NT, special_ids = _heldout_rows(profile, run_dir, model)
         for existing in ids:
             _remeasure(profile, run_dir, model, existing, heldout_NT, special_ids)
         return ids
     # The SAE first: a wrong path or an unreachable hub fails before the model loads.
     loaded = load_sae(sae, device=resolve_device("auto"))
-    model = load_run_model(profile, run_dir)
+    model = load_run_model(run_dir, profile)
     heldout_NT, special_ids = _heldout_rows(profile, run_dir, model)
     return [_import(profile, run_dir, model, sae, loaded, sae_id, hook, force, heldout_NT, special_ids)]
 
 
 def _heldout_rows(profile: Profile, run_dir: Path, model: HookedSAETransformer) -> tuple[torch.Tensor, tuple[int, ...]]:
-    from explorer.sae_training import build_heldout_contexts, special_token_ids
-
     docs = read_documents(run_dir, columns=["doc_id", "text"])
     heldout_NT, n_docs = build_heldout_contexts(
         model.tokenizer,
         docs["doc_id"].tolist(),
         docs["text"].tolist(),
         profile.sae.context_size,
-        max_tokens=heldout_tokens_needed(profile.report),
+        max_tokens=sae_reports.heldout_tokens_needed(profile.report),
         prepend_bos=profile.sae.prepend_bos,
     )
     if len(heldout_NT) == 0:
@@ -109,22 +93,20 @@ def _remeasure(
     special_ids: tuple[int, ...],
 ) -> None:
     """Measure an SAE already in the run again; keep its training curve and training figures."""
-    from explorer.sae_loading import check_sae_fits_model, load_sae
-
     folder = sae_dir(run_dir, sae_id)
     loaded = load_sae(folder, device=str(model.cfg.device))
     hook_name = check_sae_fits_model(loaded.sae, model, model_name=profile.model)
-    report_path = folder / TRAINING_REPORT_FILE
-    previous = row_from_training_report(report_path) if report_path.is_file() else None
+    report_path = folder / artifacts.SAE_TRAINING_REPORT_FILE
+    previous = sae_reports.row_from_training_report(report_path) if report_path.is_file() else None
     curve: list[TrainingCurvePoint] = previous[1] if previous else []
     old_row = previous[0] if previous else None
-    row = report_row(
+    row = sae_reports.report_row(
         sae_id,
         loaded,
         hook_name,
-        measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report),
+        sae_reports.measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report),
         model_name=profile.model,
-        source=old_row.source if old_row else f"{SAES_DIR}/{sae_id}",
+        source=old_row.source if old_row else f"{artifacts.SAES_DIR}/{sae_id}",
         source_kind=old_row.source_kind if old_row else "folder",
         training_tokens=old_row.training_tokens if old_row else None,
         train_seconds=old_row.train_seconds if old_row else None,
@@ -132,9 +114,9 @@ def _remeasure(
     extra = {k: v for k, v in json.loads(report_path.read_text()).items() if k not in row._fields} if previous else {}
     extra.pop("curve", None)
     notes = tuple(extra.pop("notes", ()))
-    write_text_atomic(report_path, training_report_json(row, curve, notes, **extra))
+    write_text_atomic(report_path, sae_reports.training_report_json(row, curve, notes, **extra))
     write_sae_training_report(database_path(run_dir), row, curve, provenance(profile, run_dir, "sae-report"))
-    print_report(sae_id, row)
+    sae_reports.print_report(sae_id, row)
 
 
 def _import(
@@ -149,8 +131,6 @@ def _import(
     heldout_NT: torch.Tensor,
     special_ids: tuple[int, ...],
 ) -> str:
-    from explorer.sae_loading import check_sae_fits_model, default_sae_id, validate_sae_id
-
     started = time.time()
     hook_name = check_sae_fits_model(loaded.sae, model, hook, model_name=profile.model)
     sae_id = validate_sae_id(sae_id) if sae_id else default_sae_id(loaded, hook_name)
@@ -173,8 +153,8 @@ def _import(
     print_config(STAGE, {"sae_id": sae_id, **shape, **config})
     for note in loaded.notes:
         print(f"  note: {note}", flush=True)
-    report = measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report)
-    row = report_row(
+    report = sae_reports.measure_sae(model, loaded.sae, hook_name, heldout_NT, special_ids, profile.report)
+    row = sae_reports.report_row(
         sae_id,
         loaded,
         hook_name,
@@ -190,9 +170,9 @@ def _import(
             shutil.copy2(sparsity, tmp / sparsity.name)
         origin = {"source": loaded.source, "source_kind": loaded.source_kind, "notes": list(loaded.notes)}
         (tmp / SOURCE_FILE).write_text(json.dumps(origin, indent=2))
-        (tmp / TRAINING_REPORT_FILE).write_text(training_report_json(row, [], loaded.notes))
+        (tmp / artifacts.SAE_TRAINING_REPORT_FILE).write_text(sae_reports.training_report_json(row, [], loaded.notes))
         write_manifest(tmp, STAGE, config, started, sae_id=sae_id)
     write_sae_training_report(database_path(run_dir), row, [], provenance(profile, run_dir, "sae-report"))
-    print_report(sae_id, row)
+    sae_reports.print_report(sae_id, row)
     print(f"  wrote {target} and {database_path(run_dir)}", flush=True)
     return sae_id

@@ -1,4 +1,5 @@
-"""Stage bookkeeping: print a stage's config, know whether its output is current, record a manifest.
+"""Stage bookkeeping: print a stage's config, know whether its output is current, record a manifest and
+the provenance of what went in (`provenance`, `model_identity`, `sae_fingerprint`).
 
 Every stage writes its output folder atomically (`precompute.atomic.atomic_dir`) with a
 `stage.json` manifest inside: the stage name, its config, a hash of that config, when it finished,
@@ -17,7 +18,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from explorer.artifacts import STAGE_MANIFEST
+from explorer import artifacts
+from explorer.config import Profile
+from explorer.database import Provenance
+from explorer.runs import RunFolderError, corpus_content_hash, sae_dir
+from precompute.run_record import recorded_profile
 
 _VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "transformer-lens", "sae-lens", "datasets", "duckdb")
 
@@ -38,7 +43,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    path = Path(stage_dir) / STAGE_MANIFEST
+    path = Path(stage_dir) / artifacts.STAGE_MANIFEST
     if not path.is_file():
         return None
     try:
@@ -76,7 +81,7 @@ def write_manifest(stage_dir: Path, stage: str, config: dict[str, Any], started:
         "versions": package_versions(),
         **extra,
     }
-    (Path(stage_dir) / STAGE_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    (Path(stage_dir) / artifacts.STAGE_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
 
 
 def print_config(stage: str, config: dict[str, Any]) -> None:
@@ -122,3 +127,34 @@ def print_skip(stage: str, stage_dir: Path) -> None:
         "pass --force to rebuild",
         flush=True,
     )
+
+
+# --- what made an output: the provenance, the model and the SAE as they were ----------------------
+
+
+def provenance(profile: Profile, run_dir: Path, stage: str) -> Provenance:
+    """What the DuckDB file keeps with what `stage`, built with `profile`, wrote into it: the run's
+    profile as profile.json records it with that stage (`precompute.run_record`), the package versions
+    and the corpus's hash."""
+    return Provenance(
+        profile=recorded_profile(run_dir, stage, profile).to_dict(), package_versions=package_versions(),
+        corpus_hash=corpus_content_hash(run_dir),
+    )
+
+
+def model_identity(profile: Profile, run_dir: Path) -> str:
+    """What identifies the model in a stage config: the demo model's manifest hash, else its name."""
+    if profile.model != artifacts.DEMO_MODEL:
+        return profile.model
+    manifest = read_manifest(Path(run_dir) / artifacts.MODEL_DIR)
+    if manifest is None:
+        raise RunFolderError(f"No demo model in {run_dir}: run `python -m precompute train-lm --out {run_dir}` first.")
+    return f"demo@{manifest['config_hash']}"
+
+
+def sae_fingerprint(run_dir: Path, sae_id: str) -> str:
+    """Names the SAE's weights as they are on disk (file names, sizes, modification times of its
+    config and weights): it changes when the SAE is retrained or imported again under the same id."""
+    folder = sae_dir(run_dir, sae_id)
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("cfg.json")])
+    return config_hash({p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files})

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.model_loading import load_run_model
+from explorer.runs import database_path, list_sae_ids, read_corpus_prompts, sae_dir
+from explorer.sae_loading import check_sae_fits_model, load_sae
 from explorer.steering import (
     MAX_NEW_TOKENS_LIMIT,
     MAX_PROMPTS,
@@ -34,8 +37,12 @@ from explorer.steering import (
     SteeringInputError,
     SteeringResult,
     as_prompt,
+    compute_steering,
     condition_name,
 )
+from explorer.steering_store import make_run_id, read_steering_runs, write_steering_result
+from precompute.cli_common import UserError, add_run_args, resolve_profile, resolve_run_dir
+from precompute.stages import print_config
 
 DEFAULT_N_SAMPLES = 4
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -57,15 +64,13 @@ def _float_list(text: str) -> list[float]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `steer` command to `python -m precompute`'s subparsers."""
-    from precompute.cli import _add_run_args
-
     parser = subparsers.add_parser(
         "steer",
         help="generate with SAE features added or clamped, count backtracking phrases, store the results",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_run_args(parser)
+    add_run_args(parser)
     parser.set_defaults(profile=None)  # the run's own profile.json (`with_saved_profile`)
     next(a for a in parser._actions if a.dest == "profile").help = (
         "built-in profile or a saved profile.json (default: the run folder's profile.json, else demo)"
@@ -129,8 +134,6 @@ def read_prompt_file(path: Path) -> list[str]:
 def corpus_prompts(run_dir: Path, n: int) -> list[str]:
     """The prompts of `n` traces spread evenly over the run's corpus, distinct prompts only
     (`explorer.runs.read_corpus_prompts`: a trace's text up to `<think>`, else its problem in the template)."""
-    from explorer.runs import read_corpus_prompts
-
     if n < 1:
         raise SteeringInputError("--from-corpus needs at least 1 trace.")
     prompts = read_corpus_prompts(run_dir)
@@ -173,23 +176,12 @@ def with_saved_profile(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Run `steer` (raises `precompute.cli.UserError` or a user-facing library error on bad input)."""
-    from explorer.database import database_path
-    from explorer.sae_loading import check_sae_fits_model, load_sae
-    from explorer.steering import compute_steering
-    from explorer.steering_store import make_run_id, read_steering_runs, write_steering_result
-    from precompute.cli import UserError, resolve_profile, resolve_run_dir
-    from precompute.stages import print_config
-    from precompute.train_sae_stage import load_run_model
-
+    """Run `steer` (raises `precompute.cli_common.UserError` or a user-facing library error on bad input)."""
     profile = resolve_profile(with_saved_profile(args))
     run_dir = resolve_run_dir(args, profile)
-    sae_dir = run_dir / artifacts.SAES_DIR / args.sae
-    if not (sae_dir / "cfg.json").is_file():
-        from explorer.runs import list_sae_ids
-
-        known = ", ".join(list_sae_ids(run_dir)) or "none"
-        raise UserError(f"{run_dir} has no SAE {args.sae!r} (it has: {known}).")
+    known = list_sae_ids(run_dir)
+    if args.sae not in known:
+        raise UserError(f"{run_dir} has no SAE {args.sae!r} (it has: {', '.join(known) or 'none'}).")
     try:
         if args.prompts is not None:
             prompts, source = read_prompt_file(args.prompts), str(args.prompts)
@@ -225,8 +217,8 @@ def run(args: argparse.Namespace) -> None:
             print(f"feature {skipped.feature_id}: already stored with these settings (--force to rerun)", flush=True)
     if not todo:
         return
-    model = load_run_model(profile, run_dir)
-    loaded = load_sae(sae_dir, device=str(model.cfg.device), dtype=profile.dtype)
+    model = load_run_model(run_dir, profile)
+    loaded = load_sae(sae_dir(run_dir, args.sae), device=str(model.cfg.device), dtype=profile.dtype)
     hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name, model_name=profile.model)
     for config in todo:
         started = time.time()

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.config import DemoLMSpec
 from explorer.runs import RunFolderError, read_documents
 from precompute.atomic import atomic_dir
-from precompute.profiles import DemoLMSpec
 from precompute.stages import (
     print_config, print_rebuild, print_reuse, print_skip, read_manifest, settings_as_flags,
     stage_is_current, write_manifest
@@ -57,7 +57,7 @@ def reuse_model(run_dir: Path, named: DemoLMSpec) -> bool:
 
 def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) -> Path:
     """Write `run_dir/model/` unless it is already current for this corpus and spec."""
-    from explorer.demo_lm import train_demo_lm
+    from explorer.demo_lm import train_demo_lm  # transformers and tokenizers: seconds to import, this stage only
 
     out_dir = Path(run_dir) / artifacts.MODEL_DIR
     config = stage_config(spec, run_dir)
@@ -68,7 +68,7 @@ def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) 
     started = time.time()
     texts = read_documents(run_dir, columns=["text"])["text"].tolist()
     with atomic_dir(out_dir) as tmp:
-        report = train_demo_lm(texts, tmp, **dataclasses.asdict(spec))
+        report = train_demo_lm(texts, tmp, spec)
         (tmp / artifacts.TRAIN_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
         write_manifest(tmp, STAGE, config, started, n_params=report.n_params)
     print(

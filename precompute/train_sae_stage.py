@@ -16,40 +16,32 @@ already holds an SAE made with the same config (recipe, hook, model, corpus).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from explorer import artifacts
-from explorer.database import (
-    Provenance,
-    SAETrainingReportRow,
-    database_path,
-    read_sae_ids,
-    utc_now,
-    write_sae_training_report,
-)
-from explorer.runs import RunFolderError, read_documents
-from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_report
+from explorer.config import SAE_FIELDS_ADDED_LATER, Profile
+from explorer.database import read_sae_ids, write_sae_training_report
+from explorer.model_loading import load_run_model
+from explorer.runs import RunFolderError, database_path, list_sae_ids, read_documents, sae_dir
+from explorer.sae_loading import compute_hook_d_in, make_sae_id
+from explorer.sae_training import HELDOUT_FRACTION, build_activation_source, train_sae
 from precompute.atomic import atomic_dir
-from precompute.profiles import DEMO_MODEL, SAE_FIELDS_ADDED_LATER, Profile, ReportSpec
-from precompute.stages import (
-    config_hash, package_versions, print_config, print_rebuild, print_reuse, print_skip,
-    read_manifest, settings_as_flags, stage_is_current, write_manifest
+from precompute.sae_reports import (
+    heldout_tokens_needed,
+    measure_sae,
+    print_report,
+    report_row,
+    row_from_training_report,
+    training_report_json,
 )
-
-if TYPE_CHECKING:
-    import torch
-    from sae_lens import SAE, HookedSAETransformer
-
-    from explorer.sae_loading import LoadedSAE
+from precompute.stages import (
+    model_identity, print_config, print_rebuild, print_reuse, print_skip, provenance, read_manifest,
+    settings_as_flags, stage_is_current, write_manifest,
+)
 
 STAGE = "train-sae"
-SAES_DIR = artifacts.SAES_DIR
-TRAINING_REPORT_FILE = artifacts.SAE_TRAINING_REPORT_FILE
-EVAL_BATCH_ROWS = 8
 ADDED_CONFIG_KEYS = {
     **{f"sae.{key}": value for key, value in SAE_FIELDS_ADDED_LATER.items()},
     "sparsity_tokens": 32_768,  # the report measured dead features on its eval tokens before
@@ -73,36 +65,6 @@ SCALE_DOWN_ARGS = {
 """The command line's SAE flags (argparse names) and the config keys they set."""
 
 
-# --- shared with the on-demand report (precompute.sae_report_cli) ----------------------------------
-
-
-def sae_dir(run_dir: Path, sae_id: str) -> Path:
-    return Path(run_dir) / SAES_DIR / sae_id
-
-
-def sae_fingerprint(run_dir: Path, sae_id: str) -> str:
-    """Names the SAE's weights as they are on disk (file names, sizes, modification times of its
-    config and weights): it changes when the SAE is retrained or imported again under the same id."""
-    folder = sae_dir(run_dir, sae_id)
-    files = sorted([*folder.glob("*.safetensors"), *folder.glob("cfg.json")])
-    return config_hash({p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files})
-
-
-def model_source(profile: Profile, run_dir: Path) -> Path | str:
-    """The model the profile runs: the run's own `model/` for the demo, else the hub id or folder."""
-    return Path(run_dir) / artifacts.MODEL_DIR if profile.model == DEMO_MODEL else profile.model
-
-
-def model_identity(profile: Profile, run_dir: Path) -> str:
-    """What identifies the model in a stage config: the demo model's manifest hash, else its name."""
-    if profile.model != DEMO_MODEL:
-        return profile.model
-    manifest = read_manifest(Path(run_dir) / artifacts.MODEL_DIR)
-    if manifest is None:
-        raise RunFolderError(f"No demo model in {run_dir}: run `python -m precompute train-lm --out {run_dir}` first.")
-    return f"demo@{manifest['config_hash']}"
-
-
 def corpus_config_hash(run_dir: Path) -> str:
     manifest = read_manifest(Path(run_dir) / artifacts.CORPUS_DIR)
     if manifest is None:
@@ -110,134 +72,10 @@ def corpus_config_hash(run_dir: Path) -> str:
     return manifest["config_hash"]
 
 
-def corpus_content_hash(run_dir: Path) -> str:
-    """sha256 (first 16 hex digits) of the corpus's documents.parquet: the provenance's corpus hash."""
-    digest = hashlib.sha256()
-    with open(Path(run_dir) / artifacts.CORPUS_DIR / artifacts.DOCUMENTS_FILE, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def provenance(profile: Profile, run_dir: Path, stage: str) -> Provenance:
-    """What the DuckDB file keeps with what `stage`, built with `profile`, wrote into it: the run's
-    profile as profile.json records it with that stage (`precompute.run_record`), the package versions
-    and the corpus's hash."""
-    from precompute.run_record import recorded_profile
-
-    return Provenance(
-        profile=recorded_profile(run_dir, stage, profile).to_dict(), package_versions=package_versions(),
-        corpus_hash=corpus_content_hash(run_dir),
-    )
-
-
-def load_run_model(profile: Profile, run_dir: Path) -> HookedSAETransformer:
-    from explorer.model_loading import load_model
-
-    return load_model(model_source(profile, run_dir), device="auto", dtype=profile.dtype, n_ctx=profile.n_ctx)
-
-
-def report_row(
-    sae_id: str,
-    loaded: LoadedSAE,
-    hook_name: str,
-    report: SAEReport,
-    *,
-    model_name: str,
-    source: str,
-    source_kind: str,
-    training_tokens: int | None = None,
-    train_seconds: float | None = None,
-) -> SAETrainingReportRow:
-    return SAETrainingReportRow(
-        sae_id=sae_id,
-        hook_name=hook_name,
-        architecture=loaded.architecture,
-        d_in=loaded.d_in,
-        d_sae=loaded.d_sae,
-        k=loaded.k,
-        model_name=model_name,
-        source=source,
-        source_kind=source_kind,
-        training_tokens=training_tokens,
-        train_seconds=train_seconds,
-        **report.to_dict(),
-        measured_at=utc_now(),
-    )
-
-
-def training_report_json(
-    row: SAETrainingReportRow, curve: list[TrainingCurvePoint], notes: tuple[str, ...] = (), **extra: Any
-) -> str:
-    """training_report.json: the DuckDB row, the curve and anything else worth keeping, as JSON."""
-    payload = {
-        **row._asdict(),
-        "measured_at": row.measured_at.isoformat(),
-        "curve": [point._asdict() for point in curve],
-        "notes": list(notes),
-        **extra,
-    }
-    return json.dumps(payload, indent=2, default=str) + "\n"
-
-
-def row_from_training_report(path: Path) -> tuple[SAETrainingReportRow, list[TrainingCurvePoint]]:
-    """Read a training_report.json back into the DuckDB row and curve it was written from."""
-    from datetime import datetime
-
-    data = json.loads(Path(path).read_text())
-    data.setdefault("n_sparsity_tokens", data["n_tokens"])  # written before sparsity had its own count
-    values = {name: data[name] for name in SAETrainingReportRow._fields}
-    values["measured_at"] = datetime.fromisoformat(data["measured_at"])
-    curve = [TrainingCurvePoint(**point) for point in data.get("curve", [])]
-    return SAETrainingReportRow(**values), curve
-
-
-def heldout_tokens_needed(spec: ReportSpec) -> int:
-    """Held-out tokens the report reads: its CE rows are the first of its sparsity rows, or the reverse."""
-    return max(spec.n_tokens, spec.n_sparsity_tokens)
-
-
-def measure_sae(
-    model: HookedSAETransformer,
-    sae: SAE,
-    hook_name: str,
-    heldout_NT: torch.Tensor,
-    special_token_ids: tuple[int, ...],
-    spec: ReportSpec,
-) -> SAEReport:
-    """The SAE report of `spec` on the held-out rows: CE loss recovered, MSE and explained variance on the
-    first rows holding `spec.n_tokens` tokens, sparsity on the first holding `spec.n_sparsity_tokens`."""
-
-    def first_rows(n_tokens: int) -> torch.Tensor:
-        return heldout_NT[: max(1, -(-n_tokens // heldout_NT.shape[1]))]
-
-    return compute_sae_report(
-        model,
-        sae,
-        first_rows(spec.n_tokens),
-        hook_name,
-        special_token_ids=special_token_ids,
-        batch_size=EVAL_BATCH_ROWS,
-        sparsity_contexts_NT=first_rows(spec.n_sparsity_tokens),
-    )
-
-
-def print_report(sae_id: str, row: SAETrainingReportRow) -> None:
-    print(
-        f"  {sae_id}: MSE {row.mse:.4g}, explained variance {row.explained_variance:.3f}, CE loss recovered "
-        f"{row.ce_loss_recovered:.3f} (clean {row.ce_loss_clean:.3f} / spliced {row.ce_loss_spliced:.3f} / "
-        f"zero-ablated {row.ce_loss_zero_ablated:.3f}) on {row.n_tokens:,} held-out tokens; L0 {row.l0:.1f}, "
-        f"dead {row.frac_dead:.1%}, dense {row.frac_dense:.1%} on {row.n_sparsity_tokens:,}",
-        flush=True,
-    )
-
-
 # --- the stage ------------------------------------------------------------------------------------
 
 
 def stage_config(profile: Profile, run_dir: Path, hook_name: str) -> dict[str, Any]:
-    from explorer.sae_training import HELDOUT_FRACTION
-
     return {
         "hook_name": hook_name,
         "model": model_identity(profile, run_dir),
@@ -253,13 +91,11 @@ def stage_config(profile: Profile, run_dir: Path, hook_name: str) -> dict[str, A
 
 def find_current_sae(run_dir: Path, config: dict[str, Any]) -> str | None:
     """The id of an SAE folder in the run already built with exactly `config`."""
-    root = Path(run_dir) / SAES_DIR
-    if not root.is_dir():
-        return None
-    for folder in sorted(root.iterdir()):
+    for sae_id in list_sae_ids(run_dir):
+        folder = sae_dir(run_dir, sae_id)
         manifest = read_manifest(folder)
-        if folder.is_dir() and manifest and manifest.get("stage") == STAGE and stage_is_current(folder, config, ADDED_CONFIG_KEYS):
-            return folder.name
+        if manifest and manifest.get("stage") == STAGE and stage_is_current(folder, config, ADDED_CONFIG_KEYS):
+            return sae_id
     return None
 
 
@@ -267,13 +103,12 @@ def find_reusable_sae(profile: Profile, run_dir: Path, hook_name: str) -> tuple[
     """An SAE the run holds at `hook_name` that a later stage can use as it is, whatever its recipe:
     trained on the run's current model and corpus, or imported for its current model. Else None, and
     why none fits."""
-    root = Path(run_dir) / SAES_DIR
     model, corpus = model_identity(profile, run_dir), corpus_config_hash(run_dir)
     reasons = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+    for folder in (sae_dir(run_dir, sae_id) for sae_id in list_sae_ids(run_dir)):
         manifest = read_manifest(folder)
         config = (manifest or {}).get("config") or {}
-        if not (folder / "cfg.json").is_file() or config.get("hook_name") != hook_name:
+        if config.get("hook_name") != hook_name:
             continue
         if config.get("model") != model:
             reasons.append(f"the SAE {folder.name} was made for another model than the run's ({config.get('model')})")
@@ -319,7 +154,7 @@ def reuse_sae(
                 f"  note: {flag} {value} is not what the SAE was trained with ({recorded[key]}); a command uses "
                 f"the stages before it as they were built: `train-sae {flag} {value}` retrains it", flush=True,
             )
-    if (folder / TRAINING_REPORT_FILE).is_file():
+    if (folder / artifacts.SAE_TRAINING_REPORT_FILE).is_file():
         _ensure_in_database(profile, run_dir, found)
     return True
 
@@ -337,12 +172,9 @@ def run_train_sae_stage(
         _ensure_in_database(profile, run_dir, current)
         return current
 
-    from explorer.sae_loading import compute_hook_d_in, make_sae_id
-    from explorer.sae_training import build_activation_source, train_sae
-
     recipe = profile.sae
     started = time.time()
-    model = load_run_model(profile, run_dir)
+    model = load_run_model(run_dir, profile)
     d_in = compute_hook_d_in(model, hook_name, model_name=profile.model)
     sae_id = make_sae_id(hook_name, recipe.architecture, d_in * recipe.expansion_factor, recipe.k)
     print_config(STAGE, {"sae_id": sae_id, "d_in": d_in, "wandb": wandb, **config})
@@ -391,14 +223,14 @@ def run_train_sae_stage(
             hook_name,
             report,
             model_name=profile.model,
-            source=f"{SAES_DIR}/{sae_id}",
+            source=f"{artifacts.SAES_DIR}/{sae_id}",
             source_kind="trained",
             training_tokens=trained.training_tokens,
             train_seconds=round(trained.train_seconds, 2),
         )
         _rewrite_paths(tmp, final_dir)
         checkpoints = [str(final_dir.relative_to(run_dir) / p.relative_to(tmp)) for p in trained.checkpoint_dirs]
-        (tmp / TRAINING_REPORT_FILE).write_text(
+        (tmp / artifacts.SAE_TRAINING_REPORT_FILE).write_text(
             training_report_json(
                 row,
                 trained.curve,
@@ -430,7 +262,7 @@ def _ensure_in_database(profile: Profile, run_dir: Path, sae_id: str) -> None:
     db_path = database_path(run_dir)
     if db_path.is_file() and sae_id in read_sae_ids(db_path):
         return
-    report_path = sae_dir(run_dir, sae_id) / TRAINING_REPORT_FILE
+    report_path = sae_dir(run_dir, sae_id) / artifacts.SAE_TRAINING_REPORT_FILE
     row, curve = row_from_training_report(report_path)
     write_sae_training_report(db_path, row, curve, provenance(profile, run_dir, STAGE))
     print(f"  restored {sae_id}'s report in {db_path}", flush=True)

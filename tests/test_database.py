@@ -9,13 +9,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from explorer.artifacts import DATABASE_FILE
 from explorer.database import (
-    DATABASE_FILE,
-    SCHEMA_VERSION,
     DatabaseError,
     Provenance,
     SAETrainingReportRow,
-    database_path,
     open_read_only,
     read_sae_ids,
     read_sae_training_curve,
@@ -25,7 +23,9 @@ from explorer.database import (
     write_sae_training_report,
     write_transaction,
 )
+from explorer.runs import database_path
 from explorer.sae_metrics import TrainingCurvePoint
+from explorer.schema import SCHEMA_VERSION
 
 PROVENANCE = Provenance(
     profile={"name": "demo", "n_ctx": 512}, package_versions={"duckdb": "2.0.1"}, corpus_hash="abc123"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from explorer.config import DemoLMSpec
 from explorer.demo_lm import (
     ADDED_TOKENS,
     BOS_TOKEN,
@@ -22,12 +24,13 @@ from explorer.demo_lm import (
     packed_stream,
     plant_module,
     planted_direction,
+    run_config,
     train_demo_lm,
     train_tokenizer,
 )
 from explorer.labels import label_text
-from explorer.synthetic import generate_traces
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
+from explorer.synthetic import generate_traces
 from tests.hub_fixtures import MINI_TEXTS
 
 UNICODE_TEXTS = [
@@ -179,25 +182,24 @@ def test_default_sample_prompt_is_the_prompt_part_of_a_trace():
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainReport]:
     out_dir = tmp_path_factory.mktemp("demo-lm") / "model"
     texts = [text.replace("3 + 4", f"{a} + {b}") for a in range(10) for b in range(6) for text in MINI_TEXTS[:2]]
-    report = train_demo_lm(
-        texts,
-        out_dir,
-        vocab_size=400,
-        hidden_size=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        intermediate_size=256,
-        context=64,
-        batch_size=8,
-        steps=20,
-        lr=3e-3,
-        seed=0,
-        time_budget_s=120,
-        sample_tokens=12,
-        progress=False,
+    spec = DemoLMSpec(
+        vocab_size=400, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=256, context=64,
+        batch_size=8, steps=20, lr=3e-3, seed=0, time_budget_s=120,
     )
+    report = train_demo_lm(texts, out_dir, spec, sample_tokens=12, progress=False)
     return out_dir, report
+
+
+def test_the_report_config_keeps_the_keys_saved_runs_hold():
+    """train_report.json's `config` held train_demo_lm's keyword arguments before it took a spec; a run
+    built then (runs/demo) reads the same as one built now."""
+    saved_before = {
+        "vocab_size": 2048, "hidden_size": 128, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 512,
+        "max_position_embeddings": 512, "context": 256, "batch_size": 8, "steps": 1200, "lr": 0.003, "seed": 0,
+        "time_budget_s": 140.0, "plant_weight": 0.0, "plant_hook": "blocks.1.hook_mlp_out", "plant_value": 8.0,
+        "plant_lead": 0, "plant_value_before": None, "heldout_fraction": 0.02, "sample_prompt": None, "sample_tokens": 120,
+    }
+    assert run_config(DemoLMSpec(), None, 120) == saved_before
 
 
 def test_a_tiny_training_run_lowers_the_loss(trained):
@@ -272,18 +274,19 @@ def test_the_plant_hooks_read_what_transformer_lens_calls_those_hooks(trained):
 
 def test_a_planted_training_run_learns_the_feature(tmp_path: Path):
     texts = [trace.record.text for trace in generate_traces(300, seed=4)]
-    common = dict(
+    plain = DemoLMSpec(
         vocab_size=500, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=256, context=128,
-        batch_size=8, steps=150, lr=3e-3, seed=0, time_budget_s=120, sample_tokens=2, progress=False,
+        batch_size=8, steps=150, lr=3e-3, seed=0, time_budget_s=120,
     )
-    report = train_demo_lm(texts, tmp_path / "model", plant_weight=1.0, plant_value=8.0, plant_lead=1, **common)
+    planted = dataclasses.replace(plain, plant_weight=1.0, plant_value=8.0, plant_lead=1)
+    report = train_demo_lm(texts, tmp_path / "model", planted, sample_tokens=2, progress=False)
     direction = torch.tensor(report.planted_direction)
     assert direction.shape == (64,) and abs(float(direction.norm()) - 1) < 1e-5
     # Writing 0 everywhere would score value^2 x the share of phrase tokens; the model does much better.
     tokenizer = train_tokenizer(texts, 500)
     _, mask = packed_stream(tokenizer, texts, phrase_mask=True)
     assert report.plant_loss < 0.5 * 8.0**2 * float(extend_before(mask, 1).mean())
-    unplanted = train_demo_lm(texts, tmp_path / "plain", **common)
+    unplanted = train_demo_lm(texts, tmp_path / "plain", plain, sample_tokens=2, progress=False)
     assert unplanted.plant_loss is None and unplanted.planted_direction is None
 
 
@@ -298,26 +301,15 @@ def test_a_planted_training_run_learns_the_feature(tmp_path: Path):
 )
 def test_a_bad_plant_setting_fails_before_any_work(tmp_path: Path, settings: dict, message: str):
     with pytest.raises(ValueError, match=message):
-        train_demo_lm(MINI_TEXTS, tmp_path / "model", n_layers=2, progress=False, **settings)
+        train_demo_lm(MINI_TEXTS, tmp_path / "model", DemoLMSpec(n_layers=2, **settings), progress=False)
     assert not (tmp_path / "model").exists()
 
 
 def test_training_stops_at_the_time_budget(tmp_path: Path):
-    report = train_demo_lm(
-        MINI_TEXTS * 4,
-        tmp_path / "model",
-        vocab_size=300,
-        hidden_size=32,
-        n_layers=1,
-        n_heads=2,
-        n_kv_heads=1,
-        intermediate_size=64,
-        context=32,
-        batch_size=2,
-        steps=10**6,
-        time_budget_s=0.5,
-        sample_tokens=2,
-        progress=False,
+    spec = DemoLMSpec(
+        vocab_size=300, hidden_size=32, n_layers=1, n_heads=2, n_kv_heads=1, intermediate_size=64, context=32,
+        batch_size=2, steps=10**6, time_budget_s=0.5,
     )
+    report = train_demo_lm(MINI_TEXTS * 4, tmp_path / "model", spec, sample_tokens=2, progress=False)
     assert report.stopped_by == "time_budget"
     assert 0 < report.steps < 10**6

@@ -69,9 +69,9 @@ class Corpus(NamedTuple):
     doc_flag_C: np.ndarray
     context_ids_C: np.ndarray
     start_CT: np.ndarray
-    sentence_CT: np.ndarray
-    label_bits_CT: np.ndarray
-    label_start_bits_CT: np.ndarray
+    sentence_CT: np.ndarray | None = None
+    label_bits_CT: np.ndarray | None = None
+    label_start_bits_CT: np.ndarray | None = None
 
     def batch(self, lo: int, hi: int) -> ActivationBatch:
         return ActivationBatch(
@@ -82,9 +82,8 @@ class Corpus(NamedTuple):
             torch.from_numpy(self.doc_flag_C[lo:hi].copy()),
             torch.from_numpy(self.context_ids_C[lo:hi].copy()),
             torch.from_numpy(self.start_CT[lo:hi].copy()),
-            torch.from_numpy(self.sentence_CT[lo:hi].copy()),
-            torch.from_numpy(self.label_bits_CT[lo:hi].copy()),
-            torch.from_numpy(self.label_start_bits_CT[lo:hi].copy()),
+            *(None if a is None else torch.from_numpy(a[lo:hi].copy())
+              for a in (self.sentence_CT, self.label_bits_CT, self.label_start_bits_CT)),
         )
 
     def batches(self, bounds) -> list[ActivationBatch]:

@@ -14,7 +14,8 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from explorer import artifacts
-from explorer.database import DatabaseError, database_path
+from explorer.config import CorpusSpec, IndexSpec, Profile
+from explorer.database import DatabaseError
 from explorer.feature_db import (
     NoIndexError,
     UnknownFeatureError,
@@ -27,11 +28,11 @@ from explorer.feature_db import (
     read_vocabulary,
 )
 from explorer.feature_index import IndexInputError, encode_windows, make_windows
-from explorer.feature_schema import FEATURE_TABLE_NAMES
 from explorer.model_loading import load_model
+from explorer.runs import database_path
+from explorer.schema import FEATURE_TABLE_NAMES
 from precompute.corpus_stage import run_corpus_stage
 from precompute.index_stage import corpus_documents, load_inputs, merge_partials, run_index
-from precompute.profiles import CorpusSpec, IndexSpec, Profile
 from tests.hub_fixtures import build_mini_qwen2_dir, mini_qwen2_dir  # noqa: F401  (fixture)
 
 HOOK, STOP_AT_LAYER, D_SAE, SAE_ID = "blocks.1.hook_resid_post", 2, 48, "mini-sae"  # blocks 0 and 1 run

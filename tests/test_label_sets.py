@@ -379,7 +379,7 @@ def test_synthetic_traces_tag_every_sentence_with_one_tag_of_the_taxonomy():
 
 def test_corpus_stage_stores_sentences_and_tags_and_adds_them_to_a_run_built_without(tmp_path, capsys):
     from precompute.corpus_stage import run_corpus_stage
-    from precompute.profiles import CorpusSpec
+    from explorer.config import CorpusSpec
 
     run = tmp_path / "run"
     spec = CorpusSpec(source="synthetic", n_traces=40, seed=0)

@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.database import database_path
 from explorer.feature_db import read_candidates, read_feature_card, read_index_runs
 from explorer.labels import token_group_ids
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 from explorer.live import compute_live_activations
 from explorer.model_loading import load_model
+from explorer.runs import database_path
 from explorer.sae_loading import load_sae
 from explorer.synthetic import generate_traces
 

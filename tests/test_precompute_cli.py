@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from explorer import artifacts
+from explorer.config import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, PROFILES, Profile, get_profile
 from precompute.atomic import atomic_dir
 from precompute.cli import main
-from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, PROFILES, Profile, get_profile
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,8 @@ def test_balanced_sample_larger_than_the_corpus_allows_is_a_clear_error(tmp_path
 
 
 def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys):
-    from precompute.cli import build_parser, main, resolve_profile
+    from precompute.cli import build_parser, main
+    from precompute.cli_common import resolve_profile
 
     args = build_parser().parse_args(["index", "--top-k", "8", "--out", str(tmp_path / "run")])
     assert resolve_profile(args).index.top_k == 8
@@ -188,7 +189,8 @@ def test_index_top_k_overrides_the_profile_and_rejects_nonsense(tmp_path, capsys
 
 
 def test_flags_scale_the_real_profile_down(tmp_path, capsys):
-    from precompute.cli import build_parser, main, resolve_profile
+    from precompute.cli import build_parser, main
+    from precompute.cli_common import resolve_profile
 
     flags = ["--sae-steps", "6", "--norm-batches", "2", "--eval-tokens", "1024", "--sparsity-tokens", "4096",
              "--tokens", "8192"]
@@ -210,7 +212,7 @@ def test_flags_scale_the_real_profile_down(tmp_path, capsys):
 
 
 def test_a_profile_saved_before_the_notebooks_fields_reads_back_as_it_was():
-    from precompute.profiles import DEMO, SAE_FIELDS_ADDED_LATER, Profile
+    from explorer.config import DEMO, SAE_FIELDS_ADDED_LATER, Profile
 
     saved = json.loads(DEMO.to_json())
     for key in set(SAE_FIELDS_ADDED_LATER) - {"matryoshka_widths"}:  # the demo's widths came first

@@ -1,24 +1,36 @@
-"""Reading a run's corpus without its whole text column: the light listing, one document's text from
-the row group that holds it, and the steering prompts a batch at a time."""
+"""The run folder's API: its typed profile and the paths of its model, SAEs and database; reading its
+corpus without the whole text column: the light listing, one document's text from the row group that
+holds it, and the steering prompts a batch at a time."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from explorer import artifacts
+from explorer.config import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, CorpusSpec
 from explorer.prompts import prompt_of_trace
 from explorer.runs import (
     DOCUMENT_LIST_COLUMNS,
+    RunFolderError,
+    database_path,
+    list_sae_ids,
+    model_source,
     read_corpus_prompts,
     read_document_list,
     read_document_text,
     read_document_texts,
     read_documents,
+    read_profile,
+    read_run_summary,
+    sae_dir,
 )
 from precompute.corpus_stage import DOCUMENTS_ROW_GROUP_ROWS, run_corpus_stage
-from precompute.profiles import CorpusSpec
 
 N_TRACES = 2 * DOCUMENTS_ROW_GROUP_ROWS + 10  # three row groups
 
@@ -59,12 +71,38 @@ def test_corpus_prompts_are_read_in_batches(run_dir):
     assert read_corpus_prompts(run_dir, max_documents=300) == [prompt_of_trace(t) for t in texts[:300]]
 
 
+def test_the_run_folder_names_its_model_saes_and_database(tmp_path: Path):
+    run = tmp_path / "run"
+    assert model_source(run, DEMO) == run / artifacts.MODEL_DIR  # the demo runs the model train-lm wrote
+    assert model_source(run, DEEPSEEK_R1_DISTILL_QWEN_1_5B) == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert sae_dir(run, "s") == run / artifacts.SAES_DIR / "s"
+    assert database_path(run) == run / artifacts.DATABASE_FILE
+    assert list_sae_ids(run) == []
+    (sae_dir(run, "b")).mkdir(parents=True)
+    (sae_dir(run, "b") / "cfg.json").write_text("{}")
+    (sae_dir(run, "a")).mkdir()  # no sae_lens config: not an SAE
+    assert list_sae_ids(run) == ["b"]
+
+
+def test_the_profile_reads_back_typed(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        read_profile(run)
+    profile = dataclasses.replace(DEMO, n_ctx=64)
+    (run / artifacts.PROFILE_FILE).write_text(profile.to_json())
+    assert read_profile(run) == profile
+    assert read_run_summary(run).profile == profile
+    (run / artifacts.PROFILE_FILE).write_text(json.dumps({"name": "x"}))
+    with pytest.raises(RunFolderError, match="does not hold a profile"):
+        read_profile(run)
+
+
 def test_the_summary_stamp_moves_when_the_corpus_is_rebuilt_and_profile_json_is_not(tmp_path):
     """The app caches a run's summary under `run_summary_stamp`: profile.json no longer changes on every
     command, so a corpus rebuilt with the same settings must change the stamp by itself."""
     from explorer.runs import run_summary_stamp
     from precompute.cli import save_profile
-    from precompute.profiles import DEMO
 
     run = tmp_path / "run"
     with pytest.raises(OSError):  # not a run folder yet: the app shows its error

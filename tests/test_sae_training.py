@@ -21,8 +21,10 @@ from sae_lens import (
 )
 
 from explorer import artifacts
-from explorer.database import database_path, read_sae_ids, read_sae_training_curve, read_sae_training_report
+from explorer.config import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_STANDARD, CorpusSpec, Profile, SAERecipe
+from explorer.database import read_sae_ids, read_sae_training_curve, read_sae_training_report
 from explorer.model_loading import load_model
+from explorer.runs import database_path, sae_dir
 from explorer.sae_loading import check_sae_fits_model, load_sae, make_sae_id
 from explorer.sae_training import (
     CHECKPOINTS_DIR,
@@ -34,9 +36,8 @@ from explorer.sae_training import (
     train_sae,
 )
 from precompute.corpus_stage import run_corpus_stage
-from precompute.profiles import DEEPSEEK_R1_DISTILL_QWEN_1_5B, DEMO, DEMO_STANDARD, CorpusSpec, Profile, SAERecipe
 from precompute.sae_report_cli import run_sae_report
-from precompute.train_sae_stage import SAES_DIR, TRAINING_REPORT_FILE, run_train_sae_stage
+from precompute.train_sae_stage import run_train_sae_stage
 from tests.hub_fixtures import MINI_TEXTS, mini_qwen2_dir  # noqa: F401
 
 HOOK = "blocks.1.hook_mlp_out"
@@ -312,11 +313,11 @@ def test_the_stage_trains_records_and_then_skips(tiny_run, capsys):
     profile, run_dir = tiny_run
     sae_id = run_train_sae_stage(profile, run_dir)
     assert sae_id == "blocks.1.hook_mlp_out-standard-128"
-    folder = run_dir / SAES_DIR / sae_id
-    assert {"cfg.json", "sae_weights.safetensors", TRAINING_REPORT_FILE, artifacts.STAGE_MANIFEST} <= {
+    folder = sae_dir(run_dir, sae_id)
+    assert {"cfg.json", "sae_weights.safetensors", artifacts.SAE_TRAINING_REPORT_FILE, artifacts.STAGE_MANIFEST} <= {
         p.name for p in folder.iterdir()
     }
-    report = json.loads((folder / TRAINING_REPORT_FILE).read_text())
+    report = json.loads((folder / artifacts.SAE_TRAINING_REPORT_FILE).read_text())
     assert report["sae_id"] == sae_id and report["n_tokens"] > 0 and len(report["curve"]) > 2
     assert str(folder) in (folder / "runner_cfg.json").read_text()  # not the temporary folder's path
 
@@ -350,7 +351,7 @@ def test_a_bfloat16_model_feeds_a_float32_sae(tiny_run, tmp_path):
     row = read_sae_training_report(database_path(work), sae_id)
     assert row.n_tokens > 0 and np.isfinite(row.mse) and np.isfinite(row.ce_loss_recovered)
     assert row.explained_variance > 0  # it learnt something from the bfloat16 activations
-    assert load_sae(work / SAES_DIR / sae_id).sae.W_enc.dtype == torch.float32
+    assert load_sae(sae_dir(work, sae_id)).sae.W_enc.dtype == torch.float32
 
 
 def test_the_report_command_remeasures_and_imports(tiny_run, tmp_path):
@@ -363,11 +364,11 @@ def test_the_report_command_remeasures_and_imports(tiny_run, tmp_path):
 
     # An SAE trained elsewhere comes in under its own id, with no curve.
     external = tmp_path / "external"
-    load_sae(run_dir / SAES_DIR / sae_id).sae.save_model(external)
+    load_sae(sae_dir(run_dir, sae_id)).sae.save_model(external)
     assert run_sae_report(profile, run_dir, sae=str(external), sae_id="imported") == ["imported"]
     row = read_sae_training_report(db, "imported")
     assert row.source_kind == "folder" and row.source == str(external.resolve())
     assert row.explained_variance == pytest.approx(read_sae_training_report(db, sae_id).explained_variance)
-    assert load_sae(run_dir / SAES_DIR / "imported").hook_name == HOOK
+    assert load_sae(sae_dir(run_dir, "imported")).hook_name == HOOK
     with pytest.raises(Exception, match="already holds"):
         run_sae_report(profile, run_dir, sae=str(external), sae_id="imported")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from explorer import artifacts
+from explorer.config import CorpusSpec, IndexSpec, Profile, ReportSpec, SAERecipe
 from precompute.cli import main
-from precompute.profiles import CorpusSpec, IndexSpec, Profile, ReportSpec, SAERecipe
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
 HOOK = "blocks.1.hook_mlp_out"
@@ -87,7 +87,8 @@ def test_index_uses_the_sae_train_sae_trained_without_its_flags(scaled_down_run,
     assert f"using the SAE {SAE_ID} trained with --sae-steps 3 --norm-batches 1" in printed
     assert "using the corpus made with --n-traces 200" in printed
     assert "== train-sae ==\n" not in printed  # no training config printed: nothing trained
-    from explorer.database import database_path, read_schema_info
+    from explorer.database import read_schema_info
+    from explorer.runs import database_path
     from explorer.feature_db import read_index_runs
 
     assert list(read_index_runs(database_path(work))["sae_id"]) == [SAE_ID]

@@ -13,10 +13,9 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from explorer import artifacts
-from explorer.database import database_path
 from explorer.model_loading import load_model
 from explorer.prompts import format_prompt, prompt_of_document, prompt_of_trace
-from explorer.runs import read_documents
+from explorer.runs import database_path, read_documents
 from explorer.steering import (
     SteeringConfig,
     SteeringHook,
@@ -281,9 +280,9 @@ def test_readers_of_a_database_without_steering_tables(tmp_path):
 
 def build_tiny_steering_run(root: Path, model_dir: Path, sae_id: str = "mini-sae") -> Path:
     """A run folder on the mini Qwen2: a 20-trace synthetic corpus and a random SAE under saes/."""
+    from explorer.config import CorpusSpec, Profile
     from precompute.cli import save_profile
     from precompute.corpus_stage import run_corpus_stage
-    from precompute.profiles import CorpusSpec, Profile
 
     run_dir = root / "tiny"
     corpus = CorpusSpec(source="synthetic", n_traces=20, seed=0)
@@ -306,7 +305,7 @@ def steer_parser() -> argparse.ArgumentParser:
 
 
 def test_steer_command_stores_and_prints_a_table(tmp_path, mini_qwen2_dir, capsys):  # noqa: F811
-    from precompute.cli import UserError
+    from precompute.cli_common import UserError
     from precompute.steer_cli import run
 
     run_dir = build_tiny_steering_run(tmp_path, mini_qwen2_dir)
@@ -348,8 +347,8 @@ def openr1_rows(n_problems: int) -> list[dict]:
 def test_openr1_corpus_gives_each_problem_its_own_prompt(tmp_path):
     import datasets
 
+    from explorer.config import CorpusSpec
     from precompute.corpus_stage import run_corpus_stage
-    from precompute.profiles import CorpusSpec
     from precompute.steer_cli import corpus_prompts
 
     rows = openr1_rows(3)

@@ -10,9 +10,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explorer.app.messages import show_error
-from explorer.database import DatabaseError, database_path, read_sae_training_curve, read_sae_training_reports
+from explorer.config import Profile
+from explorer.database import DatabaseError, read_sae_training_curve, read_sae_training_reports
 from explorer.feature_db import read_index_runs
-from explorer.runs import RunSummary
+from explorer.runs import RunSummary, database_path
 
 SAE_COLUMNS = ["sae_id", "hook_name", "architecture", "d_sae", "l0", "mse", "explained_variance", "frac_dead",
                "frac_dense", "ce_loss_recovered", "n_tokens", "n_sparsity_tokens"]
@@ -28,11 +29,11 @@ PAGE_GUIDE = (
 )
 
 
-def run_facts(run_dir: Path, profile: dict) -> str:
+def run_facts(run_dir: Path, profile: Profile) -> str:
     """The run's folder, profile, model, hook and corpus source, as a Markdown list."""
     return (
-        f"- **Folder:** `{run_dir}`\n- **Profile:** `{profile['name']}`\n- **Model:** `{profile['model']}`\n"
-        f"- **Hook:** `{profile['hook_name']}`\n- **Corpus:** `{profile['corpus']['source']}`"
+        f"- **Folder:** `{run_dir}`\n- **Profile:** `{profile.name}`\n- **Model:** `{profile.model}`\n"
+        f"- **Hook:** `{profile.hook_name}`\n- **Corpus:** `{profile.corpus.source}`"
     )
 
 

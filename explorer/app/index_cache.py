@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-import duckdb
 import pandas as pd
 import streamlit as st
 
 from explorer.app.messages import shown
-from explorer.database import DatabaseError, database_path, open_read_only
+from explorer.database import ENGINE_ERROR, Connection, DatabaseError, open_read_only
 from explorer.feature_db import (
     FeatureCard,
     read_best_features_per_label,
@@ -24,11 +23,12 @@ from explorer.feature_db import (
     read_lead_lag_profiles,
     read_vocabulary,
 )
+from explorer.runs import database_path
 from explorer.steering_store import read_causal_effects
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _read_only_connection(db_path: str, stamp: tuple[int, int]) -> duckdb.DuckDBPyConnection:
+def _read_only_connection(db_path: str, stamp: tuple[int, int]) -> Connection:
     """One read-only connection per version of the file, shared by every session (a cursor per
     query). A stage rewrites the file by replacing it, which changes the stamp: the next read opens
     the new file."""
@@ -42,7 +42,7 @@ class FeatureDB(NamedTuple):
     stamp: tuple[int, int]
 
     @property
-    def con(self) -> duckdb.DuckDBPyConnection:
+    def con(self) -> Connection:
         return _read_only_connection(self.path, self.stamp)
 
 
@@ -147,7 +147,7 @@ def load_feature_scores(run_dir: Path, sae_id: str, feature_ids) -> pd.DataFrame
         return pd.DataFrame()
     try:
         return read_feature_scores(db.con, sae_id, [int(f) for f in feature_ids])
-    except (DatabaseError, duckdb.Error):
+    except (DatabaseError, ENGINE_ERROR):
         return pd.DataFrame()
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-import duckdb
 import streamlit as st
 
-from explorer.database import DatabaseError
+from explorer.database import ENGINE_ERROR, DatabaseError
 from explorer.feature_db import NoIndexError, UnknownFeatureError
 
 T = TypeVar("T")
 
-INDEX_ERRORS: tuple[type[BaseException], ...] = (UnknownFeatureError, NoIndexError, DatabaseError, duckdb.Error)
+INDEX_ERRORS: tuple[type[BaseException], ...] = (UnknownFeatureError, NoIndexError, DatabaseError, ENGINE_ERROR)
 """What a read of the run's database raises with a message for a person."""
 REBUILD_HINT = "Rebuild it with `python -m precompute build --force`."
 
@@ -22,7 +21,7 @@ def show_error(err: BaseException, prefix: str = "") -> None:
     """`err` as the page's message, after `prefix`."""
     if isinstance(err, NoIndexError):
         st.info(prefix + str(err))
-    elif isinstance(err, duckdb.Error):
+    elif isinstance(err, ENGINE_ERROR):
         st.error(f"{prefix}The run's database could not be read ({type(err).__name__}: {err}). {REBUILD_HINT}")
     else:
         st.error(prefix + str(err))

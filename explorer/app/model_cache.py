@@ -8,12 +8,12 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from explorer import artifacts
 from explorer.app.messages import show_error
-from explorer.errors import user_facing_errors
-from explorer.live import MODEL_LOCK, LiveActivations, compute_live_activations
-from explorer.model_loading import load_model
-from explorer.runs import run_model_source
+from explorer.config import Profile
+from explorer.errors import ExplorerError
+from explorer.live import LiveActivations, compute_live_activations
+from explorer.model_loading import MODEL_LOCK, load_model
+from explorer.runs import model_source, sae_dir
 from explorer.sae_loading import LoadedSAE, check_sae_fits_model, load_sae
 
 LIVE_CACHE_ENTRIES = 4
@@ -42,11 +42,8 @@ class ModelAndSAEKey(NamedTuple):
     dtype: str
 
     @classmethod
-    def of_run(cls, run_dir: Path, profile: dict, sae_id: str) -> ModelAndSAEKey:
-        return cls(
-            run_model_source(run_dir, profile), int(profile["n_ctx"]), str(run_dir / artifacts.SAES_DIR / sae_id),
-            str(profile.get("dtype", "float32")),
-        )
+    def of_run(cls, run_dir: Path, profile: Profile, sae_id: str) -> ModelAndSAEKey:
+        return cls(str(model_source(run_dir, profile)), profile.n_ctx, str(sae_dir(run_dir, sae_id)), profile.dtype)
 
     def model(self):
         return cached_model(self.model_source, self.n_ctx, self.dtype)
@@ -68,15 +65,15 @@ def _cached_checked_hook(key: ModelAndSAEKey, hook_name: str | None) -> str:
         return check_sae_fits_model(loaded.sae, model, loaded.hook_name or hook_name)
 
 
-def load_model_and_sae(run_dir: Path, profile: dict, sae_id: str):
+def load_model_and_sae(run_dir: Path, profile: Profile, sae_id: str):
     """(model, SAE, hook name): the run's model and one of its SAEs, checked against each other; None
     after showing the error."""
     key = ModelAndSAEKey.of_run(run_dir, profile, sae_id)
     try:
         model = key.model()
         loaded = key.sae(str(model.cfg.device))
-        hook_name = _cached_checked_hook(key, profile.get("hook_name"))
-    except user_facing_errors() as err:
+        hook_name = _cached_checked_hook(key, profile.hook_name)
+    except ExplorerError as err:
         show_error(err)
         return None
     return model, loaded.sae, hook_name
@@ -89,7 +86,7 @@ def _cached_live_activations(key: ModelAndSAEKey, hook_name: str, text: str, max
     return compute_live_activations(model, sae, hook_name, text, max_tokens=max_tokens)
 
 
-def load_live_activations(run_dir: Path, profile: dict, sae_id: str, hook_name: str, text: str,
+def load_live_activations(run_dir: Path, profile: Profile, sae_id: str, hook_name: str, text: str,
                           *, max_tokens: int | None = None) -> LiveActivations:
     """`explorer.live.compute_live_activations` of `text`, run once per (model, SAE, hook, text, max
     tokens): the page's display widgets (feature, token) rerun the page, not the model. The result is

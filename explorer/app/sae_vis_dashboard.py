@@ -13,7 +13,7 @@ from explorer.app.model_cache import load_model_and_sae
 from explorer.app.run_cache import load_document_list, load_run_summary
 from explorer.feature_db import FeatureCard
 from explorer.feature_views import compute_sae_vis_tokens
-from explorer.live import MODEL_LOCK
+from explorer.model_loading import MODEL_LOCK
 from explorer.runs import read_document_texts
 
 SAE_VIS_ROW_LEN, SAE_VIS_ROWS = 128, 64
@@ -53,7 +53,7 @@ def build_dashboard(run_dir: Path, sae_id: str, card: FeatureCard) -> str | None
     order = list(dict.fromkeys([*first, *documents["doc_id"].head(2 * SAE_VIS_ROWS)]))[: 2 * SAE_VIS_ROWS]
     by_id = read_document_texts(run_dir, order)
     texts = [by_id[d] for d in order if d in by_id]
-    row_len = min(SAE_VIS_ROW_LEN, int(summary.profile["n_ctx"]))
+    row_len = min(SAE_VIS_ROW_LEN, summary.profile.n_ctx)
     try:
         with st.spinner("Running sae_vis on the model…"):
             tokens_BT = compute_sae_vis_tokens(model.tokenizer, list(texts), row_len, SAE_VIS_ROWS)

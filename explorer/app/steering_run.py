@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 import streamlit as st
 
 from explorer.app.messages import show_error
-from explorer.database import DatabaseError, database_path
-from explorer.errors import user_facing_errors
+from explorer.database import DatabaseError
+from explorer.errors import ExplorerError
 from explorer.live import EXAMPLE_PROBLEM
+from explorer.runs import database_path
 from explorer.steering import (
     GenerationProgress,
     SteeringConfig,
@@ -165,5 +166,5 @@ def save_result(run_dir: Path, sae_id: str, result: SteeringResult) -> None:
     """Store a page generation in the run's database; a failure is shown, not raised."""
     try:
         write_steering_result(database_path(run_dir), sae_id, result, prompt_source="page")
-    except (*user_facing_errors(), OSError) as err:
+    except (ExplorerError, OSError) as err:
         st.error(f"The result could not be saved: {err}")

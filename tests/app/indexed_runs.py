@@ -11,11 +11,11 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from explorer import artifacts
-from explorer.database import database_path
+from explorer.config import CorpusSpec, IndexSpec, Profile
+from explorer.runs import database_path
 from precompute.cli import save_profile
 from precompute.corpus_stage import run_corpus_stage
 from precompute.index_stage import run_index
-from precompute.profiles import CorpusSpec, IndexSpec, Profile
 
 HOOK = "blocks.0.hook_resid_post"  # sae-vis 0.3.7 fails (KeyError) at the last layer's resid_post
 SAE_ID = "mini-sae"

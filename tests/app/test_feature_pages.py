@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.database import database_path
 from explorer.feature_db import read_candidates, read_feature_card
+from explorer.runs import database_path
 from tests.app.indexed_runs import D_SAE, SAE_ID, UNINDEXED_SAE_ID, indexed_runs_root
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 

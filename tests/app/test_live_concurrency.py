@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from explorer.live import MODEL_LOCK, compute_live_activations
+from explorer.live import compute_live_activations
+from explorer.model_loading import MODEL_LOCK
 from explorer.model_loading import load_model
 from explorer.sae_loading import check_sae_fits_model
 from tests.hub_fixtures import MINI_TEXTS, mini_qwen2_dir  # noqa: F401  (fixture)

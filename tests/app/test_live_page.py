@@ -12,12 +12,12 @@ from streamlit.testing.v1 import AppTest
 from transformer_lens.components import Embed
 
 from explorer import artifacts
+from explorer.config import CorpusSpec, Profile, SAERecipe
 from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_live_activations, compute_top_features
 from explorer.model_loading import load_model
 from explorer.sae_loading import load_sae
 from precompute.cli import save_profile
 from precompute.corpus_stage import run_corpus_stage
-from precompute.profiles import CorpusSpec, Profile, SAERecipe
 from precompute.train_sae_stage import run_train_sae_stage
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401
 

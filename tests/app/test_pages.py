@@ -114,7 +114,8 @@ def test_corpus_page_lists_a_page_of_ids_and_opens_a_linked_trace_on_its_page(ru
 
 
 def test_home_shows_the_sae_report_of_a_real_database(runs_dir, monkeypatch):
-    from explorer.database import Provenance, SAETrainingReportRow, database_path, utc_now, write_sae_training_report
+    from explorer.database import Provenance, SAETrainingReportRow, utc_now, write_sae_training_report
+    from explorer.runs import database_path
     from explorer.sae_metrics import TrainingCurvePoint
 
     run = runs_dir / "demo"

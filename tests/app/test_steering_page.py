@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.database import database_path
+from explorer.runs import database_path
 from explorer.steering_store import read_causal_effects, read_steering_runs
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 from tests.test_steering import build_tiny_steering_run

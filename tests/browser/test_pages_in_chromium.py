@@ -96,8 +96,8 @@ def test_deep_link_opens_the_linked_trace_with_marked_phrases(server, browser_pa
 
 
 def test_a_card_link_opens_the_card_and_its_example_in_live(server, browser_page, indexed_run):
-    from explorer.database import database_path
     from explorer.feature_db import read_candidates
+    from explorer.runs import database_path
 
     db = database_path(indexed_run)
     feature = int(read_candidates(db, SAE_ID, min_density=1e-9, limit=1)["feature_id"][0])
@@ -113,7 +113,7 @@ def test_a_card_link_opens_the_card_and_its_example_in_live(server, browser_page
 
 def test_two_sessions_running_live_at_once_each_get_their_own_result(server, browser, indexed_run):
     """Two browser sessions open Live on different traces at the same time (the server runs their
-    scripts in two threads; `explorer.live.MODEL_LOCK` serialises the model calls): each page shows
+    scripts in two threads; `explorer.model_loading.MODEL_LOCK` serialises the model calls): each page shows
     its own trace's token count, top feature and per-token values, as a direct computation gives them."""
     from explorer import artifacts
     from explorer.live import compute_live_activations, compute_top_features
@@ -122,7 +122,7 @@ def test_two_sessions_running_live_at_once_each_get_their_own_result(server, bro
     from explorer.sae_loading import load_sae
 
     profile = read_run_summary(indexed_run).profile
-    model = load_model(profile["model"], device="cpu", n_ctx=int(profile["n_ctx"]))
+    model = load_model(profile.model, device="cpu", n_ctx=profile.n_ctx)
     sae = load_sae(indexed_run / artifacts.SAES_DIR / SAE_ID).sae
     documents = read_documents(indexed_run, columns=["doc_id", "text"])
     expected = {}

@@ -26,8 +26,8 @@ MIN_DENSITY = 1e-4
 
 def demo_index():
     """(sae_id, top candidate feature) of the demo's feature index, or None without one."""
-    from explorer.database import database_path
     from explorer.feature_db import read_candidates, read_index_runs
+    from explorer.runs import database_path
 
     path = database_path(DEMO)
     if not path.is_file():

@@ -1,9 +1,86 @@
-"""The feature index's tables in the run's DuckDB file (DDL only; docs/schema.md documents them).
+"""Every table of the run's DuckDB file, in one place: the CREATE TABLE statements, their version and
+the migrations (docs/schema.md documents each table and column; tests/test_schema_doc.py checks it).
 
-Every feature table is keyed by `(sae_id, feature_id, ...)`. Per-SAE facts about the pass itself live
-in `feature_index_runs`; the corpus windows examples point into live in `index_contexts`; token
-strings in `vocabulary`.
+- `CORE_TABLES`: the file's provenance (`schema_info`) and the SAEs' training reports and curves
+  (written by `explorer.database`);
+- `FEATURE_TABLES`: the feature index, every table keyed by `(sae_id, feature_id, ...)`; per-SAE facts
+  about the pass itself live in `feature_index_runs`, the corpus windows examples point into in
+  `index_contexts`, token strings in `vocabulary` (written by `explorer.feature_db`);
+- `STEERING_TABLES`: steering results, keyed by `run_id`, created on the first steering write
+  (written by `explorer.steering_store`).
+
+DDL only: the modules above run the statements.
 """
+
+SCHEMA_VERSION = 3
+"""1: SAE training reports. 2: the feature index's tables. 3: the report's sparsity token count."""
+
+CORE_TABLES = (
+    """
+    CREATE TABLE IF NOT EXISTS schema_info (
+        schema_version INTEGER NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        updated_at TIMESTAMP NOT NULL,
+        profile_json VARCHAR,
+        package_versions_json VARCHAR,
+        corpus_hash VARCHAR,
+        sae_ids VARCHAR[] NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS sae_training_report (
+        sae_id VARCHAR PRIMARY KEY,
+        hook_name VARCHAR NOT NULL,
+        architecture VARCHAR NOT NULL,
+        d_in INTEGER NOT NULL,
+        d_sae INTEGER NOT NULL,
+        k INTEGER,
+        model_name VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        source_kind VARCHAR NOT NULL,
+        training_tokens BIGINT,
+        train_seconds DOUBLE,
+        n_tokens BIGINT NOT NULL,
+        n_sparsity_tokens BIGINT NOT NULL,
+        l0 DOUBLE NOT NULL,
+        mse DOUBLE NOT NULL,
+        explained_variance DOUBLE NOT NULL,
+        frac_dead DOUBLE NOT NULL,
+        frac_dense DOUBLE NOT NULL,
+        dense_threshold DOUBLE NOT NULL,
+        ce_loss_clean DOUBLE NOT NULL,
+        ce_loss_spliced DOUBLE NOT NULL,
+        ce_loss_zero_ablated DOUBLE NOT NULL,
+        ce_loss_recovered DOUBLE NOT NULL,
+        measured_at TIMESTAMP NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS sae_training_curve (
+        sae_id VARCHAR NOT NULL,
+        step INTEGER NOT NULL,
+        n_tokens BIGINT NOT NULL,
+        loss DOUBLE NOT NULL,
+        mse_loss DOUBLE NOT NULL,
+        sparsity_loss DOUBLE NOT NULL,
+        l0 DOUBLE NOT NULL,
+        explained_variance DOUBLE NOT NULL,
+        PRIMARY KEY (sae_id, step)
+    )
+    """,
+)
+"""Created (if missing) by every write to the file, with `FEATURE_TABLES`."""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 3 measures L0 and the dead and dense shares on their own, larger, token count; a version-2 report
+    # measured them on its n_tokens.
+    2: (
+        "ALTER TABLE sae_training_report ADD COLUMN n_sparsity_tokens BIGINT",
+        "UPDATE sae_training_report SET n_sparsity_tokens = n_tokens",
+        "UPDATE schema_info SET schema_version = 3",
+    ),
+}
+"""Statements that bring a file of an older schema version up to `SCHEMA_VERSION` when it is written."""
 
 FEATURE_TABLES = (
     """
@@ -235,6 +312,7 @@ FEATURE_TABLES = (
     )
     """,
 )
+"""Created (if missing) by every write to the file, with `CORE_TABLES`."""
 
 FEATURE_TABLE_NAMES = (
     "feature_index_runs", "index_contexts", "feature_activation_stats", "feature_histograms",
@@ -243,3 +321,105 @@ FEATURE_TABLE_NAMES = (
     "index_label_sets", "feature_label_scores", "feature_label_lead_lag",
 )
 """The tables holding one SAE's index (deleted and rewritten together). `vocabulary` is shared."""
+
+STEERING_SCHEMA_VERSION = 1
+"""Written into every `steering_runs` row; readers skip rows of another version."""
+
+STEERING_TABLES = (
+    """
+    CREATE TABLE IF NOT EXISTS steering_runs (
+        run_id VARCHAR PRIMARY KEY,
+        schema_version INTEGER NOT NULL,
+        sae_id VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        mode VARCHAR NOT NULL,
+        hook_name VARCHAR NOT NULL,
+        coefs DOUBLE[] NOT NULL,
+        n_prompts INTEGER NOT NULL,
+        n_samples INTEGER NOT NULL,
+        max_new_tokens INTEGER NOT NULL,
+        requested_max_new_tokens INTEGER NOT NULL,
+        temperature DOUBLE NOT NULL,
+        top_k INTEGER,
+        seed BIGINT NOT NULL,
+        steer_prompt BOOLEAN NOT NULL,
+        prompt_source VARCHAR NOT NULL,
+        prompts_hash VARCHAR NOT NULL,
+        device VARCHAR NOT NULL,
+        seconds DOUBLE NOT NULL,
+        n_generated_tokens BIGINT NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS steering_prompts (
+        run_id VARCHAR NOT NULL,
+        prompt_index INTEGER NOT NULL,
+        prompt VARCHAR NOT NULL,
+        PRIMARY KEY (run_id, prompt_index)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS steering_conditions (
+        run_id VARCHAR NOT NULL,
+        condition_index INTEGER NOT NULL,
+        coef DOUBLE,
+        n INTEGER NOT NULL,
+        rate_mean DOUBLE NOT NULL,
+        rate_std DOUBLE,
+        rate_sem DOUBLE,
+        rate_ci_low DOUBLE,
+        rate_ci_high DOUBLE,
+        diff_mean DOUBLE,
+        diff_sem DOUBLE,
+        diff_ci_low DOUBLE,
+        diff_ci_high DOUBLE,
+        notebook_rate_mean DOUBLE NOT NULL,
+        notebook_diff_mean DOUBLE,
+        notebook_diff_ci_low DOUBLE,
+        notebook_diff_ci_high DOUBLE,
+        length_mean DOUBLE NOT NULL,
+        length_std DOUBLE,
+        think_close_share DOUBLE NOT NULL,
+        eos_share DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, condition_index)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS steering_samples (
+        run_id VARCHAR NOT NULL,
+        condition_index INTEGER NOT NULL,
+        prompt_index INTEGER NOT NULL,
+        sample_index INTEGER NOT NULL,
+        coef DOUBLE,
+        n_tokens INTEGER NOT NULL,
+        n_phrases INTEGER NOT NULL,
+        rate DOUBLE NOT NULL,
+        stopped_at_eos BOOLEAN NOT NULL,
+        reached_think_close BOOLEAN NOT NULL,
+        text VARCHAR NOT NULL,
+        token_ids INTEGER[] NOT NULL,
+        PRIMARY KEY (run_id, condition_index, prompt_index, sample_index)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS steering_phrase_counts (
+        run_id VARCHAR NOT NULL,
+        condition_index INTEGER NOT NULL,
+        prompt_index INTEGER NOT NULL,
+        sample_index INTEGER NOT NULL,
+        group_name VARCHAR NOT NULL,
+        n_phrases INTEGER NOT NULL,
+        PRIMARY KEY (run_id, condition_index, prompt_index, sample_index, group_name)
+    )
+    """,
+)
+"""Created on the first steering write (a file without them reads as holding no steering runs)."""
+
+STEERING_TABLE_NAMES = (
+    "steering_phrase_counts", "steering_samples", "steering_conditions", "steering_prompts", "steering_runs",
+)
+"""The steering tables, in the order a run's rows are deleted."""
+
+ALL_TABLES = (*CORE_TABLES, *FEATURE_TABLES, *STEERING_TABLES)
+"""Every table the file can hold (docs/schema.md lists them)."""

@@ -1,7 +1,9 @@
-"""Profiles: everything one run needs, named once.
+"""The configuration: profiles, everything one run needs, named once.
 
-A profile names the model, the hook, the corpus, the SAE recipe and the precompute settings. Each run
-saves its profile (`profile.json`) with its outputs, so a run folder says how it was made.
+A profile names the model, the hook, the corpus, the SAE recipe and the index and report settings. Each
+run saves its profile (`profile.json`) with its outputs, so a run folder says how it was made
+(`explorer.runs.read_profile` reads it back). The library takes its settings from here; `precompute`
+builds runs from a profile and the command line's overrides.
 
 - `demo`: a miniature Qwen2 trained here, on the CPU, on the project's own synthetic corpus.
 - `demo-standard`: the same, with the original notebook's standard L1 SAE instead of a Matryoshka one.
