@@ -37,7 +37,9 @@ chunk `[feature_offset, feature_offset + F)` an accumulator was built for):
 - optional, for the label sets (`LabelSetAccumulator`; None without them): `sentence_BT`, int64, the
   index in its document of the sentence each token lies in (-1 outside every sentence);
   `label_bits_BT`, int64, bit l set on tokens inside a positive span of label set l;
-  `label_start_bits_BT`, int64, bit l set on the first token of each such span.
+  `label_start_bits_BT`, int64, bit l set on the first token of each such span;
+  `sentence_label_bits_BT`, int64, bit l set on the tokens of a sentence positive for label set l;
+  `label_scope_B`, int64, bit l set when label set l labels the window's document (None: all do).
 
 Each context window belongs to one document and is processed exactly once in the whole corpus (one
 shard, one batch): a window is never split across batches. Windows do not wrap: offsets, widened
@@ -86,12 +88,14 @@ class ActivationBatch(NamedTuple):
     sentence_BT: Tensor | None = None
     label_bits_BT: Tensor | None = None
     label_start_bits_BT: Tensor | None = None
+    sentence_label_bits_BT: Tensor | None = None
+    label_scope_B: Tensor | None = None
 
     def to(self, device: torch.device | str) -> ActivationBatch:
         return ActivationBatch(*(None if tensor is None else tensor.to(device) for tensor in self))
 
 
-_OPTIONAL_BT = ("sentence_BT", "label_bits_BT", "label_start_bits_BT")
+_OPTIONAL_BT = ("sentence_BT", "label_bits_BT", "label_start_bits_BT", "sentence_label_bits_BT")
 """The batch's optional [B, T] fields (sentences and label sets), each None or int64."""
 
 
@@ -108,7 +112,9 @@ def validate_batch(batch: ActivationBatch, n_features: int | None = None, n_grou
             continue
         if tuple(getattr(batch, name).shape) != (B, T):
             raise ValueError(f"{name} must have shape {(B, T)}, got {tuple(getattr(batch, name).shape)}")
-    for name in ("doc_has_backtracking_B", "context_ids_B"):
+    for name in ("doc_has_backtracking_B", "context_ids_B", "label_scope_B"):
+        if getattr(batch, name) is None:
+            continue
         if tuple(getattr(batch, name).shape) != (B,):
             raise ValueError(f"{name} must have shape {(B,)}, got {tuple(getattr(batch, name).shape)}")
     for name in ("valid_BT", "phrase_start_mask_BT", "doc_has_backtracking_B"):
@@ -1347,22 +1353,28 @@ class LabelSetConfig(_Config):
 
 
 class LabelSetTotals(NamedTuple):
-    """Per label set l (the order of `labels`) and feature."""
+    """Per label set l (the order of `labels`) and feature. Everything but `n_sentences` counts only
+    the documents the label set labels (its scope)."""
 
     labels: tuple[str, ...]
     count_pos_L: Tensor
     """Valid tokens inside a positive span of label set l (token level)."""
     hist_pos_FLB: Tensor
-    """Histogram of activations on those tokens; the negatives are every other valid token (the
-    activation statistics' histogram minus this one)."""
+    """Histogram of activations on those tokens."""
+    count_scope_L: Tensor
+    """Valid tokens of the documents label set l labels."""
+    hist_scope_FLB: Tensor
+    """Histogram of activations on those tokens: the negatives are these minus the positives."""
     n_sentences: int
     """Sentence pieces seen: a sentence cut by a window edge counts once in each window."""
+    count_sentence_scope_L: Tensor
+    """Sentence pieces in label set l's documents."""
     count_sentence_pos_L: Tensor
-    """Sentence pieces that hold a token of a positive span of label set l."""
-    hist_sentence_FB: Tensor
-    """Histogram of each sentence piece's maximum activation (valid tokens only), over all pieces."""
+    """Of those, the pieces of a sentence positive for label set l."""
+    hist_sentence_scope_FLB: Tensor
+    """Histogram of each sentence piece's maximum activation (valid tokens only), over the pieces in scope."""
     hist_sentence_pos_FLB: Tensor
-    """The same over the positive pieces of label set l."""
+    """The same over the positive pieces."""
     offsets_O: Tensor
     count_LO: Tensor
     """(start, offset) pairs per label set: a start is the first token of a positive span."""
@@ -1374,15 +1386,19 @@ class LabelSetTotals(NamedTuple):
 
 class LabelSetAccumulator(Accumulator):
     """Everything the index scores each label set on, in one state: the token-level AUROC (activations
-    inside the label's spans against all other valid tokens), the sentence-level AUROC (each sentence's
-    maximum activation against whether it holds the label), and the lead-lag profile around the label's
-    starts. A sentence is read as pieces, one per window it lies in: a sentence cut by a window edge
-    is two pieces (windows do not wrap, as everywhere in the index; docs/index-math.md).
+    inside the label's spans against the other valid tokens of the documents it labels), the
+    sentence-level AUROC (each sentence's maximum activation against whether the sentence is positive),
+    and the lead-lag profile around the label's starts. A sentence is read as pieces, one per window it
+    lies in: a sentence cut by a window edge is two pieces (windows do not wrap, as everywhere in the
+    index; docs/index-math.md).
 
-    Per label set the state is F x bins x 2 counts (token and sentence) and F x offsets fixed-point sums:
-    about 20 MB at 24,576 features."""
+    Per label set the state is F x bins x 4 counts and F x offsets fixed-point sums: about 110 MB at
+    24,576 features and 131 bins."""
 
     Config = LabelSetConfig
+    _COUNTS = ("count_pos_L", "hist_pos_FLB", "count_scope_L", "hist_scope_FLB", "n_sentences",
+               "count_sentence_scope_L", "count_sentence_pos_L", "hist_sentence_scope_FLB", "hist_sentence_pos_FLB",
+               "count_LO")
 
     @property
     def offsets(self) -> list[int]:
@@ -1390,41 +1406,45 @@ class LabelSetAccumulator(Accumulator):
 
     def _init_state(self):
         F, L, nb, O = self.config.n_features, len(self.config.labels), self.config.bins.n_bins, len(self.offsets)
-        self.count_pos_L = torch.zeros(L, dtype=torch.int64, device=self.device)
-        self.hist_pos_FLB = torch.zeros((F, L, nb), dtype=torch.int64, device=self.device)
-        self.n_sentences = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.count_sentence_pos_L = torch.zeros(L, dtype=torch.int64, device=self.device)
-        self.hist_sentence_FB = torch.zeros((F, nb), dtype=torch.int64, device=self.device)
-        self.hist_sentence_pos_FLB = torch.zeros((F, L, nb), dtype=torch.int64, device=self.device)
-        self.count_LO = torch.zeros((L, O), dtype=torch.int64, device=self.device)
+        for name in self._COUNTS:
+            shape = {"L": (L,), "FLB": (F, L, nb), "LO": (L, O)}.get(name.rsplit("_", 1)[-1], ())
+            setattr(self, name, torch.zeros(shape, dtype=torch.int64, device=self.device))
         self.sum_LOF = ExactSum((L * O, F), self.device)
 
     def update_prepared(self, p: PreparedBatch) -> None:
         L = len(self.config.labels)
         if L == 0:
             return
-        F, nb = self.config.n_features, self.config.bins.n_bins
-        bits_BT, start_bits_BT = p.batch.label_bits_BT, p.batch.label_start_bits_BT
-        if bits_BT is None:
-            bits_BT = start_bits_BT = torch.zeros_like(p.batch.token_ids_BT)
+        batch = p.batch
+        zeros_BT = torch.zeros_like(batch.token_ids_BT)
         label_L11 = torch.arange(L, device=self.device)[:, None, None]
-        inside_LBT = ((bits_BT[None] >> label_L11) & 1).bool() & p.valid_BT[None]
-        # Token level.
-        count_L = inside_LBT.sum((1, 2))
-        self.count_pos_L += count_L
-        bin_N = p.bin_N(self.config.bins)
-        l_idx, n_idx = inside_LBT[:, p.b_N, p.t_N].nonzero(as_tuple=True)
-        _add_histogram(self.hist_pos_FLB.view(-1), p.f_N[n_idx] * L + l_idx, bin_N[n_idx], count_L.repeat(F), nb)
-        # Lead-lag around each label's starts.
-        starts_LBT = ((start_bits_BT[None] >> label_L11) & 1).bool()
+
+        def bits(bits_BT: Tensor | None) -> Tensor:
+            return ((zeros_BT if bits_BT is None else bits_BT)[None] >> label_L11) & 1 == 1
+
+        scope_B = torch.full((p.B,), -1, dtype=torch.int64, device=self.device) if batch.label_scope_B is None else batch.label_scope_B
+        scope_LBT = ((scope_B[None, :, None] >> label_L11) & 1 == 1) & p.valid_BT[None]
+        inside_LBT = bits(batch.label_bits_BT) & scope_LBT
+        self._add_tokens(p, scope_LBT, self.count_scope_L, self.hist_scope_FLB)
+        self._add_tokens(p, inside_LBT, self.count_pos_L, self.hist_pos_FLB)
+        starts_LBT = bits(batch.label_start_bits_BT) & scope_LBT
         O = len(self.offsets)
         for label in range(L):
             self.count_LO[label] += add_around_starts(p, starts_LBT[label], self.offsets, self.sum_LOF, label * O)
-        # Sentence level.
-        if p.batch.sentence_BT is not None:
-            self._add_sentences(p, inside_LBT)
+        if batch.sentence_BT is not None:
+            positive_LBT = inside_LBT if batch.sentence_label_bits_BT is None else bits(batch.sentence_label_bits_BT)
+            self._add_sentences(p, scope_LBT, positive_LBT & scope_LBT)
 
-    def _add_sentences(self, p: PreparedBatch, inside_LBT: Tensor) -> None:
+    def _add_tokens(self, p: PreparedBatch, mask_LBT: Tensor, count_L: Tensor, hist_FLB: Tensor) -> None:
+        """Count the valid tokens of `mask_LBT` per label set, and their activations into `hist_FLB`."""
+        L, F = len(self.config.labels), self.config.n_features
+        n_L = mask_LBT.sum((1, 2))
+        count_L += n_L
+        l_idx, n_idx = mask_LBT[:, p.b_N, p.t_N].nonzero(as_tuple=True)
+        bin_N = p.bin_N(self.config.bins)
+        _add_histogram(hist_FLB.view(-1), p.f_N[n_idx] * L + l_idx, bin_N[n_idx], n_L.repeat(F), self.config.bins.n_bins)
+
+    def _add_sentences(self, p: PreparedBatch, scope_LBT: Tensor, positive_LBT: Tensor) -> None:
         L, F, nb = len(self.config.labels), self.config.n_features, self.config.bins.n_bins
         sentence_BT = p.batch.sentence_BT
         member_BT = p.valid_BT & (sentence_BT >= 0)
@@ -1437,34 +1457,34 @@ class LabelSetAccumulator(Accumulator):
         piece_BT = torch.full_like(sentence_BT, -1)
         piece_BT[member_BT] = piece_M
         self.n_sentences += P
-        positive_LP = torch.zeros((L, P), dtype=torch.int64, device=self.device)
-        positive_LP.index_add_(1, piece_M, inside_LBT[:, member_BT].to(torch.int64))
-        positive_LP = positive_LP > 0
-        n_pos_L = positive_LP.sum(1)
-        self.count_sentence_pos_L += n_pos_L
+
+        def per_piece(mask_LBT: Tensor) -> Tensor:  # [L, P]: any member token of the piece in the mask
+            hits_LP = torch.zeros((L, P), dtype=torch.int64, device=self.device)
+            return hits_LP.index_add_(1, piece_M, mask_LBT[:, member_BT].to(torch.int64)) > 0
+
+        # The maximum of each (piece, feature) that fires in it.
         piece_N = piece_BT[p.b_N, p.t_N]
         kept = piece_N >= 0
         key_U, inverse = torch.unique(piece_N[kept] * F + p.f_N[kept], return_inverse=True)
         max_U = torch.zeros(len(key_U), dtype=torch.float32, device=self.device)
         max_U.scatter_reduce_(0, inverse, p.value_N[kept], "amax")
-        piece_U, f_U = key_U // F, key_U % F
-        bin_U = self.config.bins.index(max_U)
-        _add_histogram(self.hist_sentence_FB.view(-1), f_U, bin_U, torch.tensor(P, device=self.device), nb)
-        l_idx, u_idx = positive_LP[:, piece_U].nonzero(as_tuple=True)
-        _add_histogram(self.hist_sentence_pos_FLB.view(-1), f_U[u_idx] * L + l_idx, bin_U[u_idx], n_pos_L.repeat(F), nb)
+        piece_U, f_U, bin_U = key_U // F, key_U % F, self.config.bins.index(max_U)
+        for piece_LP, count_L, hist_FLB in (
+            (per_piece(scope_LBT), self.count_sentence_scope_L, self.hist_sentence_scope_FLB),
+            (per_piece(positive_LBT), self.count_sentence_pos_L, self.hist_sentence_pos_FLB),
+        ):
+            n_L = piece_LP.sum(1)
+            count_L += n_L
+            l_idx, u_idx = piece_LP[:, piece_U].nonzero(as_tuple=True)
+            _add_histogram(hist_FLB.view(-1), f_U[u_idx] * L + l_idx, bin_U[u_idx], n_L.repeat(F), nb)
 
     def _merge_state(self, other):
-        for name in ("count_pos_L", "hist_pos_FLB", "n_sentences", "count_sentence_pos_L", "hist_sentence_FB",
-                     "hist_sentence_pos_FLB", "count_LO"):
+        for name in self._COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name).to(self.device))
         self.sum_LOF.merge(other.sum_LOF)
 
     def _state(self):
-        return {
-            "count_pos_L": self.count_pos_L, "hist_pos_FLB": self.hist_pos_FLB, "n_sentences": self.n_sentences,
-            "count_sentence_pos_L": self.count_sentence_pos_L, "hist_sentence_FB": self.hist_sentence_FB,
-            "hist_sentence_pos_FLB": self.hist_sentence_pos_FLB, "count_LO": self.count_LO, "sum_LOF": self.sum_LOF,
-        }
+        return {**{name: getattr(self, name) for name in self._COUNTS}, "sum_LOF": self.sum_LOF}
 
     def finalise(self) -> LabelSetTotals:
         L, O, F = len(self.config.labels), len(self.offsets), self.config.n_features
@@ -1472,8 +1492,9 @@ class LabelSetAccumulator(Accumulator):
         count_LO1 = self.count_LO.to(torch.float64)[:, :, None]
         mean_LOF = torch.where(count_LO1 > 0, sum_LOF / count_LO1.clamp_min(1), torch.full_like(sum_LOF, math.nan))
         return LabelSetTotals(
-            self.config.labels, self.count_pos_L.clone(), self.hist_pos_FLB.clone(), int(self.n_sentences),
-            self.count_sentence_pos_L.clone(), self.hist_sentence_FB.clone(), self.hist_sentence_pos_FLB.clone(),
+            self.config.labels, self.count_pos_L.clone(), self.hist_pos_FLB.clone(), self.count_scope_L.clone(),
+            self.hist_scope_FLB.clone(), int(self.n_sentences), self.count_sentence_scope_L.clone(),
+            self.count_sentence_pos_L.clone(), self.hist_sentence_scope_FLB.clone(), self.hist_sentence_pos_FLB.clone(),
             torch.tensor(self.offsets, dtype=torch.int64, device=self.device), self.count_LO.clone(), sum_LOF,
             mean_LOF, self.config.bins,
         )

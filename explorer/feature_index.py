@@ -86,6 +86,11 @@ class Window(NamedTuple):
     """[T_w] uint32: bit l set when the token overlaps a positive span of label set l."""
     label_start_bits: np.ndarray | None = None
     """[T_w] uint32: bit l set on the first token of each positive span of label set l."""
+    sentence_label_bits: np.ndarray | None = None
+    """[T_w] uint32: bit l set on the tokens of a sentence that is positive for label set l."""
+    label_scope: int = 0
+    """Bit l set when label set l labels this window's document (outside its documents a set says
+    nothing, so they are neither positives nor negatives)."""
 
 
 MAX_LABEL_SETS = 32
@@ -102,6 +107,10 @@ class CorpusDocument:
     """The document's sentences as character spans [start, end), in order, not overlapping."""
     label_spans: Sequence[Sequence[tuple[int, int]]] = ()
     """Per label set of the index (in its order), this document's positive character spans."""
+    positive_sentences: Sequence[Sequence[int]] = ()
+    """Per label set, the indices (into `sentences`) of this document's positive sentences."""
+    label_scope: int = 0
+    """Bit l set when label set l labels this document."""
 
 
 class LabelSetInput(NamedTuple):
@@ -113,6 +122,10 @@ class LabelSetInput(NamedTuple):
     source: str
     spans: Mapping[str, Sequence[tuple[int, int]]]
     """doc_id -> positive [start, end) character spans; a document not listed has none."""
+    documents: frozenset[str] | None = None
+    """The documents the set labels (None: all); the others are left out of its scores."""
+    positive_sentences: Mapping[str, Sequence[int]] = {}
+    """doc_id -> indices of its positive sentences (`explorer.label_sets.sentence_positives`'s rule)."""
 
 
 def with_labels(
@@ -125,6 +138,8 @@ def with_labels(
             doc,
             sentences=tuple(sentences.get(doc.doc_id, ())) if sentences is not None else doc.sentences,
             label_spans=tuple(tuple(ls.spans.get(doc.doc_id, ())) for ls in label_sets),
+            positive_sentences=tuple(tuple(ls.positive_sentences.get(doc.doc_id, ())) for ls in label_sets),
+            label_scope=sum(1 << i for i, ls in enumerate(label_sets) if ls.documents is None or doc.doc_id in ls.documents),
         )
         for doc in documents
     ]
@@ -202,6 +217,7 @@ def _chunk_windows(
     sentence_X = np.full(len(ids_X), -1, dtype=np.int32)
     label_X = np.zeros(len(ids_X), dtype=np.uint32)
     label_start_X = np.zeros(len(ids_X), dtype=np.uint32)
+    sentence_label_X = np.zeros(len(ids_X), dtype=np.uint32)
     for d, doc in enumerate(documents):
         if not (doc.sentences or doc.label_spans) or not n_D[d]:
             continue
@@ -213,6 +229,10 @@ def _chunk_windows(
             inside, starts = span_token_masks(offsets, spans)
             label_X[at] |= inside.astype(np.uint32) << np.uint32(label)
             label_start_X[at] |= starts.astype(np.uint32) << np.uint32(label)
+        for label, positive in enumerate(doc.positive_sentences):
+            if len(positive):
+                in_positive = np.isin(sentence_X[at], np.asarray(positive, dtype=np.int32))
+                sentence_label_X[at] |= in_positive.astype(np.uint32) << np.uint32(label)
 
     # Window k of a document: BOS, then its text tokens [k * step, (k + 1) * step).
     n_bos = 0 if bos is None else 1
@@ -233,13 +253,14 @@ def _chunk_windows(
     start_Y = np.zeros(len(window_Y), dtype=bool)
     start_Y[text_Y] = start_X[source]
     valid_Y = ~np.isin(ids_Y, special_ids)
-    sentence_Y = label_Y = label_start_Y = None
+    sentence_Y = label_Y = label_start_Y = sentence_label_Y = None
     if with_sentences:
         sentence_Y = np.full(len(window_Y), -1, dtype=np.int32)
         sentence_Y[text_Y] = sentence_X[source]
     if with_labels:
-        label_Y, label_start_Y = np.zeros(len(window_Y), dtype=np.uint32), np.zeros(len(window_Y), dtype=np.uint32)
+        label_Y, label_start_Y, sentence_label_Y = (np.zeros(len(window_Y), dtype=np.uint32) for _ in range(3))
         label_Y[text_Y], label_start_Y[text_Y] = label_X[source], label_start_X[source]
+        sentence_label_Y[text_Y] = sentence_label_X[source]
 
     def cut(array: np.ndarray | None, start: int, end: int) -> np.ndarray | None:
         return None if array is None else array[start:end]
@@ -251,7 +272,8 @@ def _chunk_windows(
             first_context_id + w, doc.doc_id, k * step, ids_Y[start:end], valid_Y[start:end], group_Y[start:end],
             start_Y[start:end], doc.has_backtracking, bos_prefixed=n_bos == 1 and k > 0,
             sentence_ids=cut(sentence_Y, start, end), label_bits=cut(label_Y, start, end),
-            label_start_bits=cut(label_start_Y, start, end),
+            label_start_bits=cut(label_start_Y, start, end), sentence_label_bits=cut(sentence_label_Y, start, end),
+            label_scope=doc.label_scope,
         ))
     return windows
 
@@ -359,6 +381,8 @@ class BatchTensors(NamedTuple):
     sentence_BT: Tensor | None = None
     label_bits_BT: Tensor | None = None
     label_start_bits_BT: Tensor | None = None
+    sentence_label_bits_BT: Tensor | None = None
+    label_scope_B: Tensor | None = None
 
 
 def batch_tensors(windows: Sequence[Window], batch: PlannedBatch, batch_size: int, pad_id: int) -> BatchTensors:
@@ -370,8 +394,10 @@ def batch_tensors(windows: Sequence[Window], batch: PlannedBatch, batch_size: in
     members = [windows[i] for i in batch.windows]
     sentence_BT = torch.full((B, T), -1, dtype=torch.int64) if any(w.sentence_ids is not None for w in members) else None
     labelled = any(w.label_bits is not None for w in members)
-    label_BT = torch.zeros(B, T, dtype=torch.int64) if labelled else None
-    label_start_BT = torch.zeros(B, T, dtype=torch.int64) if labelled else None
+    label_BT, label_start_BT, sentence_label_BT = (
+        (torch.zeros(B, T, dtype=torch.int64) for _ in range(3)) if labelled else (None, None, None)
+    )
+    label_scope_B = torch.tensor([w.label_scope for w in members] + [0] * (B - len(members)), dtype=torch.int64)
     for b, w in enumerate(members):
         n = len(w.token_ids)
         ids_BT[b, :n] = torch.from_numpy(w.token_ids)
@@ -383,7 +409,11 @@ def batch_tensors(windows: Sequence[Window], batch: PlannedBatch, batch_size: in
         if labelled and w.label_bits is not None:
             label_BT[b, :n] = torch.from_numpy(w.label_bits.astype(np.int64))
             label_start_BT[b, :n] = torch.from_numpy(w.label_start_bits.astype(np.int64))
-    return BatchTensors(ids_BT, valid_BT, group_BT, start_BT, len(batch.windows), sentence_BT, label_BT, label_start_BT)
+            sentence_label_BT[b, :n] = torch.from_numpy(w.sentence_label_bits.astype(np.int64))
+    return BatchTensors(
+        ids_BT, valid_BT, group_BT, start_BT, len(batch.windows), sentence_BT, label_BT, label_start_BT,
+        sentence_label_BT, label_scope_B if labelled else None,
+    )
 
 
 @torch.no_grad()
@@ -509,6 +539,8 @@ def run_index_pass(
                 sentence_BT=None if t.sentence_BT is None else t.sentence_BT[:n],
                 label_bits_BT=None if t.label_bits_BT is None else t.label_bits_BT[:n],
                 label_start_bits_BT=None if t.label_start_bits_BT is None else t.label_start_bits_BT[:n],
+                sentence_label_bits_BT=None if t.sentence_label_bits_BT is None else t.sentence_label_bits_BT[:n],
+                label_scope_B=None if t.label_scope_B is None else t.label_scope_B[:n],
             ).to(device)
         )
         n_tokens += sum(len(w.token_ids) for w in rows)

@@ -218,16 +218,14 @@ class LabelSetScores(NamedTuple):
     """Per label set, the lead-lag scores around its starts (`compute_lead_lag`)."""
 
 
-def compute_label_set_scores(
-    totals: LabelSetTotals, stats: ActivationStatsTotals, lead_lag: LeadLagTotals
-) -> LabelSetScores:
-    """Token AUROC (negatives: the activation statistics' histogram, which counts every valid token,
-    minus the positives), sentence AUROC (negatives: every sentence piece minus the positive ones) and
-    the lead-lag scores around each label's starts, against the all-token baseline of `lead_lag`."""
-    pos_FLH = totals.hist_pos_FLB
-    token = auroc_from_histograms(pos_FLH, stats.hist_FB[:, None, :] - pos_FLH)
-    sentence_pos_FLH = totals.hist_sentence_pos_FLB
-    sentence = auroc_from_histograms(sentence_pos_FLH, totals.hist_sentence_FB[:, None, :] - sentence_pos_FLH)
+def compute_label_set_scores(totals: LabelSetTotals, lead_lag: LeadLagTotals) -> LabelSetScores:
+    """Token AUROC (negatives: the other valid tokens of the documents the set labels), sentence AUROC
+    (negatives: the other sentence pieces of those documents) and the lead-lag scores around each
+    label's starts, against the all-token baseline of `lead_lag`."""
+    pos_FLB = totals.hist_pos_FLB
+    token = auroc_from_histograms(pos_FLB, totals.hist_scope_FLB - pos_FLB)
+    sentence_pos_FLB = totals.hist_sentence_pos_FLB
+    sentence = auroc_from_histograms(sentence_pos_FLB, totals.hist_sentence_scope_FLB - sentence_pos_FLB)
     profiles = [
         compute_lead_lag(LeadLagTotals(
             totals.offsets_O, totals.mean_LOF[label], totals.sum_LOF[label], totals.count_LO[label],

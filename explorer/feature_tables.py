@@ -209,7 +209,7 @@ def label_set_rows(
     pass scored (`IndexConfig.labels`)."""
     labels_totals = totals.label_sets
     labels = list(labels_totals.labels)
-    scores = compute_label_set_scores(labels_totals, totals.stats, totals.lead_lag)
+    scores = compute_label_set_scores(labels_totals, totals.lead_lag)
     F, L = totals.stats.max_F.shape[0], len(labels)
     features = np.arange(F, dtype=np.int32)
     offsets = _np(labels_totals.offsets_O).astype(np.int32)
@@ -220,7 +220,8 @@ def label_set_rows(
         "kind": [infos[name].kind for name in labels],
         "source": [infos[name].source for name in labels],
         "n_positive_tokens": _np(labels_totals.count_pos_L).astype(np.int64),
-        "n_sentences": np.full(L, labels_totals.n_sentences, dtype=np.int64),
+        "n_scope_tokens": _np(labels_totals.count_scope_L).astype(np.int64),
+        "n_sentences": _np(labels_totals.count_sentence_scope_L).astype(np.int64),
         "n_positive_sentences": _np(labels_totals.count_sentence_pos_L).astype(np.int64),
         "n_starts": _np(labels_totals.count_LO[:, zero]).astype(np.int64) if zero is not None else np.zeros(L, np.int64),
     })

@@ -214,7 +214,6 @@ def read_label_documents(run_dir: Path, name: str) -> list[str]:
     """The documents label set `name` labels (every document of the run, for a built-in set). Outside these
     a set says nothing: score it on these documents only."""
     if name in builtin_label_sets():
-
         return read_documents(run_dir, columns=["doc_id"])["doc_id"].tolist()
     stored = stored_label_sets(run_dir)
     if name not in stored:

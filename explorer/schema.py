@@ -276,6 +276,7 @@ FEATURE_TABLES = (
         kind VARCHAR NOT NULL,
         source VARCHAR NOT NULL,
         n_positive_tokens BIGINT NOT NULL,
+        n_scope_tokens BIGINT NOT NULL,
         n_sentences BIGINT NOT NULL,
         n_positive_sentences BIGINT NOT NULL,
         n_starts BIGINT NOT NULL,

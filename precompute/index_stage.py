@@ -13,6 +13,7 @@ single run's (tests/test_index_stage.py). docs/scaling.md says how to run shards
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -27,7 +28,9 @@ from explorer.database import utc_now
 from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, build_reasoning_vocab
 from explorer.feature_db import read_index_runs, write_feature_index
 from explorer.feature_index import (
+    MAX_LABEL_SETS,
     CorpusDocument,
+    LabelSetInput,
     WINDOWING_VERSION,
     IndexInputError,
     PassProgress,
@@ -39,7 +42,16 @@ from explorer.feature_index import (
 )
 from explorer.feature_scores import logit_lens, nearest_features, select_interval_samples, top_phrase_token_ids
 from explorer.feature_tables import LabelSetInfo
+from explorer.label_sets import (
+    BUILT_IN,
+    read_label_documents,
+    read_label_sets,
+    read_label_spans,
+    read_sentence_labels,
+    stored_label_sets,
+)
 from explorer.labels import PhraseSpan
+from explorer.sentences import read_sentences
 from explorer.model_loading import load_run_model
 from explorer.runs import (
     DOCUMENT_BATCH_ROWS,
@@ -80,6 +92,8 @@ class IndexInputs(NamedTuple):
     corpus_hash: str
     label_infos: dict[str, LabelSetInfo] = {}
     """The label sets scored (`config.labels`): kind and source of each."""
+    labels_fingerprint: str = ""
+    """`IndexLabels.fingerprint` of those label sets."""
 
 
 def choose_sae_id(run_dir: Path, sae_id: str | None) -> str:
@@ -136,6 +150,65 @@ def corpus_documents(run_dir: Path) -> CorpusReader:
     return CorpusReader(run_dir)
 
 
+class IndexLabels(NamedTuple):
+    """The run's label sets and sentences as the index takes them."""
+
+    label_sets: list[LabelSetInput]
+    infos: dict[str, LabelSetInfo]
+    sentences: dict[str, list[tuple[int, int]]]
+    fingerprint: str
+    """Names, kinds and the stored sets' files: an index scored on other label sets is stale."""
+
+
+def _by_document(frame, columns: tuple[str, ...]) -> dict[str, list]:
+    """doc_id -> the rows' `columns` (as tuples, or values for one column), in the frame's order."""
+    if frame.empty:
+        return {}
+    values = list(zip(*(frame[c].tolist() for c in columns))) if len(columns) > 1 else frame[columns[0]].tolist()
+    grouped: dict[str, list] = {}
+    for doc_id, value in zip(frame["doc_id"].tolist(), values):
+        grouped.setdefault(doc_id, []).append(value)
+    return grouped
+
+
+def read_index_labels(run_dir: Path) -> IndexLabels:
+    """Every label set of the run (the built-in ones first, then the stored ones; at most
+    `MAX_LABEL_SETS`, the rest left out with a note) with its positive spans, the documents it labels
+    and its positive sentences, and the run's sentences (docs/labels.md)."""
+    sets = read_label_sets(run_dir)
+    names = list(sets)[:MAX_LABEL_SETS]
+    if len(sets) > MAX_LABEL_SETS:
+        print(f"  the index scores at most {MAX_LABEL_SETS} label sets; left out: {', '.join(list(sets)[MAX_LABEL_SETS:])}",
+              flush=True)
+    sentences = read_sentences(run_dir).sort_values(["doc_id", "sentence_index"], kind="stable")
+    inputs, infos = [], {}
+    for name in names:
+        label_set = sets[name]
+        built_in = label_set.source == BUILT_IN
+        positives = read_sentence_labels(run_dir, name, sentences)
+        inputs.append(LabelSetInput(
+            name, label_set.kind, label_set.source,
+            _by_document(read_label_spans(run_dir, name), ("start", "end")),
+            documents=None if built_in else frozenset(read_label_documents(run_dir, name)),
+            positive_sentences=_by_document(positives[positives["positive"]], ("sentence_index",)),
+        ))
+        infos[name] = LabelSetInfo(label_set.kind, label_set.source)
+    return IndexLabels(inputs, infos, _by_document(sentences, ("start", "end")), labels_fingerprint(run_dir))
+
+
+def labels_fingerprint(run_dir: Path) -> str:
+    """What an index's label-set scores depend on besides the corpus: the label sets it scores (names,
+    kinds, sources) and the stored sets' files. A set added, removed or re-imported changes it."""
+    sets = read_label_sets(run_dir)
+    names = list(sets)[:MAX_LABEL_SETS]
+    digest = hashlib.sha256(json.dumps([[n, sets[n].kind, sets[n].source] for n in names]).encode())
+    for name, (_, folder, _) in sorted(stored_label_sets(run_dir).items()):
+        if name in names:
+            for path in sorted(folder.iterdir()):
+                digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def load_inputs(
     profile: Profile, run_dir: Path, sae_id: str | None, max_tokens: int | None, *, progress: bool = True
 ) -> IndexInputs:
@@ -150,7 +223,11 @@ def load_inputs(
     stop_at_layer = stop_layer_for_hook(hook_name)
     if stop_at_layer is None:
         raise IndexInputError(f"Cannot tell which layer {hook_name!r} belongs to; the index needs a blocks.<n>. hook.")
-    windows = make_windows(model.tokenizer, documents, profile.n_ctx, progress=progress, max_tokens=max_tokens)
+    labels = read_index_labels(run_dir)
+    windows = make_windows(
+        model.tokenizer, documents, profile.n_ctx, progress=progress, max_tokens=max_tokens,
+        label_sets=labels.label_sets, sentences=labels.sentences,
+    )
     windows, notice = limit_tokens(windows, max_tokens)
     if notice:
         print(f"  {notice}", flush=True)
@@ -176,10 +253,11 @@ def load_inputs(
         max_offset=profile.index.context_after,
         context_before=profile.index.context_before,
         context_after=profile.index.context_after,
+        labels=tuple(label_set.name for label_set in labels.label_sets),
     )
     return IndexInputs(
         model, loaded.sae, sae_id, hook_name, stop_at_layer, windows, len({w.doc_id for w in windows}), config,
-        corpus_content_hash(run_dir),
+        corpus_content_hash(run_dir), labels.infos, labels.fingerprint,
     )
 
 
@@ -386,6 +464,7 @@ def finish_index(
         "config_json": json.dumps(
             {"index": inputs.config.to_dict(), "batch_size": batch_size, "max_tokens": metas[0].get("max_tokens"),
              "windowing": WINDOWING_VERSION, "sae_fingerprint": sae_fingerprint(run_dir, sae_id),
+             "labels": inputs.labels_fingerprint,
              "dtype": profile.dtype,
              "intervals": N_INTERVALS,
              "per_interval": PER_INTERVAL, "interval_scheme": "quantile", "versions": package_versions()},
@@ -410,8 +489,8 @@ def finish_index(
 
 def index_is_current(profile: Profile, run_dir: Path) -> bool:
     """`build` skips the index when the database already holds one for every SAE of the run, built
-    from the current corpus and the SAE's current weights, with the profile's index settings and
-    windows cut the current way."""
+    from the current corpus and the SAE's current weights, with the profile's index settings, windows
+    cut the current way, and the run's current label sets."""
     db_path = database_path(run_dir)
     sae_ids = list_sae_ids(run_dir)
     if not db_path.is_file() or not sae_ids:
@@ -425,14 +504,14 @@ def index_is_current(profile: Profile, run_dir: Path) -> bool:
     corpus_hash = corpus_content_hash(run_dir)
     wanted = (
         profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None,
-        WINDOWING_VERSION, profile.dtype,
+        WINDOWING_VERSION, profile.dtype, labels_fingerprint(run_dir),
     )
 
     def settings(row) -> tuple:
         config = json.loads(row.config_json)
         return (
             row.top_k, row.context_before, row.context_after, config.get("max_tokens"), config.get("windowing", 1),
-            config.get("dtype", "float32"),
+            config.get("dtype", "float32"), config.get("labels"),
         )
 
     def same_sae(row) -> bool:  # an SAE retrained under the same id makes its index stale

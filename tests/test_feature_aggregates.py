@@ -72,6 +72,8 @@ class Corpus(NamedTuple):
     sentence_CT: np.ndarray | None = None
     label_bits_CT: np.ndarray | None = None
     label_start_bits_CT: np.ndarray | None = None
+    sentence_label_bits_CT: np.ndarray | None = None
+    label_scope_C: np.ndarray | None = None
 
     def batch(self, lo: int, hi: int) -> ActivationBatch:
         return ActivationBatch(
@@ -83,7 +85,8 @@ class Corpus(NamedTuple):
             torch.from_numpy(self.context_ids_C[lo:hi].copy()),
             torch.from_numpy(self.start_CT[lo:hi].copy()),
             *(None if a is None else torch.from_numpy(a[lo:hi].copy())
-              for a in (self.sentence_CT, self.label_bits_CT, self.label_start_bits_CT)),
+              for a in (self.sentence_CT, self.label_bits_CT, self.label_start_bits_CT, self.sentence_label_bits_CT,
+                        self.label_scope_C)),
         )
 
     def batches(self, bounds) -> list[ActivationBatch]:
@@ -144,8 +147,15 @@ def make_corpus(n_contexts: int = 18, T: int = 40, F: int = 12, seed: int = 0) -
             s, length = int(rng.integers(0, T - 3)), int(rng.integers(1, 4))
             label_bits[c, s : s + length] |= 2
             label_start[c, s] |= 2
+    # A sentence is positive for label 0 when it is one of its sentences, for label 1 when a span touches it.
+    sentence_bits = label_bits & 1
+    for c in range(n_contexts):
+        for k in np.unique(sentence[c][(sentence[c] >= 0) & ((label_bits[c] & 2) > 0)]):
+            sentence_bits[c, sentence[c] == k] |= 2
+    scope = np.where(np.arange(n_contexts) % 3 == 0, 0b101, 0b111)  # label 1 labels two windows in three
     return Corpus(
-        acts, token_ids.astype(np.int64), valid, group_ids, doc_flag, context_ids, start, sentence, label_bits, label_start
+        acts, token_ids.astype(np.int64), valid, group_ids, doc_flag, context_ids, start, sentence, label_bits,
+        label_start, sentence_bits, scope.astype(np.int64),
     )
 
 
@@ -485,33 +495,40 @@ def test_label_sets_match_brute_force(corpus):
     totals = single_pass(lambda: LabelSetAccumulator(LabelSetConfig(F, LABELS, SMALL_BINS, -4, 2)), corpus)
     acts = np.where(corpus.valid_CT[:, :, None], corpus.acts_CTF, 0.0)
     valid = corpus.valid_CT
+    in_scope_LC = [((corpus.label_scope_C >> label) & 1).astype(bool) for label in range(len(LABELS))]
     for label in range(len(LABELS)):
-        inside = ((corpus.label_bits_CT >> label) & 1).astype(bool) & valid
-        assert int(totals.count_pos_L[label]) == inside.sum()
+        scope = valid & in_scope_LC[label][:, None]
+        inside = ((corpus.label_bits_CT >> label) & 1).astype(bool) & scope
+        assert int(totals.count_pos_L[label]) == inside.sum() and int(totals.count_scope_L[label]) == scope.sum()
         for f in range(F):
-            expected = np.bincount(bin_of(acts[:, :, f][inside], SMALL_BINS), minlength=nb)
-            np.testing.assert_array_equal(totals.hist_pos_FLB[f, label].numpy(), expected)
+            for mask, hist in ((inside, totals.hist_pos_FLB), (scope, totals.hist_scope_FLB)):
+                expected = np.bincount(bin_of(acts[:, :, f][mask], SMALL_BINS), minlength=nb)
+                np.testing.assert_array_equal(hist[f, label].numpy(), expected)
     assert int(totals.count_pos_L[2]) == 0 and totals.hist_pos_FLB[:, 2].sum() == 0
-    # Sentence pieces: (window, sentence) over valid tokens.
-    piece_max, piece_label = {}, {}
+    assert 0 < int(totals.count_scope_L[1]) < int(totals.count_scope_L[0])
+    # Sentence pieces: (window, sentence) over valid tokens; positive by the sentence bits, in scope by the window.
+    piece_max, piece_bits = {}, {}
     for c, t in zip(*np.nonzero(valid & (corpus.sentence_CT >= 0))):
         key = (c, corpus.sentence_CT[c, t])
         piece_max[key] = np.maximum(piece_max.get(key, np.zeros(F)), acts[c, t])
-        piece_label[key] = piece_label.get(key, 0) | int(corpus.label_bits_CT[c, t])
+        piece_bits[key] = piece_bits.get(key, 0) | int(corpus.sentence_label_bits_CT[c, t])
     assert totals.n_sentences == len(piece_max)
-    maxima = np.array(list(piece_max.values()))
-    labels_P = np.array(list(piece_label.values()))
-    for f in range(F):
-        np.testing.assert_array_equal(totals.hist_sentence_FB[f].numpy(), np.bincount(bin_of(maxima[:, f], SMALL_BINS), minlength=nb))
-        for label in range(len(LABELS)):
-            positive = ((labels_P >> label) & 1).astype(bool)
-            expected = np.bincount(bin_of(maxima[positive, f], SMALL_BINS), minlength=nb)
-            np.testing.assert_array_equal(totals.hist_sentence_pos_FLB[f, label].numpy(), expected)
+    keys = list(piece_max)
+    maxima = np.array([piece_max[k] for k in keys])
+    for label in range(len(LABELS)):
+        scope = np.array([in_scope_LC[label][c] for c, _ in keys])
+        positive = np.array([(piece_bits[k] >> label) & 1 for k in keys], dtype=bool) & scope
+        assert int(totals.count_sentence_scope_L[label]) == scope.sum()
+        assert int(totals.count_sentence_pos_L[label]) == positive.sum()
+        for f in range(F):
+            for mask, hist in ((positive, totals.hist_sentence_pos_FLB), (scope, totals.hist_sentence_scope_FLB)):
+                expected = np.bincount(bin_of(maxima[mask, f], SMALL_BINS), minlength=nb)
+                np.testing.assert_array_equal(hist[f, label].numpy(), expected)
     assert int(totals.count_sentence_pos_L[0]) > 10 and int(totals.count_sentence_pos_L[2]) == 0
     # Lead-lag: activations at offset o from a valid start, inside the window, on valid targets.
     offsets = list(range(-4, 3))
     for label in range(2):
-        starts = ((corpus.label_start_bits_CT >> label) & 1).astype(bool) & valid
+        starts = ((corpus.label_start_bits_CT >> label) & 1).astype(bool) & valid & in_scope_LC[label][:, None]
         for o, offset in enumerate(offsets):
             values = [acts[c, t + offset] for c, t in zip(*np.nonzero(starts)) if 0 <= t + offset < acts.shape[1] and valid[c, t + offset]]
             assert int(totals.count_LO[label, o]) == len(values)

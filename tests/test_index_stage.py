@@ -512,3 +512,59 @@ def test_the_index_reads_no_more_of_the_corpus_than_its_budget_needs(large_corpo
         # Whole batches of 64 rows, up to the last chunk's last document, and not one batch more.
         assert reader.rows_read == min(-(-chunks * TOKENISE_CHUNK // 64) * 64, n_documents), max_tokens
     assert reader.rows_read == n_documents  # without a budget, every document, a batch at a time
+
+
+def _exact_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUROC by brute force over every (positive, negative) pair, ties counting 1/2."""
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def test_label_set_scores_equal_brute_force(mini_run, dense):
+    """Every built-in label set of the run is scored; its token and sentence AUROCs equal a pairwise
+    count over the dense activations (within the binning bound), computed from the windows' own label
+    bits and sentences."""
+    from explorer.feature_index import make_windows
+    from explorer.model_loading import load_tokenizer
+    from precompute.index_stage import read_index_labels
+
+    profile, run_dir = mini_run
+    _, acts = dense
+    labels = read_index_labels(run_dir)
+    names = [ls.name for ls in labels.label_sets]
+    assert "backtracking" in names and "sentence:backtracking" in names
+    windows = make_windows(load_tokenizer(profile.model), corpus_documents(run_dir), profile.n_ctx, progress=False,
+                           label_sets=labels.label_sets, sentences=labels.sentences)
+    con = duckdb.connect(str(database_path(run_dir)), read_only=True)
+    stored = con.execute("SELECT label, n_positive_tokens, n_positive_sentences FROM index_label_sets WHERE sae_id = ?",
+                         [SAE_ID]).fetchall()
+    assert sorted(r[0] for r in stored) == sorted(names)
+    scores = con.execute(
+        "SELECT label, feature_id, token_auroc, token_auroc_error_bound, sentence_auroc, sentence_auroc_error_bound "
+        "FROM feature_label_scores WHERE sae_id = ?", [SAE_ID]).df().set_index(["label", "feature_id"])
+    con.close()
+    valid = np.concatenate([w.valid for w in windows])
+    all_TF = torch.cat(acts).numpy()
+    checked = 0
+    for name in ("backtracking", "sentence:backtracking"):
+        label = names.index(name)
+        inside = np.concatenate([(w.label_bits >> label) & 1 for w in windows]).astype(bool) & valid
+        # Sentence pieces: (window, sentence), positive by the window's sentence bits.
+        piece_max, piece_pos = [], []
+        for w, a_TF in zip(windows, acts):
+            for k in np.unique(w.sentence_ids[(w.sentence_ids >= 0) & w.valid]):
+                member = (w.sentence_ids == k) & w.valid
+                piece_max.append(a_TF.numpy()[member].max(0))
+                piece_pos.append(bool(((w.sentence_label_bits[member] >> label) & 1).any()))
+        piece_max, piece_pos = np.array(piece_max), np.array(piece_pos)
+        assert inside.sum() > 0 and piece_pos.sum() > 0
+        for f in range(0, D_SAE, 6):
+            row = scores.loc[(name, f)]
+            token = _exact_auroc(all_TF[inside, f], all_TF[valid & ~inside, f])
+            sentence = _exact_auroc(piece_max[piece_pos, f], piece_max[~piece_pos, f])
+            assert abs(row.token_auroc - token) <= row.token_auroc_error_bound + 1e-9
+            assert abs(row.sentence_auroc - sentence) <= row.sentence_auroc_error_bound + 1e-9
+            checked += 1
+    assert checked >= 10
