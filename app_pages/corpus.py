@@ -27,3 +27,10 @@ doc_id = traces.render_document_picker(shown, st.query_params.get(traces.DOC_PAR
 st.query_params[traces.DOC_PARAM] = doc_id
 st.dataframe(shown[shown["doc_id"] == doc_id], hide_index=True)
 traces.render_labelled_trace(run_dir, doc_id)
+
+st.subheader("Sentences and their label sets")
+traces.render_document_sentences(run_dir, doc_id)
+st.subheader("Two label sets compared")
+st.caption("Precision and recall of A against B over the whole corpus (docs/labels.md, `labels --compare`), and "
+           "both marked on this trace.")
+traces.render_agreement(run_dir, doc_id)

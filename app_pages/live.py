@@ -6,7 +6,7 @@ import streamlit as st
 
 from explorer.app import live_links, model_cache, pickers, run_cache, traces
 from explorer.html import activation_html
-from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_top_features, wrap_in_prompt
+from explorer.live import EXAMPLE_TRACE, LiveInputError, compute_top_features, live_sentence_tags, wrap_in_prompt
 
 st.title("Live activations")
 
@@ -65,3 +65,8 @@ with left:
 
 st.subheader("Labelled backtracking phrases")
 traces.render_phrases(shown_text, live.phrases)
+
+st.subheader(f"Sentences: feature {int(feature)} in each")
+st.caption("Each sentence of the text (Thought Anchors' rule) with the lexicon's sentence label sets it is positive "
+           "for, and the chosen feature's maximum and mean over its tokens.")
+traces.render_sentences(shown_text, live_sentence_tags(shown_text, live.phrases), live.offsets, values)

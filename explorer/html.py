@@ -18,6 +18,8 @@ GROUP_COLOURS: dict[str, str] = {
     "interjection": "#f8bbd0",
 }
 ERROR_STEP_COLOUR = "#e0e0e0"
+AGREEMENT_COLOURS = {"a": "#9ecae1", "b": "#fdae6b", "both": "#a1d99b"}
+"""Two label sets on one trace: spans only the first marks, only the second, both."""
 assert set(GROUP_COLOURS) == set(GROUPS)
 
 

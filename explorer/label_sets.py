@@ -388,3 +388,19 @@ def check_name(name: str) -> None:
         )
     if name in RESERVED_NAMES:
         raise LabelSetError(f"{name!r} is a built-in label set's name (or prefix); choose another name.")
+
+
+def document_sentence_tags(run_dir: Path, doc_id: str) -> pd.DataFrame:
+    """One document's sentences with the label sets each is positive for (`sentence_positives`'s rule),
+    among the sets that label the document: sentence_index, start, end, tags (a list of set names)."""
+    sentences = read_sentences(run_dir)
+    mine = sentences[sentences["doc_id"] == doc_id].sort_values("sentence_index").reset_index(drop=True)
+    tags: list[list[str]] = [[] for _ in range(len(mine))]
+    for name, label_set in read_label_sets(run_dir).items():
+        if mine.empty or doc_id not in set(read_label_documents(run_dir, name)):
+            continue
+        spans = read_label_spans(run_dir, name)
+        positive = sentence_positives(mine, spans[spans["doc_id"] == doc_id], label_set.kind)
+        for i in np.flatnonzero(positive):
+            tags[i].append(name)
+    return mine.assign(tags=tags)[["sentence_index", "start", "end", "tags"]]

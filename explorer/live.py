@@ -14,13 +14,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+import pandas as pd
 import torch
 
 from explorer.errors import ExplorerError
+from explorer.label_sets import SENTENCE_ANY_PHRASE, SENTENCE_BACKTRACKING
 from explorer.labels import PhraseSpan, label_text
+from explorer.lexicon import NOTEBOOK_GROUPS
 from explorer.model_loading import MODEL_LOCK
 from explorer.prompts import THINK_CLOSE, format_prompt
 from explorer.sae_loading import stop_layer_for_hook
+from explorer.sentences import segment
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
@@ -131,3 +135,19 @@ def compute_top_features(live: LiveActivations, *, position: int | None = None, 
         for v, f in zip(top.values.tolist(), top.indices.tolist())
         if v > 0
     ]
+
+
+def live_sentence_tags(text: str, phrases: list[PhraseSpan]) -> pd.DataFrame:
+    """The text's sentences (`explorer.sentences.segment`) with the lexicon's sentence label sets each
+    belongs to, as the built-in sets define them: `sentence:backtracking` (holds a phrase of the
+    notebook's six groups) and `sentence:any_phrase` (any lexicon phrase). start, end, tags."""
+    rows = []
+    for sentence in segment(text):
+        inside = [p for p in phrases if p.start < sentence.end and p.end > sentence.start]
+        tags = []
+        if any(p.group in NOTEBOOK_GROUPS for p in inside):
+            tags.append(SENTENCE_BACKTRACKING)
+        if inside:
+            tags.append(SENTENCE_ANY_PHRASE)
+        rows.append((sentence.start, sentence.end, tags))
+    return pd.DataFrame(rows, columns=["start", "end", "tags"])

@@ -425,3 +425,29 @@ def test_the_jsonl_example_in_docs_imports_as_it_says(tmp_path):
     assert read_label_documents(run, "NAME:fact_retrieval") == ["synth-000001", "synth-000002"]
     text = generate_traces(2)[1].record.text
     assert [text[s:e] for _, s, e in read_label_spans(run, "NAME:active_computation").values][0] == "First, 6 * 8 = 48."
+
+
+def test_one_traces_sentences_carry_every_set_they_are_positive_for(run):
+    from explorer.label_sets import document_sentence_tags
+
+    tags = document_sentence_tags(run, "a")
+    by_text = {TEXTS["a"][s:e]: t for s, e, t in zip(tags["start"], tags["end"], tags["tags"])}
+    wrong = by_text["Wait, that's not right."]
+    assert {"backtracking", "group:correction", "sentence:backtracking", "sentence:any_phrase",
+            "tag:uncertainty_management"} <= set(wrong)
+    assert by_text["It is 5."] == ["tag:uncertainty_management"]
+    assert "tag:active_computation" in by_text["I add 2 and 3."]
+    assert tags["sentence_index"].tolist() == list(range(len(segment(TEXTS["a"]))))
+
+
+def test_live_text_sentences_get_the_lexicons_sentence_sets():
+    from explorer.live import live_sentence_tags
+
+    text = "I add 2 and 3. Wait, that's not right. Hmm, let me see. It is 5."
+    tags = live_sentence_tags(text, label_text(text))
+    assert [(text[s:e], t) for s, e, t in tags.values] == [
+        ("I add 2 and 3.", []),
+        ("Wait, that's not right.", ["sentence:backtracking", "sentence:any_phrase"]),
+        ("Hmm, let me see.", ["sentence:any_phrase"]),
+        ("It is 5.", []),
+    ]

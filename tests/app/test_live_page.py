@@ -145,3 +145,23 @@ def test_live_page_runs_the_model_once_per_text(tiny_run, monkeypatch):
         assert forwards == [2]
         at.checkbox(key="wrap_prompt").uncheck().run()  # the first text again: already computed
         assert not at.exception and forwards == [2]
+
+
+def test_live_page_shows_each_sentence_with_the_features_max_and_mean(tiny_run, monkeypatch):
+    runs, run_dir, sae_id, profile = tiny_run
+    at = live_app(runs, monkeypatch)
+    at.session_state["live_text"] = "I add 2 and 3. Wait, that's not right. It is 5."
+    at.run()
+    assert not at.exception
+    feature = int(at.number_input(key="live_feature").value)
+    table = at.dataframe[-1].value
+    assert table["text"].tolist() == ["I add 2 and 3.", "Wait, that's not right.", "It is 5."]
+    assert table["tags"].tolist()[1] == "sentence:backtracking, sentence:any_phrase"
+    # Independent route: the page's own activations, grouped by hand on the token offsets.
+    model = load_model(profile.model, device="cpu", n_ctx=profile.n_ctx)
+    sae = load_sae(run_dir / artifacts.SAES_DIR / sae_id).sae
+    live = compute_live_activations(model, sae, HOOK, at.session_state["live_text"])
+    values = live.acts_TF[:, feature]
+    first = [i for i, (s, e) in enumerate(live.offsets) if e > s and e - 1 < 14]
+    assert table["max_activation"].iloc[0] == pytest.approx(float(values[first].max()), abs=1e-5)
+    assert table["mean_activation"].iloc[0] == pytest.approx(float(values[first].mean()), abs=1e-5)

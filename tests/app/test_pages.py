@@ -131,3 +131,20 @@ def test_home_shows_the_sae_report_of_a_real_database(runs_dir, monkeypatch):
     assert not at.exception
     assert at.dataframe[-1].value["sae_id"].tolist() == ["blocks.0.hook_mlp_out-standard-64"]
     assert at.selectbox(key="curve_sae").value == "blocks.0.hook_mlp_out-standard-64"
+
+
+def test_corpus_page_shows_each_sentences_label_sets_and_two_sets_compared(runs_dir, monkeypatch):
+    at = app_test(REPO / "app_pages" / "corpus.py", runs_dir, monkeypatch)
+    at.run()
+    assert not at.exception
+    sentences = at.dataframe[1].value  # after the chosen trace's row
+    assert {"text", "tags"} <= set(sentences.columns) and len(sentences) > 1
+    assert any("tag:" in tags for tags in sentences["tags"])  # the synthetic corpus's own sentence tags
+    at.selectbox(key="agreement_a").set_value("sentence:backtracking")
+    at.selectbox(key="agreement_b").set_value("tag:uncertainty_management").run()
+    assert not at.exception
+    comparison = at.dataframe[2].value
+    assert {"precision", "recall"} <= set(comparison.columns) and len(comparison) >= 1
+    assert 0 < comparison["precision"].iloc[0] <= 1
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert "sentence:backtracking and tag:uncertainty_management" in html  # both sets mark a sentence
