@@ -568,3 +568,32 @@ def test_label_set_scores_equal_brute_force(mini_run, dense):
             assert abs(row.sentence_auroc - sentence) <= row.sentence_auroc_error_bound + 1e-9
             checked += 1
     assert checked >= 10
+
+
+def test_across_saes_each_hook_gets_its_best_feature_per_label_set(mini_run, tmp_path):
+    """Two SAEs of one run, at two layers, both indexed: the across-SAEs view gives, for each label set
+    and SAE, the feature the SAE's own scores rank first, with its hook and layer."""
+    from explorer.feature_db import read_best_features_per_label
+
+    profile, run_dir = mini_run
+    two = tmp_path / "two"
+    shutil.copytree(run_dir, two)
+    torch.manual_seed(1)
+    early = StandardSAE(StandardSAEConfig(d_in=64, d_sae=D_SAE))
+    early.cfg.metadata.hook_name = "blocks.0.hook_resid_post"
+    with torch.no_grad():
+        early.W_enc.normal_()
+        early.b_enc.fill_(-1.0)
+    early.save_model(two / artifacts.SAES_DIR / "early-sae")
+    run_index(profile, two, sae_id="early-sae", batch_size=4, progress=False)
+    best = read_best_features_per_label(database_path(two), "sentence_auroc")
+    assert set(best["sae_id"]) == {SAE_ID, "early-sae"}
+    assert dict(zip(best["sae_id"], best["layer"])) == {SAE_ID: 1, "early-sae": 0}
+    con = duckdb.connect(str(database_path(two)), read_only=True)
+    for row in best.itertuples():
+        top = con.execute(
+            "SELECT feature_id FROM feature_label_scores WHERE sae_id = ? AND label = ? AND NOT isnan(sentence_auroc) "
+            "ORDER BY sentence_auroc DESC, feature_id LIMIT 1", [row.sae_id, row.label]).fetchone()[0]
+        assert row.feature_id == top
+    con.close()
+    assert best.groupby("label").size().eq(2).all()  # every label set, once per SAE

@@ -7,6 +7,10 @@ must find a feature that carries it.
   backtracking tokens of HELD-OUT synthetic traces (another generator seed, never seen in training
   or indexing) with token-level AUROC >= 0.9, computed here by brute force from a direct forward pass.
 - The lead-lag profile of at least one top-10 candidate rises before the phrase.
+- At sentence level: the top candidate by the index's sentence AUROC for the synthetic corpus's
+  `uncertainty_management` tags (the corrections, imported as label sets by the demo build) separates
+  the held-out traces' uncertainty_management sentences with sentence AUROC >= 0.9 (each sentence's
+  maximum activation, by brute force).
 
 Uses the demo run that `make test` builds first (`make demo-data`); run alone, the fixture builds it.
 `PLANTED_RUN=runs/demo-standard pytest tests/test_planted_feature.py` checks another built run instead
@@ -25,14 +29,15 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.feature_db import read_candidates, read_feature_card, read_index_runs
+from explorer.feature_db import label_ranking_key, read_candidates, read_feature_card, read_index_runs
+from explorer.feature_index import sentence_of_tokens
 from explorer.labels import token_group_ids
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 from explorer.live import compute_live_activations
 from explorer.model_loading import load_model
 from explorer.runs import database_path
 from explorer.sae_loading import load_sae
-from explorer.synthetic import generate_traces
+from explorer.synthetic import generate_traces, sentence_tags
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = Path(os.environ.get("PLANTED_RUN", REPO / "runs" / "demo")).resolve()
@@ -82,6 +87,39 @@ def test_top_candidate_separates_held_out_backtracking_tokens(demo):
     assert labels.sum() > 300, "the held-out traces should hold hundreds of backtracking tokens"
     auroc = brute_force_auroc(scores, labels)
     print(f"feature {feature}: held-out AUROC {auroc:.3f} over {labels.sum()} backtracking tokens of {len(labels)}")
+    assert auroc >= 0.9
+
+
+def held_out_sentence_auroc(model, sae, hook_name: str, feature: int, tag: str) -> tuple[float, int, int]:
+    """Sentence AUROC of `feature` for the synthetic sentence tag `tag` on the held-out traces: each
+    sentence's maximum activation over its valid tokens (a token belongs to the sentence holding its last
+    character, as in the index) against whether the generator tagged it `tag`."""
+    scores, labels = [], []
+    for trace in generate_traces(N_HELD_OUT, seed=HELD_OUT_SEED):
+        live = compute_live_activations(model, sae, hook_name, trace.record.text)
+        tagged = sentence_tags(trace)
+        owner = sentence_of_tokens(np.asarray(live.offsets, dtype=np.int64), [(s, e) for s, e, _ in tagged])
+        values, valid = live.acts_TF[:, feature].numpy(), live.valid_T.numpy()
+        for k, (_, _, tags) in enumerate(tagged):
+            member = (owner == k) & valid
+            if member.any():
+                scores.append(values[member].max())
+                labels.append(tag in tags)
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    return brute_force_auroc(scores, labels), int(labels.sum()), len(labels)
+
+
+def test_top_candidate_by_sentence_auroc_separates_held_out_uncertainty_sentences(demo):
+    db, sae_id, model, sae, hook_name = demo
+    top = {}
+    for tag in ("uncertainty_management", "self_checking"):
+        ranked = read_candidates(db, sae_id, label_ranking_key(f"tag:{tag}", "sentence_auroc"), limit=1)
+        assert not ranked.empty, f"the demo's index scored no label set tag:{tag}: is it built with its sentence tags?"
+        top[tag] = int(ranked["feature_id"].iloc[0])
+    auroc, n_pos, n = held_out_sentence_auroc(model, sae, hook_name, top["uncertainty_management"], "uncertainty_management")
+    print(f"uncertainty_management: feature {top['uncertainty_management']}, held-out sentence AUROC {auroc:.3f} over "
+          f"{n_pos} tagged sentences of {n}; self_checking's top feature: {top['self_checking']}")
+    assert n_pos > 100
     assert auroc >= 0.9
 
 
