@@ -17,6 +17,7 @@ batch sizes, because every state is made of integers (counts, histograms, fixed-
 or selections under a strict total order. Float sums are not associative, so activation sums are kept
 in fixed point (`ExactSum`): each activation is rounded to a multiple of 2**-24 once, then summed in
 int64. Definitions, binning, tie handling and error bounds: docs/index-math.md.
+Shape suffixes (`acts_BTF`: batch, tokens, features; `hist_FH`: features, bins): docs/shapes.md.
 
 ## The batch contract (what the streaming pass supplies)
 `ActivationBatch` holds B context windows of T tokens and F features (all features of the SAE, or the
@@ -579,8 +580,8 @@ def _add_histogram(hist_flat: Tensor, row_N: Tensor, bin_N: Tensor, zero_counts_
     """Count non-zero activations into a flat [X * n_bins] histogram whose zero bin holds every token
     of the row; `zero_counts_X` is the number of tokens per row in this batch. Each non-zero entry
     moves one count from its row's zero bin to its own bin, so the zero bin stays exact."""
-    hist_XB = hist_flat.view(-1, n_bins)
-    hist_XB[:, 0] += zero_counts_X
+    hist_XH = hist_flat.view(-1, n_bins)
+    hist_XH[:, 0] += zero_counts_X
     ones_N = torch.ones_like(row_N)
     hist_flat.index_add_(0, row_N * n_bins + bin_N, ones_N)
     hist_flat.index_add_(0, row_N * n_bins, -ones_N)
@@ -831,7 +832,7 @@ class ActivationStatsTotals(NamedTuple):
     """sum / active_count; NaN for a feature that never fires."""
     density_F: Tensor
     """active_count / n_valid."""
-    hist_FB: Tensor
+    hist_FH: Tensor
     """Counts per bin of `bins`, bin 0 = exact zeros; every row sums to n_valid."""
     bins: LogBins
 
@@ -847,7 +848,7 @@ class ActivationStatsAccumulator(Accumulator):
         self.active_F = torch.zeros(F, dtype=torch.int64, device=self.device)
         self.max_F = torch.zeros(F, dtype=torch.float32, device=self.device)
         self.sum_F = ExactSum((F,), self.device)
-        self.hist_FB = torch.zeros((F, nb), dtype=torch.int64, device=self.device)
+        self.hist_FH = torch.zeros((F, nb), dtype=torch.int64, device=self.device)
 
     def update_prepared(self, p: PreparedBatch) -> None:
         F = self.config.n_features
@@ -855,19 +856,19 @@ class ActivationStatsAccumulator(Accumulator):
         self.active_F += _count(p.f_N, F)
         self.max_F = torch.maximum(self.max_F, p.window_max_BF.amax(0) if p.B else self.max_F)
         self.sum_F.add(p.f_N, p.value_N)
-        _add_histogram(self.hist_FB.view(-1), p.f_N, p.bin_N(self.config.bins), p.n_valid, self.config.bins.n_bins)
+        _add_histogram(self.hist_FH.view(-1), p.f_N, p.bin_N(self.config.bins), p.n_valid, self.config.bins.n_bins)
 
     def _merge_state(self, other):
         self.n_valid += other.n_valid.to(self.device)
         self.active_F += other.active_F.to(self.device)
         self.max_F = torch.maximum(self.max_F, other.max_F.to(self.device))
         self.sum_F.merge(other.sum_F)
-        self.hist_FB += other.hist_FB.to(self.device)
+        self.hist_FH += other.hist_FH.to(self.device)
 
     def _state(self):
         return {
             "n_valid": self.n_valid, "active_F": self.active_F, "max_F": self.max_F,
-            "sum_F": self.sum_F, "hist_FB": self.hist_FB,
+            "sum_F": self.sum_F, "hist_FH": self.hist_FH,
         }
 
     def finalise(self) -> ActivationStatsTotals:
@@ -877,7 +878,7 @@ class ActivationStatsAccumulator(Accumulator):
         mean_nonzero = torch.where(active > 0, sum_F / active.clamp_min(1), torch.full_like(sum_F, math.nan))
         return ActivationStatsTotals(
             n_valid, self.active_F.clone(), self.max_F.clone(), sum_F, mean_nonzero,
-            active / max(n_valid, 1), self.hist_FB.clone(), self.config.bins,
+            active / max(n_valid, 1), self.hist_FH.clone(), self.config.bins,
         )
 
 
@@ -904,7 +905,7 @@ class EvidenceTotals(NamedTuple):
     """Sum of activations per class, float64."""
     mean_FC: Tensor
     """sum / count (NaN for an empty class)."""
-    hist_FCB: Tensor
+    hist_FCH: Tensor
     """Histogram per class over `bins` (bin 0 = exact zeros)."""
     bins: LogBins
 
@@ -931,7 +932,7 @@ class BacktrackingEvidenceAccumulator(Accumulator):
         F, C, nb = self.config.n_features, self.config.n_groups + 1, self.config.bins.n_bins
         self.count_C = torch.zeros(C, dtype=torch.int64, device=self.device)
         self.sum_FC = ExactSum((F, C), self.device)
-        self.hist_FCB = torch.zeros((F, C, nb), dtype=torch.int64, device=self.device)
+        self.hist_FCH = torch.zeros((F, C, nb), dtype=torch.int64, device=self.device)
 
     def update_prepared(self, p: PreparedBatch) -> None:
         C = self.config.n_groups + 1
@@ -942,21 +943,21 @@ class BacktrackingEvidenceAccumulator(Accumulator):
         row_N = p.f_N * C + class_BT[p.b_N, p.t_N]
         self.sum_FC.add(row_N, p.value_N)
         zero_counts_X = count_C.repeat(self.config.n_features)  # rows are (feature, class)
-        _add_histogram(self.hist_FCB.view(-1), row_N, p.bin_N(self.config.bins), zero_counts_X, self.config.bins.n_bins)
+        _add_histogram(self.hist_FCH.view(-1), row_N, p.bin_N(self.config.bins), zero_counts_X, self.config.bins.n_bins)
 
     def _merge_state(self, other):
         self.count_C += other.count_C.to(self.device)
         self.sum_FC.merge(other.sum_FC)
-        self.hist_FCB += other.hist_FCB.to(self.device)
+        self.hist_FCH += other.hist_FCH.to(self.device)
 
     def _state(self):
-        return {"count_C": self.count_C, "sum_FC": self.sum_FC, "hist_FCB": self.hist_FCB}
+        return {"count_C": self.count_C, "sum_FC": self.sum_FC, "hist_FCH": self.hist_FCH}
 
     def finalise(self) -> EvidenceTotals:
         sum_FC = self.sum_FC.to_float64()
         count = self.count_C.to(torch.float64)
         mean_FC = torch.where(count > 0, sum_FC / count.clamp_min(1), torch.full_like(sum_FC, math.nan))
-        return EvidenceTotals(self.count_C.clone(), sum_FC, mean_FC, self.hist_FCB.clone(), self.config.bins)
+        return EvidenceTotals(self.count_C.clone(), sum_FC, mean_FC, self.hist_FCH.clone(), self.config.bins)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1292,7 +1293,7 @@ class WithinTokenConfig(_Config):
 
 
 class WithinTokenTotals(NamedTuple):
-    hist_FKCB: Tensor
+    hist_FKCH: Tensor
     """Histogram per feature, control token, class (0: outside phrases, 1: inside any phrase)."""
     token_ids_K: Tensor
     bins: LogBins
@@ -1307,7 +1308,7 @@ class WithinTokenAccumulator(Accumulator):
 
     def _init_state(self):
         F, K, nb = self.config.n_features, len(self.config.control_token_ids), self.config.bins.n_bins
-        self.hist_FKCB = torch.zeros((F, K, 2, nb), dtype=torch.int64, device=self.device)
+        self.hist_FKCH = torch.zeros((F, K, 2, nb), dtype=torch.int64, device=self.device)
 
     def update_prepared(self, p: PreparedBatch) -> None:
         K = len(self.config.control_token_ids)
@@ -1323,17 +1324,17 @@ class WithinTokenAccumulator(Accumulator):
         row_N = p.f_N[has_slot_N] * (K * 2) + row_N[has_slot_N]
         bin_N = p.bin_N(self.config.bins)[has_slot_N]
         zero_counts_X = counts_X.repeat(self.config.n_features)  # rows are (feature, token, class)
-        _add_histogram(self.hist_FKCB.view(-1), row_N, bin_N, zero_counts_X, self.config.bins.n_bins)
+        _add_histogram(self.hist_FKCH.view(-1), row_N, bin_N, zero_counts_X, self.config.bins.n_bins)
 
     def _merge_state(self, other):
-        self.hist_FKCB += other.hist_FKCB.to(self.device)
+        self.hist_FKCH += other.hist_FKCH.to(self.device)
 
     def _state(self):
-        return {"hist_FKCB": self.hist_FKCB}
+        return {"hist_FKCH": self.hist_FKCH}
 
     def finalise(self) -> WithinTokenTotals:
         token_ids = torch.tensor(self.config.control_token_ids, dtype=torch.int64, device=self.device)
-        return WithinTokenTotals(self.hist_FKCB.clone(), token_ids, self.config.bins)
+        return WithinTokenTotals(self.hist_FKCH.clone(), token_ids, self.config.bins)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1359,11 +1360,11 @@ class LabelSetTotals(NamedTuple):
     labels: tuple[str, ...]
     count_pos_L: Tensor
     """Valid tokens inside a positive span of label set l (token level)."""
-    hist_pos_FLB: Tensor
+    hist_pos_FLH: Tensor
     """Histogram of activations on those tokens."""
     count_scope_L: Tensor
     """Valid tokens of the documents label set l labels."""
-    hist_scope_FLB: Tensor
+    hist_scope_FLH: Tensor
     """Histogram of activations on those tokens: the negatives are these minus the positives."""
     n_sentences: int
     """Sentence pieces seen: a sentence cut by a window edge counts once in each window."""
@@ -1371,9 +1372,9 @@ class LabelSetTotals(NamedTuple):
     """Sentence pieces in label set l's documents."""
     count_sentence_pos_L: Tensor
     """Of those, the pieces of a sentence positive for label set l."""
-    hist_sentence_scope_FLB: Tensor
+    hist_sentence_scope_FLH: Tensor
     """Histogram of each sentence piece's maximum activation (valid tokens only), over the pieces in scope."""
-    hist_sentence_pos_FLB: Tensor
+    hist_sentence_pos_FLH: Tensor
     """The same over the positive pieces."""
     offsets_O: Tensor
     count_LO: Tensor
@@ -1396,8 +1397,8 @@ class LabelSetAccumulator(Accumulator):
     24,576 features and 131 bins."""
 
     Config = LabelSetConfig
-    _COUNTS = ("count_pos_L", "hist_pos_FLB", "count_scope_L", "hist_scope_FLB", "n_sentences",
-               "count_sentence_scope_L", "count_sentence_pos_L", "hist_sentence_scope_FLB", "hist_sentence_pos_FLB",
+    _COUNTS = ("count_pos_L", "hist_pos_FLH", "count_scope_L", "hist_scope_FLH", "n_sentences",
+               "count_sentence_scope_L", "count_sentence_pos_L", "hist_sentence_scope_FLH", "hist_sentence_pos_FLH",
                "count_LO")
 
     @property
@@ -1407,7 +1408,7 @@ class LabelSetAccumulator(Accumulator):
     def _init_state(self):
         F, L, nb, O = self.config.n_features, len(self.config.labels), self.config.bins.n_bins, len(self.offsets)
         for name in self._COUNTS:
-            shape = {"L": (L,), "FLB": (F, L, nb), "LO": (L, O)}.get(name.rsplit("_", 1)[-1], ())
+            shape = {"L": (L,), "FLH": (F, L, nb), "LO": (L, O)}.get(name.rsplit("_", 1)[-1], ())
             setattr(self, name, torch.zeros(shape, dtype=torch.int64, device=self.device))
         self.sum_LOF = ExactSum((L * O, F), self.device)
 
@@ -1425,8 +1426,8 @@ class LabelSetAccumulator(Accumulator):
         scope_B = torch.full((p.B,), -1, dtype=torch.int64, device=self.device) if batch.label_scope_B is None else batch.label_scope_B
         scope_LBT = ((scope_B[None, :, None] >> label_L11) & 1 == 1) & p.valid_BT[None]
         inside_LBT = bits(batch.label_bits_BT) & scope_LBT
-        self._add_tokens(p, scope_LBT, self.count_scope_L, self.hist_scope_FLB)
-        self._add_tokens(p, inside_LBT, self.count_pos_L, self.hist_pos_FLB)
+        self._add_tokens(p, scope_LBT, self.count_scope_L, self.hist_scope_FLH)
+        self._add_tokens(p, inside_LBT, self.count_pos_L, self.hist_pos_FLH)
         starts_LBT = bits(batch.label_start_bits_BT) & scope_LBT
         O = len(self.offsets)
         for label in range(L):
@@ -1435,14 +1436,14 @@ class LabelSetAccumulator(Accumulator):
             positive_LBT = inside_LBT if batch.sentence_label_bits_BT is None else bits(batch.sentence_label_bits_BT)
             self._add_sentences(p, scope_LBT, positive_LBT & scope_LBT)
 
-    def _add_tokens(self, p: PreparedBatch, mask_LBT: Tensor, count_L: Tensor, hist_FLB: Tensor) -> None:
-        """Count the valid tokens of `mask_LBT` per label set, and their activations into `hist_FLB`."""
+    def _add_tokens(self, p: PreparedBatch, mask_LBT: Tensor, count_L: Tensor, hist_FLH: Tensor) -> None:
+        """Count the valid tokens of `mask_LBT` per label set, and their activations into `hist_FLH`."""
         L, F = len(self.config.labels), self.config.n_features
         n_L = mask_LBT.sum((1, 2))
         count_L += n_L
         l_idx, n_idx = mask_LBT[:, p.b_N, p.t_N].nonzero(as_tuple=True)
         bin_N = p.bin_N(self.config.bins)
-        _add_histogram(hist_FLB.view(-1), p.f_N[n_idx] * L + l_idx, bin_N[n_idx], n_L.repeat(F), self.config.bins.n_bins)
+        _add_histogram(hist_FLH.view(-1), p.f_N[n_idx] * L + l_idx, bin_N[n_idx], n_L.repeat(F), self.config.bins.n_bins)
 
     def _add_sentences(self, p: PreparedBatch, scope_LBT: Tensor, positive_LBT: Tensor) -> None:
         L, F, nb = len(self.config.labels), self.config.n_features, self.config.bins.n_bins
@@ -1469,14 +1470,14 @@ class LabelSetAccumulator(Accumulator):
         max_U = torch.zeros(len(key_U), dtype=torch.float32, device=self.device)
         max_U.scatter_reduce_(0, inverse, p.value_N[kept], "amax")
         piece_U, f_U, bin_U = key_U // F, key_U % F, self.config.bins.index(max_U)
-        for piece_LP, count_L, hist_FLB in (
-            (per_piece(scope_LBT), self.count_sentence_scope_L, self.hist_sentence_scope_FLB),
-            (per_piece(positive_LBT), self.count_sentence_pos_L, self.hist_sentence_pos_FLB),
+        for piece_LP, count_L, hist_FLH in (
+            (per_piece(scope_LBT), self.count_sentence_scope_L, self.hist_sentence_scope_FLH),
+            (per_piece(positive_LBT), self.count_sentence_pos_L, self.hist_sentence_pos_FLH),
         ):
             n_L = piece_LP.sum(1)
             count_L += n_L
             l_idx, u_idx = piece_LP[:, piece_U].nonzero(as_tuple=True)
-            _add_histogram(hist_FLB.view(-1), f_U[u_idx] * L + l_idx, bin_U[u_idx], n_L.repeat(F), nb)
+            _add_histogram(hist_FLH.view(-1), f_U[u_idx] * L + l_idx, bin_U[u_idx], n_L.repeat(F), nb)
 
     def _merge_state(self, other):
         for name in self._COUNTS:
@@ -1492,9 +1493,9 @@ class LabelSetAccumulator(Accumulator):
         count_LO1 = self.count_LO.to(torch.float64)[:, :, None]
         mean_LOF = torch.where(count_LO1 > 0, sum_LOF / count_LO1.clamp_min(1), torch.full_like(sum_LOF, math.nan))
         return LabelSetTotals(
-            self.config.labels, self.count_pos_L.clone(), self.hist_pos_FLB.clone(), self.count_scope_L.clone(),
-            self.hist_scope_FLB.clone(), int(self.n_sentences), self.count_sentence_scope_L.clone(),
-            self.count_sentence_pos_L.clone(), self.hist_sentence_scope_FLB.clone(), self.hist_sentence_pos_FLB.clone(),
+            self.config.labels, self.count_pos_L.clone(), self.hist_pos_FLH.clone(), self.count_scope_L.clone(),
+            self.hist_scope_FLH.clone(), int(self.n_sentences), self.count_sentence_scope_L.clone(),
+            self.count_sentence_pos_L.clone(), self.hist_sentence_scope_FLH.clone(), self.hist_sentence_pos_FLH.clone(),
             torch.tensor(self.offsets, dtype=torch.int64, device=self.device), self.count_LO.clone(), sum_LOF,
             mean_LOF, self.config.bins,
         )

@@ -21,8 +21,11 @@ cut into batches of `batch_size` windows, every batch padded to the shape `[batc
 The plan depends only on the corpus and the batch size, never on the shard: shard i of n takes
 batches i, i + n, ... (and `fetch_example_contexts`, the independent check of the kept contexts,
 re-forwards the very batches the pass saw). A window is therefore always computed in the same batch,
-and its activations are bit-identical in a single run, in a shard, and in that check. That is what makes shard-and-merge equal a single pass bit
-for bit (a CPU or GPU matmul over a differently shaped batch may round differently).
+and its activations are bit-identical in a single run, in a shard, and in that check. That is what
+makes shard-and-merge equal a single pass bit for bit (a CPU or GPU matmul over a differently shaped
+batch may round differently).
+
+Shape suffixes (`acts_BTF`: batch, tokens, features): docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -201,16 +204,16 @@ def _chunk_windows(
         [doc.text for doc in documents], add_special_tokens=False, return_offsets_mapping=True,
         return_attention_mask=False, return_token_type_ids=False, verbose=False,
     )
-    n_D = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=len(documents))  # text tokens per document
-    first_D = np.cumsum(n_D) - n_D  # each document's first token in X
-    ids_X = np.fromiter(itertools.chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=int(n_D.sum()))
+    n_Q = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=len(documents))  # text tokens per document
+    first_Q = np.cumsum(n_Q) - n_Q  # each document's first token in X
+    ids_X = np.fromiter(itertools.chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=int(n_Q.sum()))
     group_X = np.full(len(ids_X), NO_GROUP, dtype=np.int8)
     for d, doc in enumerate(documents):
         if doc.spans:
-            group_X[first_D[d] : first_D[d] + n_D[d]] = token_group_ids(enc["offset_mapping"][d], doc.spans)
+            group_X[first_Q[d] : first_Q[d] + n_Q[d]] = token_group_ids(enc["offset_mapping"][d], doc.spans)
     # A phrase start: a backtracking token whose predecessor in the document is not in the same group.
     prev_X = np.roll(group_X, 1)
-    prev_X[first_D[n_D > 0]] = NO_GROUP
+    prev_X[first_Q[n_Q > 0]] = NO_GROUP
     start_X = np.isin(group_X, [GROUPS.index(g) for g in NOTEBOOK_GROUPS]) & (group_X != prev_X)
     with_sentences = any(doc.sentences for doc in documents)
     with_labels = any(doc.label_spans for doc in documents)
@@ -219,9 +222,9 @@ def _chunk_windows(
     label_start_X = np.zeros(len(ids_X), dtype=np.uint32)
     sentence_label_X = np.zeros(len(ids_X), dtype=np.uint32)
     for d, doc in enumerate(documents):
-        if not (doc.sentences or doc.label_spans) or not n_D[d]:
+        if not (doc.sentences or doc.label_spans) or not n_Q[d]:
             continue
-        at = slice(first_D[d], first_D[d] + n_D[d])
+        at = slice(first_Q[d], first_Q[d] + n_Q[d])
         offsets = np.asarray(enc["offset_mapping"][d], dtype=np.int64).reshape(-1, 2)
         if doc.sentences:
             sentence_X[at] = sentence_of_tokens(offsets, doc.sentences)
@@ -237,15 +240,15 @@ def _chunk_windows(
     # Window k of a document: BOS, then its text tokens [k * step, (k + 1) * step).
     n_bos = 0 if bos is None else 1
     step = context_size - n_bos
-    n_windows_D = np.maximum(-(-n_D // step), n_bos)  # an empty document still gives its BOS
-    doc_W = np.repeat(np.arange(len(documents)), n_windows_D)
-    k_W = np.arange(len(doc_W)) - np.repeat(np.cumsum(n_windows_D) - n_windows_D, n_windows_D)
-    length_W = n_bos + np.minimum(step, n_D[doc_W] - k_W * step)
+    n_windows_Q = np.maximum(-(-n_Q // step), n_bos)  # an empty document still gives its BOS
+    doc_W = np.repeat(np.arange(len(documents)), n_windows_Q)
+    k_W = np.arange(len(doc_W)) - np.repeat(np.cumsum(n_windows_Q) - n_windows_Q, n_windows_Q)
+    length_W = n_bos + np.minimum(step, n_Q[doc_W] - k_W * step)
     end_W = np.cumsum(length_W)
     window_Y = np.repeat(np.arange(len(doc_W)), length_W)
     position_Y = np.arange(len(window_Y)) - (end_W - length_W)[window_Y]
     text_Y = position_Y >= n_bos
-    source = (first_D[doc_W] + k_W * step)[window_Y][text_Y] + position_Y[text_Y] - n_bos  # text_Y's tokens in X
+    source = (first_Q[doc_W] + k_W * step)[window_Y][text_Y] + position_Y[text_Y] - n_bos  # text_Y's tokens in X
     ids_Y = np.full(len(window_Y), 0 if bos is None else bos, dtype=np.int64)
     ids_Y[text_Y] = ids_X[source]
     group_Y = np.full(len(window_Y), NO_GROUP, dtype=np.int8)

@@ -91,7 +91,7 @@ class BacktrackingAuroc(NamedTuple):
 
 def auroc_for_groups(evidence: EvidenceTotals, groups: Sequence[str]) -> Auroc:
     """AUROC of tokens inside phrases of `groups` against all other valid tokens."""
-    hist_FCH = evidence.hist_FCB
+    hist_FCH = evidence.hist_FCH
     in_class = torch.tensor([g in groups for g in GROUPS] + [False], device=hist_FCH.device)
     pos_FH = hist_FCH[:, in_class].sum(1)
     return auroc_from_histograms(pos_FH, hist_FCH.sum(1) - pos_FH)
@@ -222,10 +222,10 @@ def compute_label_set_scores(totals: LabelSetTotals, lead_lag: LeadLagTotals) ->
     """Token AUROC (negatives: the other valid tokens of the documents the set labels), sentence AUROC
     (negatives: the other sentence pieces of those documents) and the lead-lag scores around each
     label's starts, against the all-token baseline of `lead_lag`."""
-    pos_FLB = totals.hist_pos_FLB
-    token = auroc_from_histograms(pos_FLB, totals.hist_scope_FLB - pos_FLB)
-    sentence_pos_FLB = totals.hist_sentence_pos_FLB
-    sentence = auroc_from_histograms(sentence_pos_FLB, totals.hist_sentence_scope_FLB - sentence_pos_FLB)
+    pos_FLH = totals.hist_pos_FLH
+    token = auroc_from_histograms(pos_FLH, totals.hist_scope_FLH - pos_FLH)
+    sentence_pos_FLH = totals.hist_sentence_pos_FLH
+    sentence = auroc_from_histograms(sentence_pos_FLH, totals.hist_sentence_scope_FLH - sentence_pos_FLH)
     profiles = [
         compute_lead_lag(LeadLagTotals(
             totals.offsets_O, totals.mean_LOF[label], totals.sum_LOF[label], totals.count_LO[label],
@@ -328,7 +328,7 @@ class WithinTokenAuroc(NamedTuple):
 
 
 def compute_within_token_auroc(totals: WithinTokenTotals) -> WithinTokenAuroc:
-    pos_FKH, neg_FKH = totals.hist_FKCB[:, :, 1], totals.hist_FKCB[:, :, 0]
+    pos_FKH, neg_FKH = totals.hist_FKCH[:, :, 1], totals.hist_FKCH[:, :, 0]
     per_token = auroc_from_histograms(pos_FKH, neg_FKH)
     F, K = pos_FKH.shape[:2]
     if F == 0 or K == 0:
@@ -410,7 +410,7 @@ def interval_of_bins(stats: ActivationStatsTotals, n_intervals: int, scheme: Lit
     representative value. quantile: intervals of equal counts of non-zero activations; a bin goes to
     the interval holding the cumulative share at its middle. Whole bins only, so samples stay exact.
     """
-    hist_FH = stats.hist_FB.to(torch.float64)
+    hist_FH = stats.hist_FH.to(torch.float64)
     F, nb = hist_FH.shape
     if scheme == "linear":
         rep_H = stats.bins.representative_values().to(hist_FH.device)
@@ -464,13 +464,13 @@ def _interval_bounds(
 ) -> IntervalBounds:
     device = interval_FH.device
     F, nb = interval_FH.shape
-    filled_FH = (stats.hist_FB > 0) & (interval_FH >= 0)
+    filled_FH = (stats.hist_FH > 0) & (interval_FH >= 0)
     f_X, h_X = torch.nonzero(filled_FH, as_tuple=True)
     group_X = f_X * n_intervals + interval_FH[f_X, h_X]
     size = F * n_intervals
     low = torch.full((size,), nb, dtype=torch.int64, device=device).scatter_reduce_(0, group_X, h_X, "amin")
     high = torch.full((size,), -1, dtype=torch.int64, device=device).scatter_reduce_(0, group_X, h_X, "amax")
-    count = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group_X, stats.hist_FB[f_X, h_X])
+    count = torch.zeros(size, dtype=torch.int64, device=device).index_add_(0, group_X, stats.hist_FH[f_X, h_X])
     present = torch.nonzero(count > 0).flatten()
     lower_H, upper_H = stats.bins.lower_edges().to(device), stats.bins.upper_edges().to(device)
     return IntervalBounds(

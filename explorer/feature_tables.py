@@ -107,7 +107,7 @@ def activation_stats_rows(sae_id: str, totals: IndexTotals) -> tuple[pd.DataFram
         "mean_nonzero": _float_or_none(_np(s.mean_nonzero_F)),
         "activation_sum": _np(s.sum_F).astype(np.float64),
     })
-    hist = _np(s.hist_FB)
+    hist = _np(s.hist_FH)
     f_idx, b_idx = np.nonzero(hist)
     lower, upper = _np(s.bins.lower_edges()), _np(s.bins.upper_edges())
     histograms = pd.DataFrame({

@@ -340,8 +340,8 @@ def test_activation_stats_match_brute_force(corpus):
     hist = np.zeros((F, bins.n_bins), dtype=np.int64)
     for f in range(F):
         hist[f] = np.bincount(bin_of(corpus.acts_CTF[:, :, f][corpus.valid_CT], bins), minlength=bins.n_bins)
-    assert np.array_equal(totals.hist_FB.numpy(), hist)
-    assert (totals.hist_FB.sum(1) == n_valid).all()
+    assert np.array_equal(totals.hist_FH.numpy(), hist)
+    assert (totals.hist_FH.sum(1) == n_valid).all()
 
 
 def test_backtracking_evidence_matches_brute_force(corpus):
@@ -359,7 +359,7 @@ def test_backtracking_evidence_matches_brute_force(corpus):
         assert np.allclose(totals.sum_FC[:, cls].numpy(), sums, rtol=0, atol=1e-5)
         for f in range(F):
             hist = np.bincount(bin_of(corpus.acts_CTF[:, :, f][tokens], SMALL_BINS), minlength=SMALL_BINS.n_bins)
-            assert np.array_equal(totals.hist_FCB[f, cls].numpy(), hist)
+            assert np.array_equal(totals.hist_FCH[f, cls].numpy(), hist)
 
 
 def brute_reasoning_positions(token_ids, valid, vocab: ReasoningVocab, widen=(1, 2)):
@@ -464,7 +464,7 @@ def test_token_counts_and_within_token_histograms_match_brute_force(corpus):
             tokens = corpus.valid_CT & (corpus.token_ids_CT == tok) & ((corpus.group_ids_CT >= 0) == bool(cls))
             for f in range(F):
                 hist = np.bincount(bin_of(corpus.acts_CTF[:, :, f][tokens], SMALL_BINS), minlength=SMALL_BINS.n_bins)
-                assert np.array_equal(within.hist_FKCB[f, k, cls].numpy(), hist)
+                assert np.array_equal(within.hist_FKCH[f, k, cls].numpy(), hist)
 
 
 def test_invalid_tokens_change_nothing(corpus):
@@ -501,10 +501,10 @@ def test_label_sets_match_brute_force(corpus):
         inside = ((corpus.label_bits_CT >> label) & 1).astype(bool) & scope
         assert int(totals.count_pos_L[label]) == inside.sum() and int(totals.count_scope_L[label]) == scope.sum()
         for f in range(F):
-            for mask, hist in ((inside, totals.hist_pos_FLB), (scope, totals.hist_scope_FLB)):
+            for mask, hist in ((inside, totals.hist_pos_FLH), (scope, totals.hist_scope_FLH)):
                 expected = np.bincount(bin_of(acts[:, :, f][mask], SMALL_BINS), minlength=nb)
                 np.testing.assert_array_equal(hist[f, label].numpy(), expected)
-    assert int(totals.count_pos_L[2]) == 0 and totals.hist_pos_FLB[:, 2].sum() == 0
+    assert int(totals.count_pos_L[2]) == 0 and totals.hist_pos_FLH[:, 2].sum() == 0
     assert 0 < int(totals.count_scope_L[1]) < int(totals.count_scope_L[0])
     # Sentence pieces: (window, sentence) over valid tokens; positive by the sentence bits, in scope by the window.
     piece_max, piece_bits = {}, {}
@@ -521,7 +521,7 @@ def test_label_sets_match_brute_force(corpus):
         assert int(totals.count_sentence_scope_L[label]) == scope.sum()
         assert int(totals.count_sentence_pos_L[label]) == positive.sum()
         for f in range(F):
-            for mask, hist in ((positive, totals.hist_sentence_pos_FLB), (scope, totals.hist_sentence_scope_FLB)):
+            for mask, hist in ((positive, totals.hist_sentence_pos_FLH), (scope, totals.hist_sentence_scope_FLH)):
                 expected = np.bincount(bin_of(maxima[mask, f], SMALL_BINS), minlength=nb)
                 np.testing.assert_array_equal(hist[f, label].numpy(), expected)
     assert int(totals.count_sentence_pos_L[0]) > 10 and int(totals.count_sentence_pos_L[2]) == 0

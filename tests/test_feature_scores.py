@@ -380,7 +380,7 @@ def test_interval_samples_are_the_lowest_priorities_of_each_interval(corpus, sch
     expected_samples, expected_bounds = [], []
     lower, upper = bins.lower_edges().numpy(), bins.upper_edges().numpy()
     for feature in range(F):
-        table = brute_intervals(stats.max_F[feature].item(), stats.hist_FB[feature].numpy(), bins, n, scheme)
+        table = brute_intervals(stats.max_F[feature].item(), stats.hist_FH[feature].numpy(), bins, n, scheme)
         mine = np.nonzero(f == feature)[0]
         for j in range(n):
             rows = [i for i in mine if table[b[i]] == j]
