@@ -295,7 +295,9 @@ def load_progress(path: Path, identity: dict[str, Any]) -> PassProgress | None:
     try:
         saved = torch.load(path, weights_only=False)
         stale = saved["identity"] != identity
-    except Exception as err:  # a damaged file: start again rather than fail
+        if not stale:  # saved by this version of the accumulators (an older one's state is refused)
+            FeatureIndexAccumulators.from_state_dict(saved["progress"]["state"])
+    except Exception as err:  # a damaged file, or an older version's: start again rather than fail
         print(f"  ignoring unreadable progress {path} ({type(err).__name__})", flush=True)
         stale = True
     if stale:
