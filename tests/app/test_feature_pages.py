@@ -68,8 +68,11 @@ def test_a_deep_link_reproduces_the_card(runs, best, monkeypatch):
     assert len(linked.get("plotly_chart")) == 4  # histogram, lead-lag, group AUROC, word shares
     evidence = linked.table[0].value
     assert "AUROC, six backtracking groups" in evidence.index and "Promotes Wait?" in evidence.index
-    neighbours = linked.dataframe[-1].value
+    frames = [d.value for d in linked.dataframe]
+    neighbours = next(f for f in frames if "card" in f.columns)
     assert neighbours["card"].str.startswith(f"Features?run=mini&sae={SAE_ID}&feature=").all()
+    label_scores = next(f for f in frames if "sentence_auroc" in f.columns)  # the card's label-set table
+    assert {"backtracking", "sentence:backtracking"} <= set(label_scores["label"])
 
     assert "top candidate" not in messages(linked)  # a linked card is not the page's own choice
 
