@@ -282,8 +282,8 @@ DEMO = Profile(
         lr_warm_up_fraction=0.05,
         lr_decay_fraction=0.2,
         l1_warm_up_fraction=0.1,
-        # 768k tokens: on 2 cores the model's forward pass (~20k tokens/s) dominates, and smaller batches
-        # learn more per token. About 60 s of training.
+        # 768k tokens: on 2 cores the model's forward pass dominates, and smaller batches learn more per
+        # token (timings: docs/results.md).
         training_steps=1_500,
         train_batch_size_tokens=512,
         context_size=256,
@@ -294,10 +294,10 @@ DEMO = Profile(
         # tuned with these, and the planted-feature checks hold with them.
         **SAE_LENS_6_DEFAULTS,
     ),
-    # 400k tokens (about 2,300 traces, 900 of them backtracking): every feature's statistics settle,
-    # and the pass takes well under a minute on 2 cores (docs/benchmarks.md).
+    # 400k tokens: every feature's statistics settle, and the pass takes well under a minute on 2 cores
+    # (docs/benchmarks.md).
     index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=400_000),
-    # The demo's held-out documents hold about 70,000 tokens: the sparsity figures read all of them.
+    # The demo's held-out documents hold fewer tokens than this: the sparsity figures read all of them.
     report=ReportSpec(n_tokens=32_768, n_sparsity_tokens=200_000),
 )
 

@@ -21,7 +21,7 @@ def render_empty_state() -> None:
     """How to build a run, and the button that builds the demo (the page reruns once it is built)."""
     runs_dir = Path(artifacts.DEFAULT_RUNS_DIR)
     st.info(
-        f"No run folder was found under `{runs_dir}/`. Build the embedded demo (about 4 minutes on 2 CPU cores) "
+        f"No run folder was found under `{runs_dir}/`. Build the embedded demo (a few minutes on 2 CPU cores; the README says how long) "
         "and start the app with\n\n"
         "```\nmake demo\n```\n\n(`make demo-data` builds it without starting the app), or a run of your own with\n\n"
         "```\npython -m precompute build --profile demo --dataset my_traces.json\n```\n\n"
