@@ -33,4 +33,5 @@ traces.render_document_sentences(run_dir, doc_id)
 st.subheader("Two label sets compared")
 st.caption("Precision and recall of A against B over the whole corpus (docs/labels.md, `labels --compare`), and "
            "both marked on this trace.")
-traces.render_agreement(run_dir, doc_id)
+if st.toggle("Compare two label sets (reads every set's spans once)", key="compare_label_sets"):
+    traces.render_agreement(run_dir, doc_id)

@@ -140,6 +140,7 @@ def test_corpus_page_shows_each_sentences_label_sets_and_two_sets_compared(runs_
     sentences = at.dataframe[1].value  # after the chosen trace's row
     assert {"text", "tags"} <= set(sentences.columns) and len(sentences) > 1
     assert any("tag:" in tags for tags in sentences["tags"])  # the synthetic corpus's own sentence tags
+    at.toggle(key="compare_label_sets").set_value(True).run()
     at.selectbox(key="agreement_a").set_value("sentence:backtracking")
     at.selectbox(key="agreement_b").set_value("tag:uncertainty_management").run()
     assert not at.exception
