@@ -31,6 +31,7 @@ from explorer.database import (
     utc_now,
     write_sae_training_report,
 )
+from explorer.errors import DatabaseError
 from explorer.runs import RunFolderError, read_documents
 from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_report
 from precompute.atomic import atomic_dir
@@ -351,8 +352,12 @@ def _ensure_in_database(profile: Profile, run_dir: Path, sae_id: str) -> None:
     """A skipped stage still makes sure its report is in the DuckDB file (e.g. after the file was
     deleted), from the folder's training_report.json."""
     db_path = database_path(run_dir)
-    if db_path.is_file() and sae_id in read_sae_ids(db_path):
-        return
+    try:
+        if db_path.is_file() and sae_id in read_sae_ids(db_path):
+            return
+    except DatabaseError as err:
+        if err.problem != DatabaseError.SCHEMA:
+            raise  # an older file is brought up to date by the write below; a newer one is refused there
     report_path = sae_dir(run_dir, sae_id) / TRAINING_REPORT_FILE
     row, curve = row_from_training_report(report_path)
     write_sae_training_report(db_path, row, curve, provenance(profile, run_dir))

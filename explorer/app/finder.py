@@ -11,8 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.app.candidates import load_top_candidate, top_candidate_note
-from explorer.app.index_cache import FeatureDB
-from explorer.app.messages import shown
+from explorer.app.index_cache import FeatureDB, find_features
 from explorer.app.model_cache import load_model_and_sae
 from explorer.app.run_cache import load_run_summary
 from explorer.feature_db import find_features_by_example_token, find_features_by_logit_token
@@ -43,12 +42,12 @@ def render_feature_finder(db: FeatureDB, run_dir: Path, sae_id: str, d_sae: int)
         with by_logit:
             token = st.text_input("A token the feature promotes (its logit lens), e.g. Wait", key="find_logit_token")
             if token.strip():
-                found = shown(find_features_by_logit_token, db.con, sae_id, token)
+                found = find_features(find_features_by_logit_token, db, sae_id, token)
                 _render_found(found, run, sae_id, "pick_logit", lambda r: f"{r.feature_id} (rank {r.rank + 1}, logit {r.logit:.3f})")
         with by_example:
             token = st.text_input("A token the feature peaks on in its top examples, e.g. Wait", key="find_example_token")
             if token.strip():
-                found = shown(find_features_by_example_token, db.con, sae_id, token)
+                found = find_features(find_features_by_example_token, db, sae_id, token)
                 _render_found(found, run, sae_id, "pick_example",
                               lambda r: f"{r.feature_id} ({r.n_examples} examples, max {r.max_activation:.3f})")
         with by_text:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from explorer import artifacts
 from explorer.app.empty_state import render_empty_state
-from explorer.app.index_cache import FeatureDB, load_index_run, open_feature_db
+from explorer.app.index_cache import FeatureDB, load_index_run, open_feature_db, report_database_problem
 from explorer.app.run_cache import load_run_summary
 from explorer.runs import RunSummary, find_runs, list_sae_ids
 
@@ -54,11 +54,13 @@ def render_sae_picker(run_dir: Path) -> str | None:
 
 
 def pick_run_or_stop() -> Path:
-    """The run chosen in the sidebar; with no run at all, explain how to build one and stop the page."""
+    """The run chosen in the sidebar; with no run at all, explain how to build one and stop the page.
+    A damaged run database is said here, once, at the top of every page."""
     run_dir = render_run_picker()
     if run_dir is None:
         render_empty_state()
         st.stop()
+    report_database_problem(run_dir)
     return run_dir
 
 

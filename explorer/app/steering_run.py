@@ -12,8 +12,7 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from explorer.app.messages import show_error
-from explorer.database import DatabaseError, database_path
+from explorer.database import database_path
 from explorer.errors import user_facing_errors
 from explorer.live import EXAMPLE_PROBLEM
 from explorer.steering import (
@@ -25,13 +24,7 @@ from explorer.steering import (
     compute_steering,
     parse_coefficients,
 )
-from explorer.steering_store import (
-    SteeringRun,
-    StoredSteering,
-    read_steering_result,
-    read_steering_runs,
-    write_steering_result,
-)
+from explorer.steering_store import write_steering_result
 
 FEATURE_PARAM = "feature"
 CPU_MAX_NEW_TOKENS, CPU_MAX_SAMPLES = 256, 8
@@ -138,27 +131,6 @@ def session_result(sae_id: str, feature: int) -> SteeringResult | None:
     if kept is not None and kept[0] == sae_id and kept[1].config.feature_id == feature:
         return kept[1]
     return None
-
-
-def load_stored_runs(run_dir: Path, sae_id: str, feature_id: int) -> list[SteeringRun]:
-    """The stored steering runs of a feature (newest first), or [] when the run has no database."""
-    path = database_path(run_dir)
-    if not path.is_file():
-        return []
-    try:
-        return read_steering_runs(path, sae_id, feature_id)
-    except DatabaseError as err:
-        show_error(err)
-        return []
-
-
-def load_stored_result(run_dir: Path, run_id: str) -> StoredSteering | None:
-    """A stored run read back, or None after showing why not."""
-    try:
-        return read_steering_result(database_path(run_dir), run_id)
-    except DatabaseError as err:
-        show_error(err)
-        return None
 
 
 def save_result(run_dir: Path, sae_id: str, result: SteeringResult) -> None:

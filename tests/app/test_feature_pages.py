@@ -135,7 +135,7 @@ def test_missing_index_missing_and_corrupt_databases_get_a_message(path, runs, m
     cases = [
         ({"run": "mini", "sae": UNINDEXED_SAE_ID}, "precompute index"),
         ({"run": "noindex", "sae": SAE_ID}, "no database yet"),
-        ({"run": "corrupt", "sae": SAE_ID}, "could not be opened"),
+        ({"run": "corrupt", "sae": SAE_ID}, "is damaged"),
     ]
     for params, expected in cases:
         at = page(path, runs, monkeypatch, **params, feature=1)
