@@ -19,7 +19,7 @@ model, sae, hook_name = loaded
 max_tokens, max_samples = steering_run.page_bounds(model.cfg.device)
 
 feature = int(st.number_input(
-    "Feature", 0, sae.cfg.d_sae - 1, steering_run.feature_from_query(sae.cfg.d_sae), key="steer_feature"
+    "Feature", 0, sae.cfg.d_sae - 1, steering_run.feature_from_query(sae_id, sae.cfg.d_sae), key="steer_feature"
 ))
 st.query_params[steering_run.FEATURE_PARAM] = str(feature)
 

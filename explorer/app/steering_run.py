@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
+from explorer.app.link_params import linked_feature
 from explorer.database import database_path
 from explorer.errors import user_facing_errors
 from explorer.live import EXAMPLE_PROBLEM
@@ -47,13 +48,13 @@ def page_bounds(device: str) -> tuple[int, int]:
     return CPU_MAX_NEW_TOKENS, CPU_MAX_SAMPLES
 
 
-def feature_from_query(d_sae: int, default: int = 0) -> int:
-    """The `?feature=` of the URL when it names a feature of this SAE, else `default`."""
-    try:
-        value = int(st.query_params.get(FEATURE_PARAM, default))
-    except (TypeError, ValueError):
-        return default
-    return value if 0 <= value < d_sae else default
+def feature_from_query(sae_id: str, d_sae: int, default: int = 0) -> int:
+    """The link's `?feature=` when it names a feature of this SAE, else `default` (after a warning,
+    on a fresh visit, when the link names another)."""
+    if "steer_feature" in st.session_state:  # the page's own choice, written back to the URL
+        return int(st.session_state["steer_feature"])
+    linked = linked_feature(st.query_params.get(FEATURE_PARAM), sae_id, d_sae, f"feature {default}")
+    return default if linked is None else linked
 
 
 def init_prompt(corpus_prompts: Sequence[str]) -> None:
