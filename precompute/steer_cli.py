@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.fault_points import checkpoint
 from explorer.steering import (
     MAX_NEW_TOKENS_LIMIT,
     MAX_PROMPTS,
@@ -237,6 +238,7 @@ def run(args: argparse.Namespace) -> None:
             raise UserError(str(err)) from None
         finally:
             bar.close()
+        checkpoint("steer:generated")
         run_id = write_steering_result(db_path, args.sae, result, prompt_source=source)
         size = f"{len(prompts)} prompts x {config.n_samples} samples, <= {result.max_new_tokens} new tokens"
         took = f"{result.n_generated_tokens:,} tokens in {time.time() - started:.0f} s on {result.device}"

@@ -32,6 +32,7 @@ from explorer.database import (
     write_sae_training_report,
 )
 from explorer.errors import DatabaseError
+from explorer.fault_points import checkpoint
 from explorer.runs import RunFolderError, read_documents
 from explorer.sae_metrics import SAEReport, TrainingCurvePoint, compute_sae_report
 from precompute.atomic import atomic_dir
@@ -308,6 +309,7 @@ def run_train_sae_stage(
             wandb=wandb,
             run_name=sae_id,
         )
+        checkpoint("train-sae:trained")
         report = measure_sae(model, trained.loaded.sae, hook_name, source.heldout_NT, source.special_token_ids, profile.report)
         row = report_row(
             sae_id,
@@ -334,6 +336,7 @@ def run_train_sae_stage(
             )
         )
         write_manifest(tmp, STAGE, config, started, sae_id=sae_id, d_in=d_in)
+    checkpoint("train-sae:folder-written")
     write_sae_training_report(database_path(run_dir), row, trained.curve, provenance(profile, run_dir))
     print(f"  trained in {trained.train_seconds:.0f}s ({trained.training_tokens:,} tokens)", flush=True)
     print_report(sae_id, row)

@@ -71,3 +71,13 @@ def folder_hashes(folder: Path) -> dict[str, str]:
             stat = path.stat()
             hashes[str(path.relative_to(folder))] = f"unreadable {stat.st_size} {stat.st_mtime_ns}"
     return hashes
+
+
+def visible_hashes(run_dir: Path, *, leave_out: tuple[str, ...] = ()) -> dict[str, str]:
+    """The run's files as a reader finds them: hidden temporaries, the index's saved progress and
+    `leave_out` aside (a killed stage may leave those; its next run removes or resumes from them)."""
+    return {
+        path: digest for path, digest in folder_hashes(run_dir).items()
+        if not any(part.startswith(".") for part in Path(path).parts)
+        and not path.startswith("index_partials/") and path not in leave_out
+    }
