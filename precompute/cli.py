@@ -316,10 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # the library's own errors carry actionable messages
-        from explorer.errors import is_user_facing
+        from explorer.errors import is_out_of_space, is_user_facing, out_of_space_message
 
-        if not is_user_facing(err):
+        if is_user_facing(err):
+            print(f"error: {err}", file=sys.stderr)
+        elif is_out_of_space(err):  # a full disk, a quota or `ulimit -f`, met by any write of the stage
+            print(f"error: {out_of_space_message(err, f'the output of `{args.command}`')}", file=sys.stderr)
+        else:
             raise
-        print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
