@@ -330,15 +330,16 @@ def write_sae_training_report(
 
 
 def open_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
-    """A shared read-only connection to a file that passed the checks above; take a `.cursor()` per
-    query. Raises `DatabaseError` saying what is wrong and what to do."""
+    """A shared read-only connection to a file that passed the checks above; read through `_cursor`, a
+    cursor per query (a bare `.cursor()` starts in DuckDB's in-memory catalog, not the file's). Raises
+    `DatabaseError` saying what is wrong and what to do."""
     return _open_checked(Path(db_path), "read")
 
 
 def _open_checked(db_path: Path, action: str, *, check_version: bool = True) -> duckdb.DuckDBPyConnection:
     _check_file(db_path, action)
     try:
-        con = duckdb.connect(str(db_path), read_only=True)
+        con = _connect_read_only(db_path)
     except duckdb.Error as err:
         raise _read_error(db_path, err, action) from err
     try:
@@ -354,6 +355,33 @@ def _open_checked(db_path: Path, action: str, *, check_version: bool = True) -> 
         con.close()
         raise
     return con
+
+
+ATTACHED = "run"
+"""The name a read-only connection gives the run's file (`_connect_read_only`)."""
+
+
+def _connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the file at `db_path` now. `duckdb.connect(path)` shares one database
+    instance per path within a process: while any connection to a file is open, a new one would read the
+    file that was there when the first opened, not the one a stage has since put in its place. An
+    in-memory instance of its own that attaches the file opens what is there."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH ? AS {ATTACHED} (READ_ONLY)", [str(db_path)])
+        con.execute(f"USE {ATTACHED}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _use_attached(cursor: duckdb.DuckDBPyConnection) -> None:
+    """A cursor starts in the in-memory catalog: point it at the attached file, when there is one."""
+    try:
+        cursor.execute(f"USE {ATTACHED}")
+    except duckdb.Error:  # a connection opened some other way (a plain `duckdb.connect(path)`)
+        pass
 
 
 def _check_file(db_path: Path, action: str) -> None:
@@ -517,6 +545,7 @@ def _cursor(db: duckdb.DuckDBPyConnection | Path) -> Iterator[duckdb.DuckDBPyCon
     try:
         if connection is not None:
             cursor = connection.cursor()
+            _use_attached(cursor)
             try:
                 yield cursor
             finally:
@@ -524,7 +553,7 @@ def _cursor(db: duckdb.DuckDBPyConnection | Path) -> Iterator[duckdb.DuckDBPyCon
             return
         con = open_read_only(Path(db))
         try:
-            yield con.cursor()
+            yield con
         finally:
             con.close()
     except (duckdb.Error, OSError) as err:
