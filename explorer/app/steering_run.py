@@ -1,7 +1,7 @@
 """The Steering page's run control and session state: what a page run may ask for, the feature from the
 link, the prompt box's first value, a generation with a progress bar and a time limit (a click on any
-button stops it), the result kept for the session, and results read from and written to the run's
-database."""
+button stops it), the result kept for the session and written to the run's database (stored results are
+read by `explorer.app.index_cache`)."""
 
 from __future__ import annotations
 
