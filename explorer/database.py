@@ -338,42 +338,28 @@ def open_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
 
 def _open_checked(db_path: Path, action: str, *, check_version: bool = True) -> duckdb.DuckDBPyConnection:
     _check_file(db_path, action)
+    # `duckdb.connect(path)` shares one database instance per path within a process: while any connection
+    # to a file is open, a new one reads the file that was there when the first opened, not the one a stage
+    # has since put in its place. An in-memory instance of its own that attaches the file reads what is there.
+    con = duckdb.connect(":memory:")
     try:
-        con = _connect_read_only(db_path)
-    except duckdb.Error as err:
-        raise _read_error(db_path, err, action) from err
-    try:
+        con.execute(f"ATTACH ? AS {ATTACHED} (READ_ONLY)", [str(db_path)])
+        con.execute(f"USE {ATTACHED}")
         _check_length(con, db_path, action)
         if check_version:
             version = _schema_version(con)
             if version is not None and version != SCHEMA_VERSION:
                 raise schema_version_error(db_path, version, action)
-    except duckdb.Error as err:
+    except BaseException as err:
         con.close()
-        raise _read_error(db_path, err, action) from err
-    except BaseException:
-        con.close()
+        if isinstance(err, duckdb.Error):
+            raise _read_error(db_path, err, action) from err
         raise
     return con
 
 
 ATTACHED = "run"
-"""The name a read-only connection gives the run's file (`_connect_read_only`)."""
-
-
-def _connect_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the file at `db_path` now. `duckdb.connect(path)` shares one database
-    instance per path within a process: while any connection to a file is open, a new one would read the
-    file that was there when the first opened, not the one a stage has since put in its place. An
-    in-memory instance of its own that attaches the file opens what is there."""
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"ATTACH ? AS {ATTACHED} (READ_ONLY)", [str(db_path)])
-        con.execute(f"USE {ATTACHED}")
-    except BaseException:
-        con.close()
-        raise
-    return con
+"""The name a read-only connection gives the run's file."""
 
 
 def _use_attached(cursor: duckdb.DuckDBPyConnection) -> None:

@@ -42,8 +42,9 @@ from explorer.sae_metrics import TrainingCurvePoint
 from explorer.steering_store import SteeringRun, StoredSteering, read_causal_effects, read_steering_result, read_steering_runs
 
 T = TypeVar("T")
-Stamp = tuple[int, int, int]
-"""A version of the file: (inode, mtime_ns, size). A stage replaces the file, which changes it."""
+Stamp = tuple[int, int, int, int]
+"""A version of the file: (inode, mtime_ns, size, mode). A stage replaces the file, which changes it; so
+does a `chmod` that makes an unreadable file readable."""
 
 _PROBLEMS: dict[str, tuple[Stamp, DatabaseError]] = {}
 """What is wrong with each version of a database, once an open or a read found it (every session's)."""
@@ -73,7 +74,7 @@ def _stamp(path: Path) -> Stamp:
         stat = os.stat(path)
     except OSError:  # a link that leads nowhere: its own stat stands for it
         stat = os.lstat(path)
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size, stat.st_mode
 
 
 def database_problem(run_dir: Path) -> DatabaseError | None:

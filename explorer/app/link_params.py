@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from explorer.feature_views import parse_feature_id
+
 VALUE_CHARS = 40
 """A value is shown up to this many characters (a longer one ends in "…")."""
 
@@ -35,14 +37,12 @@ def parse_index(name: str, value: str | None, *, problem: str, instead: str) -> 
     when it is not one (`problem` says what the number is for)."""
     if value is None:
         return None
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = -1
-    if number < 0:
+    number = parse_feature_id(value)  # a whole number, or None
+    if number is None or number < 0:
         warn_bad_param(name, value, problem, instead)
         return None
     return number
+
 
 
 def linked_feature(value: str | None, sae_id: str, d_sae: int, instead: str) -> int | None:
@@ -50,9 +50,8 @@ def linked_feature(value: str | None, sae_id: str, d_sae: int, instead: str) -> 
     or after the warning."""
     if value is None:
         return None
-    try:
-        feature = int(str(value).strip())
-    except ValueError:
+    feature = parse_feature_id(value)
+    if feature is None:
         warn_bad_param("feature", value, f"is not a feature id (a whole number from 0 to {d_sae - 1})", instead)
         return None
     if not 0 <= feature < d_sae:

@@ -10,7 +10,7 @@ import pytest
 from explorer.app.link_params import VALUE_CHARS, shorten
 from explorer.runs import read_document_list
 from tests.faults.conftest import app_page, messages
-from tests.faults.fault_runs import RUN, STEERED_FEATURE
+from tests.faults.fault_runs import RUN, STEERED_FEATURE, folder_hashes
 
 LONG = "x" * 500 + "<script>alert(1)</script>"
 
@@ -59,8 +59,10 @@ def test_a_bad_parameter_gets_one_warning_naming_it_its_value_and_what_is_shown(
     params = {"run": RUN, "sae": sae_id, **params}
     params = {k: a_doc(built_run, backtracking=True) if v == "<doc>" else v for k, v in params.items()}
     at = app_page(page, built_run.parent, monkeypatch, **params)
+    before = folder_hashes(built_run)
     at.run()
     assert not at.exception, at.exception
+    assert folder_hashes(built_run) == before  # a bad link writes nothing
     warnings = bad_link_warnings(at, bad)
     assert len(warnings) == 1, messages(at)
     warning = warnings[0]
