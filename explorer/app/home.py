@@ -9,7 +9,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from explorer.app.index_cache import database_problem, load_index_runs, load_sae_reports, load_sae_training_curve, open_feature_db
+from explorer.app.index_cache import (
+    database_problem,
+    load_index_runs,
+    load_sae_reports,
+    load_sae_training_curve,
+    open_feature_db,
+)
 from explorer.runs import RunSummary
 
 SAE_COLUMNS = ["sae_id", "hook_name", "architecture", "d_sae", "l0", "mse", "explained_variance", "frac_dead",
