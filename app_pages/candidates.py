@@ -4,6 +4,7 @@ each card. `?run=...&sae=...&score=...` reproduces the ranking."""
 import streamlit as st
 
 from explorer.app import candidates, index_cache, pickers
+from explorer.app.link_params import warn_bad_param
 from explorer.feature_views import candidates_table, ranking_choices, split_ranking
 
 st.title("Backtracking candidates")
@@ -13,6 +14,8 @@ run_dir, sae_id, db, index_run = pickers.pick_indexed_sae_or_stop()
 choices = ranking_choices(index_cache.load_label_set_names(db, sae_id))
 keys = list(choices)
 wanted = st.query_params.get("score")
+if wanted is not None and wanted not in keys and "rank_by" not in st.session_state:
+    warn_bad_param("score", wanted, "is not a ranking this page offers", choices[candidates.DEFAULT_RANKING])
 left, middle, right = st.columns([2, 1, 1])
 ranking = left.selectbox("Rank by", keys, index=keys.index(wanted if wanted in keys else candidates.DEFAULT_RANKING),
                          format_func=choices.get, key="rank_by")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from explorer.app import model_cache, pickers, run_cache, steering_run, steering_views
+from explorer.app import index_cache, model_cache, pickers, run_cache, steering_run, steering_views
 
 st.title("Steering")
 
@@ -19,7 +19,7 @@ model, sae, hook_name = loaded
 max_tokens, max_samples = steering_run.page_bounds(model.cfg.device)
 
 feature = int(st.number_input(
-    "Feature", 0, sae.cfg.d_sae - 1, steering_run.feature_from_query(sae.cfg.d_sae), key="steer_feature"
+    "Feature", 0, sae.cfg.d_sae - 1, steering_run.feature_from_query(sae_id, sae.cfg.d_sae), key="steer_feature"
 ))
 st.query_params[steering_run.FEATURE_PARAM] = str(feature)
 
@@ -54,12 +54,14 @@ if fresh is not None:
     steering_views.render_generation(fresh, sae_id, hook_name, feature)
 
 st.subheader(f"Stored results for feature {feature}")
-runs = steering_run.load_stored_runs(run_dir, sae_id, feature)
+runs = index_cache.load_stored_runs(run_dir, sae_id, feature)
+if runs is None:  # a damaged database: said at the top of the page
+    st.stop()
 if not runs:
     st.info(f"No stored steering result for feature {feature} yet: generate above, or run `python -m precompute "
             f"steer --out {run_dir} --sae {sae_id} --features {feature} --coefs=-8,8 --from-corpus 20`.")
     st.stop()
 chosen = st.selectbox("Stored run", runs, format_func=steering_views.describe_run, key="steer_stored_run")
-stored = steering_run.load_stored_result(run_dir, chosen.run_id)
+stored = index_cache.load_stored_result(run_dir, chosen.run_id)
 if stored is not None:
     steering_views.render_result(stored.prompts, stored.samples, stored.summaries, stored.run.mode, feature, key="stored")

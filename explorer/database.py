@@ -20,6 +20,13 @@ two stages writing their own tables one after the other both keep their rows. Re
 connections (`open_read_only`) and a cursor per query; a connection opened before a write keeps
 seeing the file it opened, so reopen to see new rows.
 
+Every read goes through one boundary: `open_read_only` and `read_cursor`. Opening checks that the file is a
+readable file, that DuckDB can open it, that it is as long as its header says (a file cut short is found
+here, not at the first read of a lost block) and that its schema version is this code's. Any DuckDB or
+OS error of a read, at the open or later, becomes `DatabaseError` (explorer.errors), whose message says
+which file, what is wrong with it (damaged, unreadable, not a file, another schema version) and what to
+do; `problem` says which of those it is.
+
 Every statement takes its values as `?` parameters.
 """
 
@@ -29,6 +36,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +44,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import duckdb
 
-from explorer.errors import ExplorerError
+from explorer.errors import DatabaseError, is_out_of_space, out_of_space_message
+from explorer.fault_points import checkpoint
 from explorer.sae_metrics import TrainingCurvePoint
 from explorer.schema import CORE_TABLES, FEATURE_TABLES, MIGRATIONS, SCHEMA_VERSION
 
@@ -47,8 +56,6 @@ Connection = duckdb.DuckDBPyConnection
 """A connection to the run's file (`open_read_only`), for annotations outside the store modules."""
 
 
-class DatabaseError(ExplorerError, RuntimeError):
-    """The run's DuckDB file is missing, unreadable or from another schema; the message says what to do."""
 
 
 class Provenance(NamedTuple):
@@ -139,13 +146,16 @@ def write_transaction(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(db_path):
+        _remove_leftover_copies(db_path)
         fd, name = tempfile.mkstemp(prefix=f".{db_path.name}.tmp-", dir=db_path.parent)
         os.close(fd)
         tmp = Path(name)
         tmp.unlink()  # DuckDB refuses an empty file; it creates its own
         try:
-            if db_path.exists():
+            if os.path.lexists(db_path):
+                _open_checked(db_path, "written", check_version=False).close()  # a damaged file is refused here
                 shutil.copy2(db_path, tmp)
+                checkpoint("database:copied")
             con = duckdb.connect(str(tmp))
             try:
                 _ensure_schema(con, db_path)
@@ -155,10 +165,23 @@ def write_transaction(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
                 con.execute("CHECKPOINT")  # everything in the main file: no WAL left behind
             finally:
                 con.close()
+            checkpoint("database:written")
             os.replace(tmp, db_path)
+        except (duckdb.Error, OSError) as err:
+            if is_out_of_space(err):
+                raise DatabaseError(
+                    out_of_space_message(err, str(db_path)), path=db_path, problem=DatabaseError.OUT_OF_SPACE
+                ) from err
+            raise
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
                 leftover.unlink(missing_ok=True)
+
+
+def _remove_leftover_copies(db_path: Path) -> None:
+    """Temporary copies a killed writer left (only a writer holding the lock makes one, and we hold it)."""
+    for leftover in db_path.parent.glob(f".{db_path.name}.tmp-*"):
+        leftover.unlink(missing_ok=True)
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
@@ -172,10 +195,7 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
                 con.execute(statement)
             row = (SCHEMA_VERSION,)
         if row is not None and row[0] != SCHEMA_VERSION:
-            raise DatabaseError(
-                f"{db_path} has schema version {row[0]}, but this code writes version {SCHEMA_VERSION}. "
-                "Rebuild the run (`python -m precompute build --force`) or use the matching code."
-            )
+            raise schema_version_error(db_path, row[0], "written")
     for statement in (*CORE_TABLES, *FEATURE_TABLES):
         con.execute(statement)
 
@@ -233,31 +253,220 @@ def write_sae_training_report(
 
 
 def open_read_only(db_path: Path) -> duckdb.DuckDBPyConnection:
-    """A shared read-only connection; take a `.cursor()` per query."""
-    db_path = Path(db_path)
-    if not db_path.is_file():
-        raise DatabaseError(f"{db_path} does not exist: build the run first (`python -m precompute build`).")
+    """A shared read-only connection to a file that passed the checks above; read through `read_cursor`, a
+    cursor per query (a bare `.cursor()` starts in DuckDB's in-memory catalog, not the file's). Raises
+    `DatabaseError` saying what is wrong and what to do."""
+    return _open_checked(Path(db_path), "read")
+
+
+def _open_checked(db_path: Path, action: str, *, check_version: bool = True) -> duckdb.DuckDBPyConnection:
+    _check_file(db_path, action)
+    # `duckdb.connect(path)` shares one database instance per path within a process: while any connection
+    # to a file is open, a new one reads the file that was there when the first opened, not the one a stage
+    # has since put in its place. An in-memory instance of its own that attaches the file reads what is there.
+    con = duckdb.connect(":memory:")
     try:
-        return duckdb.connect(str(db_path), read_only=True)
-    except duckdb.Error as err:
-        raise DatabaseError(f"{db_path} could not be opened: {err}") from err
+        con.execute(f"ATTACH ? AS {ATTACHED} (READ_ONLY)", [str(db_path)])
+        con.execute(f"USE {ATTACHED}")
+        _check_length(con, db_path, action)
+        if check_version:
+            version = _schema_version(con)
+            if version is not None and version != SCHEMA_VERSION:
+                raise schema_version_error(db_path, version, action)
+    except BaseException as err:
+        con.close()
+        if isinstance(err, duckdb.Error):
+            raise _read_error(db_path, err, action) from err
+        raise
+    return con
+
+
+ATTACHED = "run"
+"""The name a read-only connection gives the run's file."""
+
+
+def _use_attached(cursor: duckdb.DuckDBPyConnection) -> None:
+    """A cursor starts in the in-memory catalog: point it at the attached file, when there is one."""
+    try:
+        cursor.execute(f"USE {ATTACHED}")
+    except duckdb.Error:  # a connection opened some other way (a plain `duckdb.connect(path)`)
+        pass
+
+
+def _check_file(db_path: Path, action: str) -> None:
+    """A regular file this process can read, or a `DatabaseError` that says what is there instead."""
+    try:
+        mode = os.stat(db_path).st_mode
+    except FileNotFoundError:
+        raise DatabaseError(
+            f"`{db_path}` does not exist: build the run first ({_build_command(db_path)}).",
+            path=db_path, problem=DatabaseError.MISSING,
+        ) from None
+    except OSError as err:
+        raise _read_error(db_path, err, action) from err
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise DatabaseError(
+            f"`{db_path}` is {kind}, not the run's database file, so it cannot be {action}. Move it aside "
+            f"(`mv {db_path} {db_path}.moved`) and rebuild the database: {_build_command(db_path)}.",
+            path=db_path, problem=DatabaseError.NOT_A_FILE,
+        )
+    try:
+        with open(db_path, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise _read_error(db_path, err, action) from err
+
+
+def _check_length(con: duckdb.DuckDBPyConnection, db_path: Path, action: str) -> None:
+    """DuckDB writes whole blocks after a fixed header, so a file that ends inside a block, or holds fewer
+    blocks than its header counts in use, lost its end (a copy that stopped, a disk that filled up)."""
+    block_size, used_blocks = con.execute(
+        "SELECT block_size, used_blocks FROM pragma_database_size() WHERE database_name = current_database()"
+    ).fetchone()
+    size = db_path.stat().st_size
+    blocks, remainder = divmod(size - HEADER_BYTES, int(block_size))
+    if remainder or blocks < int(used_blocks):
+        raise DatabaseError(
+            _damaged_message(
+                db_path, f"it is cut short: {size:,} bytes, not the {HEADER_BYTES:,}-byte header and whole "
+                f"{int(block_size):,}-byte blocks ({int(used_blocks):,} in use) DuckDB writes", action,
+            ),
+            path=db_path, problem=DatabaseError.DAMAGED,
+        )
+
+
+HEADER_BYTES = 3 * 4096
+"""DuckDB's file header and its two database headers, before the first block."""
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    if not has_table(con, "schema_info"):
+        return None
+    row = con.execute("SELECT schema_version FROM schema_info").fetchone()
+    return None if row is None else int(row[0])
+
+
+def _run_of(db_path: Path) -> Path:
+    return Path(db_path).parent
+
+
+def _build_command(db_path: Path) -> str:
+    """The command that rebuilds the run's database from its other outputs, with the run's own profile."""
+    run = _run_of(db_path)
+    return f"`python -m precompute build --profile {run / 'profile.json'} --out {run}`"
+
+
+def _damaged_message(db_path: Path, detail: str, action: str = "read") -> str:
+    return (
+        f"`{db_path}` is damaged and cannot be {action}: {detail}. Move it aside and rebuild it: "
+        f"`mv {db_path} {db_path}.damaged`, then {_build_command(db_path)} (each trained SAE's report comes back "
+        "from its folder and the feature index is rebuilt; stored steering results need `python -m precompute "
+        "steer` again)."
+    )
+
+
+def schema_version_error(db_path: Path, version: int, action: str = "read") -> DatabaseError:
+    """The file's schema version is not this code's: say which is older and what to run."""
+    run = _run_of(db_path)
+    if version < SCHEMA_VERSION:
+        if version in MIGRATIONS:
+            remedy = (
+                "A stage that writes it brings it up to date, for example "
+                f"`python -m precompute index --profile {run / 'profile.json'} --out {run} --force`."
+            )
+        else:
+            remedy = (
+                f"No migration reaches version {SCHEMA_VERSION} from it: move it aside "
+                f"(`mv {db_path} {db_path}.v{version}`) and rebuild it with {_build_command(db_path)}."
+            )
+        age = "an older"
+    else:
+        age = "a newer"
+        remedy = (
+            f"Update this checkout (`git pull`) to read it, or move it aside (`mv {db_path} {db_path}.v{version}`) "
+            f"and rebuild it with this code: {_build_command(db_path)}."
+        )
+    return DatabaseError(
+        f"`{db_path}` has schema version {version}, written by {age} version of this code; this code "
+        f"{'reads' if action == 'read' else 'writes'} version {SCHEMA_VERSION}, so it cannot be {action}. {remedy}",
+        path=db_path, problem=DatabaseError.SCHEMA,
+    )
+
+
+_DAMAGE_WORDS = ("not a valid duckdb database", "could not read enough bytes", "corrupt", "checksum",
+                 "failed to deserialize", "serialization", "invalid block", "out of range")
+"""How DuckDB words a file whose bytes are not what it wrote."""
+
+
+def _read_error(db_path: Path | None, err: BaseException, action: str = "read") -> DatabaseError:
+    """`err`, a DuckDB or OS error of reading `db_path`, as the project's error."""
+    where = db_path if db_path is not None else "The run's database"
+    detail = f"{type(err).__name__}: {err}"
+    if isinstance(err, DatabaseError):
+        return err
+    if is_out_of_space(err):
+        return DatabaseError(out_of_space_message(err, str(where)), path=db_path, problem=DatabaseError.OUT_OF_SPACE)
+    if isinstance(err, OSError):
+        fix = f"`ls -l {where}` shows its owner, mode and where a link points; `chmod a+r {where}` lets every user read it"
+        if db_path is not None:
+            fix += f", or move it aside and rebuild it: {_build_command(db_path)}"
+        return DatabaseError(
+            f"`{where}` cannot be {action} by this user ({err.strerror or detail}). Check it: {fix}.",
+            path=db_path, problem=DatabaseError.UNREADABLE,
+        )
+    text = str(err).lower()
+    if "lock" in text and "conflicting" in text:
+        return DatabaseError(
+            f"`{where}` cannot be {action}: another process has it open for writing ({detail}). Wait for that "
+            "process to finish (the stages write a copy, so this is another program), then reload.",
+            path=db_path, problem=DatabaseError.UNREADABLE,
+        )
+    if isinstance(err, (duckdb.CatalogException, duckdb.BinderException)) and db_path is not None:
+        return DatabaseError(
+            f"`{db_path}` does not hold the tables of schema version {SCHEMA_VERSION} that this code reads ({detail}): "
+            f"it was changed by hand or by other code. Move it aside (`mv {db_path} {db_path}.other`) and rebuild "
+            f"it: {_build_command(db_path)}.",
+            path=db_path, problem=DatabaseError.SCHEMA,
+        )
+    if db_path is None:
+        return DatabaseError(f"The run's database cannot be {action}: it is damaged ({detail}).",
+                             problem=DatabaseError.DAMAGED)
+    if not any(words in text for words in _DAMAGE_WORDS):
+        detail = f"DuckDB says {detail}"
+    return DatabaseError(_damaged_message(db_path, detail, action), path=db_path, problem=DatabaseError.DAMAGED)
+
+
+def connection_path(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The file `con` reads, or None (in memory, or not answerable)."""
+    try:
+        row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    except duckdb.Error:
+        return None
+    return Path(row[0]) if row and row[0] else None
 
 
 @contextlib.contextmanager
 def read_cursor(db: duckdb.DuckDBPyConnection | Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A cursor of `db` (a connection, closed after use) or of a read-only connection to the file at `db`."""
-    if isinstance(db, duckdb.DuckDBPyConnection):
-        cursor = db.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-        return
-    con = open_read_only(Path(db))
+    """A cursor on `db` (a connection, or a path opened read-only for the block): the one way every read
+    runs its SQL. Any DuckDB or OS error inside the block becomes a `DatabaseError` naming the file."""
+    connection = db if isinstance(db, duckdb.DuckDBPyConnection) else None
     try:
-        yield con.cursor()
-    finally:
-        con.close()
+        if connection is not None:
+            cursor = connection.cursor()
+            _use_attached(cursor)
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            return
+        con = open_read_only(Path(db))
+        try:
+            yield con
+        finally:
+            con.close()
+    except (duckdb.Error, OSError) as err:
+        raise _read_error(connection_path(connection) if connection is not None else Path(db), err) from err
 
 
 def has_table(cursor: duckdb.DuckDBPyConnection, table: str) -> bool:

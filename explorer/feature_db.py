@@ -16,12 +16,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from explorer.artifacts import DATABASE_FILE
 from explorer.database import (
-    DatabaseError,
     Provenance,
+    connection_path,
     has_table,
     read_cursor,
     read_schema_info,
+    schema_version_error,
     write_provenance,
     write_transaction,
 )
@@ -123,19 +125,17 @@ def _read_if_table(db: duckdb.DuckDBPyConnection | Path, table: str, sql: str, p
         return _frame(cursor, sql, params) if has_table(cursor, table) else pd.DataFrame()
 
 
-def _check_version(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
+def _check_version(cursor: duckdb.DuckDBPyConnection) -> None:
+    """For a connection opened elsewhere (`open_read_only` checks the version of what it opens)."""
     info = read_schema_info(cursor)
     if info is not None and info.schema_version != SCHEMA_VERSION:
-        raise DatabaseError(
-            f"{where} was written with schema version {info.schema_version}; this code reads version "
-            f"{SCHEMA_VERSION}. Rebuild it: `python -m precompute build --force` (or `make clean-demo demo-data`)."
-        )
+        raise schema_version_error(connection_path(cursor) or Path(DATABASE_FILE), info.schema_version)
 
 
 def read_index_runs(db: duckdb.DuckDBPyConnection | Path) -> pd.DataFrame:
     """One row per indexed SAE: what the pass covered, how long it took, the corpus-level controls."""
     with read_cursor(db) as cursor:
-        _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
+        _check_version(cursor)
         if not has_table(cursor, "feature_index_runs"):
             return pd.DataFrame()
         return _frame(cursor, "SELECT * FROM feature_index_runs ORDER BY sae_id", [])
@@ -203,7 +203,7 @@ def read_feature_card(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature
     except (TypeError, ValueError):
         raise UnknownFeatureError(f"{feature_id!r} is not a feature id (a whole number).") from None
     with read_cursor(db) as cursor:
-        _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
+        _check_version(cursor)
         if not has_table(cursor, "feature_activation_stats"):
             raise NoIndexError("This database has no feature index yet: run `python -m precompute index`.")
         stats = _require_feature(cursor, sae_id, feature_id)
@@ -269,7 +269,7 @@ def read_candidates(
     if group is None and by_label is None and score not in RANKING_SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(RANKING_SCORES)}")
     with read_cursor(db) as cursor:
-        _check_version(cursor, str(db) if isinstance(db, Path) else "the database")
+        _check_version(cursor)
         if not has_table(cursor, "feature_backtracking_scores"):
             return pd.DataFrame()
         if by_label is not None and not has_table(cursor, "feature_label_scores"):

@@ -57,6 +57,7 @@ class LiveActivations(NamedTuple):
     valid_T: torch.Tensor
     """False on BOS and other special tokens, which SAE statistics leave out."""
     phrases: list[PhraseSpan]
+    """The labelled phrases of the part of the text that ran (`n_chars_run` characters)."""
     device: str
     seconds: float
     n_text_tokens: int
@@ -65,6 +66,11 @@ class LiveActivations(NamedTuple):
     @property
     def truncated(self) -> bool:
         return self.n_text_tokens > len(self.token_ids)
+
+    @property
+    def n_chars_run(self) -> int:
+        """Characters of the text the run's tokens cover: all of it unless it was truncated."""
+        return max((end for _, end in self.offsets), default=0)
 
 
 class LiveInputError(ExplorerError, ValueError):
@@ -108,7 +114,7 @@ def compute_live_activations(
         offsets=offsets,
         acts_TF=acts_TF,
         valid_T=valid_T,
-        phrases=label_text(text),
+        phrases=label_text(text[: max((end for _, end in offsets), default=0)]),
         device=str(model.cfg.device),
         seconds=seconds,
         n_text_tokens=n_text_tokens,

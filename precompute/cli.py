@@ -31,7 +31,7 @@ from pathlib import Path
 
 from explorer import artifacts
 from explorer.config import Profile
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, is_out_of_space, out_of_space_message
 from explorer.feature_index import parse_shard
 from precompute import export_sae_vis_cli, labels_cli, steer_cli
 from precompute.atomic import write_text_atomic
@@ -283,5 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ExplorerError as err:  # UserError and the library's own errors carry actionable messages
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not is_out_of_space(err):
+            raise
+        # a full disk, a quota or `ulimit -f`, met by any write of the stage
+        print(f"error: {out_of_space_message(err, f'the output of `{args.command}`')}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from explorer import artifacts
 from explorer.config import CorpusSpec
 from explorer.corpus import CorpusError, load_corpus
+from explorer.fault_points import checkpoint
 from explorer.correctness import is_correct
 from explorer.label_audit import BoundaryDifference, LabelAgreement, audit_against_source, boundary_differences
 from explorer.labels import LABEL_RULE_VERSION, PhraseSpan, group_counts, has_backtracking, label_text, notebook_has_backtracking
@@ -263,6 +264,7 @@ def run_corpus_stage(spec: CorpusSpec, run_dir: Path, *, force: bool = False) ->
     summary = summarise(corpus, documents)
     with atomic_dir(out_dir) as tmp:
         documents.to_parquet(tmp / artifacts.DOCUMENTS_FILE, index=False, row_group_size=DOCUMENTS_ROW_GROUP_ROWS)
+        checkpoint("corpus:documents-written")
         phrases_frame(corpus).to_parquet(tmp / artifacts.PHRASES_FILE, index=False)
         if corpus.error_steps_by_doc:
             error_steps_frame(corpus).to_parquet(tmp / artifacts.ERROR_STEPS_FILE, index=False)

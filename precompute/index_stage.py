@@ -25,6 +25,7 @@ import torch
 from explorer import feature_tables as tables
 from explorer.config import Profile
 from explorer.database import utc_now
+from explorer.fault_points import checkpoint
 from explorer.feature_aggregates import FeatureIndexAccumulators, IndexConfig, build_reasoning_vocab
 from explorer.feature_db import read_index_runs, write_feature_index
 from explorer.feature_index import (
@@ -334,12 +335,14 @@ def run_index(
     def save(state: PassProgress) -> None:
         with atomic_file(saved_at) as tmp:
             torch.save({"identity": identity, "progress": state._asdict()}, tmp)
+        checkpoint("index:progress-saved")
 
     result = run_index_pass(
         inputs.model, inputs.sae, inputs.hook_name, inputs.stop_at_layer, inputs.windows, inputs.config,
         batch_size=batch_size, shard=shard, progress=progress, resume=resume,
         save_progress=save if save_every_s > 0 else None, save_every_s=save_every_s, should_stop=should_stop,
     )
+    checkpoint("index:pass-done")
     print(
         f"  pass: {result.n_tokens:,} tokens in {result.seconds:.1f}s "
         f"({result.n_tokens / max(result.seconds, 1e-9):,.0f} tokens/s)", flush=True,
@@ -368,6 +371,7 @@ def merge_partials(profile: Profile, run_dir: Path, *, sae_id: str | None = None
     sae_id = choose_sae_id(run_dir, sae_id)
     folder = Path(run_dir) / PARTIALS_DIR / sae_id
     inputs, merged, metas = load_merged_partials(profile, run_dir, sae_id, folder, progress=progress)
+    checkpoint("merge:merged")
     return finish_index(profile, run_dir, inputs, merged, metas, progress=progress)
 
 

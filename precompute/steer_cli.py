@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from explorer import artifacts
+from explorer.fault_points import checkpoint
 from explorer.model_loading import load_run_model
 from explorer.runs import database_path, list_sae_ids, read_corpus_prompts, sae_dir
 from explorer.sae_loading import check_sae_fits_model, load_sae
@@ -229,6 +230,7 @@ def run(args: argparse.Namespace) -> None:
             raise UserError(str(err)) from None
         finally:
             bar.close()
+        checkpoint("steer:generated")
         run_id = write_steering_result(db_path, args.sae, result, prompt_source=source)
         size = f"{len(prompts)} prompts x {config.n_samples} samples, <= {result.max_new_tokens} new tokens"
         took = f"{result.n_generated_tokens:,} tokens in {time.time() - started:.0f} s on {result.device}"

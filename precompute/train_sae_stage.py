@@ -23,6 +23,8 @@ from typing import Any, Mapping
 from explorer import artifacts
 from explorer.config import SAE_FIELDS_ADDED_LATER, Profile
 from explorer.database import read_sae_ids, write_sae_training_report
+from explorer.errors import DatabaseError
+from explorer.fault_points import checkpoint
 from explorer.model_loading import load_run_model
 from explorer.runs import RunFolderError, database_path, list_sae_ids, read_documents, sae_dir
 from explorer.sae_loading import compute_hook_d_in, make_sae_id
@@ -216,6 +218,7 @@ def run_train_sae_stage(
             wandb=wandb,
             run_name=sae_id,
         )
+        checkpoint("train-sae:trained")
         report = measure_sae(model, trained.loaded.sae, hook_name, source.heldout_NT, source.special_token_ids, profile.report)
         row = report_row(
             sae_id,
@@ -242,6 +245,7 @@ def run_train_sae_stage(
             )
         )
         write_manifest(tmp, STAGE, config, started, sae_id=sae_id, d_in=d_in)
+    checkpoint("train-sae:folder-written")
     write_sae_training_report(database_path(run_dir), row, trained.curve, provenance(profile, run_dir, STAGE))
     print(f"  trained in {trained.train_seconds:.0f}s ({trained.training_tokens:,} tokens)", flush=True)
     print_report(sae_id, row)
@@ -260,8 +264,12 @@ def _ensure_in_database(profile: Profile, run_dir: Path, sae_id: str) -> None:
     """A skipped stage still makes sure its report is in the DuckDB file (e.g. after the file was
     deleted), from the folder's training_report.json."""
     db_path = database_path(run_dir)
-    if db_path.is_file() and sae_id in read_sae_ids(db_path):
-        return
+    try:
+        if db_path.is_file() and sae_id in read_sae_ids(db_path):
+            return
+    except DatabaseError as err:
+        if err.problem != DatabaseError.SCHEMA:
+            raise  # an older file is brought up to date by the write below; a newer one is refused there
     report_path = sae_dir(run_dir, sae_id) / artifacts.SAE_TRAINING_REPORT_FILE
     row, curve = row_from_training_report(report_path)
     write_sae_training_report(db_path, row, curve, provenance(profile, run_dir, STAGE))

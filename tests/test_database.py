@@ -110,7 +110,7 @@ def test_another_stages_tables_survive_a_report_write(db):
     write_sae_training_report(db, _row("a-sae"), CURVE, PROVENANCE)
     con = open_read_only(db)
     try:
-        assert con.cursor().execute("SELECT feature_id, density FROM feature_stats").fetchall() == [(3, 0.01)]
+        assert con.execute("SELECT feature_id, density FROM feature_stats").fetchall() == [(3, 0.01)]
     finally:
         con.close()
 
@@ -149,8 +149,8 @@ def test_readers_are_read_only_and_see_new_rows_after_reopening(db):
     write_sae_training_report(db, _row("a-sae"), CURVE, PROVENANCE)
     con = open_read_only(db)
     try:
-        with pytest.raises(duckdb.Error):
-            con.cursor().execute("DELETE FROM sae_training_report")
+        with pytest.raises(duckdb.Error, match="read-only"):
+            con.execute("DELETE FROM sae_training_report")
         assert read_sae_ids(con) == ["a-sae"]
     finally:
         con.close()
@@ -160,6 +160,24 @@ def test_readers_are_read_only_and_see_new_rows_after_reopening(db):
         assert read_sae_ids(con) == ["a-sae", "b-sae"]
     finally:
         con.close()
+
+
+def test_a_reader_opened_after_a_write_sees_it_while_an_older_reader_is_open(db):
+    """DuckDB shares one instance per path in a process: a plain reconnect while the old reader was open
+    read the replaced file (the app, holding a connection per file version, kept showing the old index)."""
+    write_sae_training_report(db, _row("a-sae"), CURVE, PROVENANCE)
+    old = open_read_only(db)
+    try:
+        write_sae_training_report(db, _row("b-sae"), CURVE, PROVENANCE)
+        assert read_sae_ids(db) == ["a-sae", "b-sae"]
+        new = open_read_only(db)
+        try:
+            assert read_sae_ids(new) == ["a-sae", "b-sae"]
+        finally:
+            new.close()
+        assert read_sae_ids(old) == ["a-sae"]  # the old reader still reads the file it opened
+    finally:
+        old.close()
 
 
 def test_a_file_from_another_schema_version_is_refused(db):

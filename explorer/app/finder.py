@@ -11,12 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from explorer.app.candidates import load_top_candidate, top_candidate_note
-from explorer.app.index_cache import FeatureDB
-from explorer.app.messages import shown
+from explorer.app.index_cache import FeatureDB, find_features
+from explorer.app.link_params import linked_feature
 from explorer.app.model_cache import load_model_and_sae
 from explorer.app.run_cache import load_run_summary
 from explorer.feature_db import find_features_by_example_token, find_features_by_logit_token
-from explorer.feature_views import card_href, parse_feature_id
+from explorer.feature_views import card_href
 from explorer.live import LiveInputError, compute_live_activations, compute_top_features
 
 FEATURE_PARAM = "feature"
@@ -28,11 +28,8 @@ TOP_CANDIDATE_KEY = "feature_top_candidate"
 
 def render_feature_finder(db: FeatureDB, run_dir: Path, sae_id: str, d_sae: int) -> int | None:
     """The feature id to show, or None when there is none (the input was cleared)."""
-    wanted = st.query_params.get(FEATURE_PARAM)
     if FEATURE_KEY not in st.session_state:
-        st.session_state[FEATURE_KEY] = parse_feature_id(wanted) if wanted is not None else _open_top_candidate(db, sae_id)
-    if wanted is not None and parse_feature_id(wanted) is None and st.session_state[FEATURE_KEY] is None:
-        st.error(f"The link's feature {wanted!r} is not a feature id: ids are whole numbers from 0 to {d_sae - 1}.")
+        st.session_state[FEATURE_KEY] = _linked_or_top_candidate(db, sae_id, d_sae)
     feature = st.number_input(f"Feature id (0 to {d_sae - 1})", value=None, step=1, key=FEATURE_KEY,
                               placeholder="type an id, or find a feature below")
     if feature is not None and st.session_state.get(TOP_CANDIDATE_KEY) == (sae_id, int(feature)):
@@ -43,17 +40,30 @@ def render_feature_finder(db: FeatureDB, run_dir: Path, sae_id: str, d_sae: int)
         with by_logit:
             token = st.text_input("A token the feature promotes (its logit lens), e.g. Wait", key="find_logit_token")
             if token.strip():
-                found = shown(find_features_by_logit_token, db.con, sae_id, token)
+                found = find_features(find_features_by_logit_token, db, sae_id, token)
                 _render_found(found, run, sae_id, "pick_logit", lambda r: f"{r.feature_id} (rank {r.rank + 1}, logit {r.logit:.3f})")
         with by_example:
             token = st.text_input("A token the feature peaks on in its top examples, e.g. Wait", key="find_example_token")
             if token.strip():
-                found = shown(find_features_by_example_token, db.con, sae_id, token)
+                found = find_features(find_features_by_example_token, db, sae_id, token)
                 _render_found(found, run, sae_id, "pick_example",
                               lambda r: f"{r.feature_id} ({r.n_examples} examples, max {r.max_activation:.3f})")
         with by_text:
             _render_fires_on_text(run_dir, sae_id)
     return int(feature) if feature is not None else None
+
+
+def _linked_or_top_candidate(db: FeatureDB, sae_id: str, d_sae: int) -> int | None:
+    """A fresh visit's feature: the link's, or the top candidate when the link names none (after a
+    warning when it names one the SAE does not have)."""
+    wanted = st.query_params.get(FEATURE_PARAM)
+    if wanted is not None:
+        top = load_top_candidate(db, sae_id)
+        instead = f"the top candidate, feature {top}" if top is not None else "no feature"
+        linked = linked_feature(wanted, sae_id, d_sae, instead)
+        if linked is not None:
+            return linked
+    return _open_top_candidate(db, sae_id)
 
 
 def _open_top_candidate(db: FeatureDB, sae_id: str) -> int | None:

@@ -9,11 +9,15 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from explorer.app.messages import show_error
+from explorer.app.index_cache import (
+    database_problem,
+    load_index_runs,
+    load_sae_reports,
+    load_sae_training_curve,
+    open_feature_db,
+)
+from explorer.runs import RunSummary
 from explorer.config import Profile
-from explorer.database import DatabaseError, read_sae_training_curve, read_sae_training_reports
-from explorer.feature_db import read_index_runs
-from explorer.runs import RunSummary, database_path
 
 SAE_COLUMNS = ["sae_id", "hook_name", "architecture", "d_sae", "l0", "mse", "explained_variance", "frac_dead",
                "frac_dense", "ce_loss_recovered", "n_tokens", "n_sparsity_tokens"]
@@ -86,21 +90,14 @@ def render_demo_model(summary: RunSummary) -> None:
         st.code(report["sample_text"], language=None)
 
 
-def load_sae_reports(run_dir: Path) -> pd.DataFrame | None:
-    """The run's SAE training reports as a table (None when the run has no database yet)."""
-    path = database_path(run_dir)
-    if not path.is_file():
-        return None
-    try:
-        rows = read_sae_training_reports(path)
-    except DatabaseError as err:
-        show_error(err)
-        return None
+def sae_reports_table(run_dir: Path) -> pd.DataFrame | None:
+    """The run's SAE training reports as a table (None when the run has no database yet, or a damaged one)."""
+    rows = load_sae_reports(run_dir)
     return pd.DataFrame(rows, columns=rows[0]._fields) if rows else None
 
 
 def render_sae_training_curve(run_dir: Path, sae_id: str) -> None:
-    curve = read_sae_training_curve(database_path(run_dir), sae_id)
+    curve = load_sae_training_curve(run_dir, sae_id)
     if not curve:
         st.caption("No training curve (this SAE was trained elsewhere).")
         return
@@ -120,7 +117,7 @@ def render_sae_training_curve(run_dir: Path, sae_id: str) -> None:
 
 def render_saes(run_dir: Path) -> None:
     """The SAEs' reports measured on held-out tokens, and one SAE's training curve."""
-    saes = load_sae_reports(run_dir)
+    saes = sae_reports_table(run_dir)
     if saes is None:
         return
     st.subheader("SAEs")
@@ -134,15 +131,16 @@ def render_saes(run_dir: Path) -> None:
 
 
 def render_index_runs(run_dir: Path) -> None:
-    """What each SAE's index pass covered, or how to build the index."""
+    """What each SAE's index pass covered, or how to build the index (nothing more when the database is
+    damaged: the page has said so at the top)."""
+    if database_problem(run_dir) is not None:
+        return
     st.subheader("Feature index")
-    path = database_path(run_dir)
-    try:
-        index_runs = read_index_runs(path) if path.is_file() else None
-    except DatabaseError as err:
-        show_error(err)
-        index_runs = None
-    if index_runs is None or index_runs.empty:
+    db = open_feature_db(run_dir, quiet=True)
+    index_runs = load_index_runs(db) if db is not None else pd.DataFrame()
+    if index_runs is None:  # a read that found damage, and said so
+        return
+    if index_runs.empty:
         st.info(f"No feature index yet: build it with `python -m precompute index --out {run_dir}` (or `make demo-data`).")
         return
     st.caption(

@@ -1,34 +1,59 @@
 """The run's database for the pages: one read-only connection per version of the file, shared by every
 session, and cached reads of the feature index (index run, vocabulary, cards, candidates, lead-lag
-profiles, scores) and of the steering store's effects. A failed read shows a message and returns None."""
+profiles, scores), the SAE reports and the steering store.
+
+A damaged database is said once per page: `report_database_problem`, which every page runs through its
+run picker, opens the file (explorer.database checks it) and shows what is wrong at the top of the page.
+Reads of a file found damaged (at the open, or by an earlier read of a lost block) return None without
+a word, since the page has said it; any other failed read shows its message and returns None."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 import pandas as pd
 import streamlit as st
 
-from explorer.app.messages import shown
-from explorer.database import ENGINE_ERROR, Connection, DatabaseError, open_read_only
+from explorer.app.messages import show_error
+from explorer.database import (
+    Connection,
+    DatabaseError,
+    SAETrainingReportRow,
+    open_read_only,
+    read_sae_training_curve,
+    read_sae_training_reports,
+)
 from explorer.feature_db import (
     FeatureCard,
+    NoIndexError,
+    UnknownFeatureError,
     read_best_features_per_label,
     read_candidates,
     read_feature_card,
     read_feature_scores,
     read_index_run,
+    read_index_runs,
     read_label_sets,
     read_lead_lag_profiles,
     read_vocabulary,
 )
 from explorer.runs import database_path
-from explorer.steering_store import read_causal_effects
+from explorer.sae_metrics import TrainingCurvePoint
+from explorer.steering_store import SteeringRun, StoredSteering, read_causal_effects, read_steering_result, read_steering_runs
+
+T = TypeVar("T")
+Stamp = tuple[int, int, int, int]
+"""A version of the file: (inode, mtime_ns, size, mode). A stage replaces the file, which changes it; so
+does a `chmod` that makes an unreadable file readable."""
+
+_PROBLEMS: dict[str, tuple[Stamp, DatabaseError]] = {}
+"""What is wrong with each version of a database, once an open or a read found it (every session's)."""
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _read_only_connection(db_path: str, stamp: tuple[int, int]) -> Connection:
+def _read_only_connection(db_path: str, stamp: Stamp) -> Connection:
     """One read-only connection per version of the file, shared by every session (a cursor per
     query). A stage rewrites the file by replacing it, which changes the stamp: the next read opens
     the new file."""
@@ -36,20 +61,54 @@ def _read_only_connection(db_path: str, stamp: tuple[int, int]) -> Connection:
 
 
 class FeatureDB(NamedTuple):
-    """The run's database as the cached reads key it: its path and (mtime_ns, size)."""
+    """The run's database as the cached reads key it: its path and its stamp."""
 
     path: str
-    stamp: tuple[int, int]
+    stamp: Stamp
 
     @property
     def con(self) -> Connection:
         return _read_only_connection(self.path, self.stamp)
 
 
-def open_feature_db(run_dir: Path, *, quiet: bool = False) -> FeatureDB | None:
-    """The run's database for the cached reads below; None after saying why (unless `quiet`)."""
+def _stamp(path: Path) -> Stamp:
+    try:
+        stat = os.stat(path)
+    except OSError:  # a link that leads nowhere: its own stat stands for it
+        stat = os.lstat(path)
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size, stat.st_mode
+
+
+def database_problem(run_dir: Path) -> DatabaseError | None:
+    """What is wrong with the run's database (damaged, unreadable, not a file, another schema version),
+    or None when it opens or is not there yet. Checked once per version of the file."""
     path = database_path(run_dir)
-    if not path.is_file():
+    if not os.path.lexists(path):
+        return None
+    db = FeatureDB(str(path), _stamp(path))
+    known = _PROBLEMS.get(db.path)
+    if known is not None and known[0] == db.stamp:
+        return known[1]
+    try:
+        db.con
+    except DatabaseError as err:
+        _PROBLEMS[db.path] = (db.stamp, err)
+        return err
+    return None
+
+
+def report_database_problem(run_dir: Path) -> None:
+    """Say what is wrong with the run's database, if anything: once, at the top of every page."""
+    problem = database_problem(run_dir)
+    if problem is not None:
+        show_error(problem)
+
+
+def open_feature_db(run_dir: Path, *, quiet: bool = False) -> FeatureDB | None:
+    """The run's database for the cached reads below. None when there is none (said, unless `quiet`)
+    or it is damaged (said already by `report_database_problem`)."""
+    path = database_path(run_dir)
+    if not os.path.lexists(path):
         if not quiet:
             st.info(
                 f"This run has no database yet, so no feature index. Build one with "
@@ -57,15 +116,27 @@ def open_feature_db(run_dir: Path, *, quiet: bool = False) -> FeatureDB | None:
                 f"with `python -m precompute index --out {run_dir}`."
             )
         return None
-    stat = path.stat()
-    db = FeatureDB(str(path), (stat.st_mtime_ns, stat.st_size))
-    if quiet:
-        try:
-            db.con
-        except Exception:  # noqa: BLE001 - quiet callers (Live's score column) just go without
-            return None
-        return db
-    return db if shown(lambda: db.con) is not None else None
+    if database_problem(run_dir) is not None:
+        return None
+    return FeatureDB(str(path), _stamp(path))
+
+
+def _read(call: Callable[..., T], db: FeatureDB, *args, quiet: bool = False) -> T | None:
+    """`call(db, *args)`, or None: silently for a file known to be damaged; after showing the error
+    otherwise (a missing index or feature only when not `quiet`; damage found by this read always, and
+    remembered, so the next page says it at the top)."""
+    known = _PROBLEMS.get(db.path)
+    if known is not None and known[0] == db.stamp:
+        return None
+    try:
+        return call(db, *args)
+    except DatabaseError as err:
+        _PROBLEMS[db.path] = (db.stamp, err)
+        show_error(err)
+    except (NoIndexError, UnknownFeatureError) as err:
+        if not quiet:
+            show_error(err)
+    return None
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -75,7 +146,17 @@ def _cached_index_run(db: FeatureDB, sae_id: str) -> dict:
 
 def load_index_run(db: FeatureDB, sae_id: str) -> dict | None:
     """What the index pass of `sae_id` covered (feature_index_runs), or None after saying how to build it."""
-    return shown(_cached_index_run, db, sae_id)
+    return _read(_cached_index_run, db, sae_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cached_index_runs(db: FeatureDB) -> pd.DataFrame:
+    return read_index_runs(db.con)
+
+
+def load_index_runs(db: FeatureDB) -> pd.DataFrame | None:
+    """Every SAE's index pass (feature_index_runs); empty when none was run."""
+    return _read(_cached_index_runs, db)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -84,7 +165,7 @@ def _cached_vocabulary(db: FeatureDB) -> list[str]:
 
 
 def load_vocabulary(db: FeatureDB) -> list[str]:
-    return shown(_cached_vocabulary, db) or []
+    return _read(_cached_vocabulary, db) or []
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -94,7 +175,7 @@ def _cached_card(db: FeatureDB, sae_id: str, feature_id: int) -> FeatureCard:
 
 def load_feature_card(db: FeatureDB, sae_id: str, feature_id: int) -> FeatureCard | None:
     """The feature's card (explorer.feature_db.FeatureCard), or None after a clear message."""
-    return shown(_cached_card, db, sae_id, int(feature_id))
+    return _read(_cached_card, db, sae_id, int(feature_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -107,7 +188,7 @@ def _cached_candidates(db: FeatureDB, sae_id: str, score: str, group: str | None
 def load_candidates(db: FeatureDB, sae_id: str, score: str, group: str | None = None, *, min_density: float = 0.0,
                     hide_token_detectors: bool = False, limit: int = 100) -> pd.DataFrame | None:
     """`explorer.feature_db.read_candidates`, cached; None after a clear message."""
-    return shown(_cached_candidates, db, sae_id, score, group, float(min_density), bool(hide_token_detectors), int(limit))
+    return _read(_cached_candidates, db, sae_id, score, group, float(min_density), bool(hide_token_detectors), int(limit))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -117,7 +198,7 @@ def _cached_label_sets(db: FeatureDB, sae_id: str) -> list[str]:
 
 def load_label_set_names(db: FeatureDB, sae_id: str) -> list[str]:
     """The label sets the SAE's index scored; [] for none (or an index built before label sets)."""
-    return shown(_cached_label_sets, db, sae_id) or []
+    return _read(_cached_label_sets, db, sae_id) or []
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -127,7 +208,7 @@ def _cached_best_per_label(db: FeatureDB, metric: str, min_density: float) -> pd
 
 def load_best_features_per_label(db: FeatureDB, metric: str, min_density: float) -> pd.DataFrame | None:
     """`explorer.feature_db.read_best_features_per_label`, cached; None after a clear message."""
-    return shown(_cached_best_per_label, db, metric, float(min_density))
+    return _read(_cached_best_per_label, db, metric, float(min_density))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -136,28 +217,22 @@ def _cached_profiles(db: FeatureDB, sae_id: str, feature_ids: tuple[int, ...]) -
 
 
 def load_lead_lag_profiles(db: FeatureDB, sae_id: str, feature_ids) -> pd.DataFrame | None:
-    return shown(_cached_profiles, db, sae_id, tuple(int(f) for f in feature_ids))
+    return _read(_cached_profiles, db, sae_id, tuple(int(f) for f in feature_ids))
 
 
 def load_feature_scores(run_dir: Path, sae_id: str, feature_ids) -> pd.DataFrame:
     """Backtracking scores of a few features (the Live page's table); empty when the run has no
     database or no index for `sae_id`."""
     db = open_feature_db(run_dir, quiet=True)
-    if db is None:
-        return pd.DataFrame()
-    try:
-        return read_feature_scores(db.con, sae_id, [int(f) for f in feature_ids])
-    except (DatabaseError, ENGINE_ERROR):
-        return pd.DataFrame()
+    ids = [int(f) for f in feature_ids]
+    scores = _read(lambda db: read_feature_scores(db.con, sae_id, ids), db, quiet=True) if db is not None else None
+    return scores if scores is not None else pd.DataFrame()
 
 
 def load_causal_effects(db: FeatureDB, sae_id: str) -> pd.DataFrame | None:
     """Steering results per feature (feature_id, causal_effect, steering_verdict) when the steering
     store holds some for `sae_id`; None otherwise."""
-    try:
-        effects = read_causal_effects(db.con, sae_id)
-    except Exception:  # noqa: BLE001 - a column we can go without must never break the page
-        return None
+    effects = _read(lambda db: read_causal_effects(db.con, sae_id), db, quiet=True)
     if not effects:
         return None
     return pd.DataFrame(
@@ -167,3 +242,34 @@ def load_causal_effects(db: FeatureDB, sae_id: str) -> pd.DataFrame | None:
             "steering_verdict": [e.verdict for e in effects.values()],
         }
     )
+
+
+def load_sae_reports(run_dir: Path) -> list[SAETrainingReportRow] | None:
+    """The run's SAE training reports; None when it has no database or a damaged one."""
+    db = open_feature_db(run_dir, quiet=True)
+    return _read(lambda db: read_sae_training_reports(db.con), db) if db is not None else None
+
+
+def load_sae_training_curve(run_dir: Path, sae_id: str) -> list[TrainingCurvePoint]:
+    db = open_feature_db(run_dir, quiet=True)
+    return (_read(lambda db: read_sae_training_curve(db.con, sae_id), db) if db is not None else None) or []
+
+
+def load_stored_runs(run_dir: Path, sae_id: str, feature_id: int) -> list[SteeringRun] | None:
+    """The stored steering runs of a feature (newest first); [] when the run has no database, None
+    when it has a damaged one (said at the top of the page)."""
+    if not os.path.lexists(database_path(run_dir)):
+        return []
+    db = open_feature_db(run_dir, quiet=True)
+    return _read(lambda db: read_steering_runs(db.con, sae_id, feature_id), db) if db is not None else None
+
+
+def load_stored_result(run_dir: Path, run_id: str) -> StoredSteering | None:
+    """A stored run read back, or None after showing why not."""
+    db = open_feature_db(run_dir, quiet=True)
+    return _read(lambda db: read_steering_result(db.con, run_id), db) if db is not None else None
+
+
+def find_features(find: Callable[..., pd.DataFrame], db: FeatureDB, sae_id: str, token: str) -> pd.DataFrame | None:
+    """A search of the index (`explorer.feature_db.find_features_by_...`), or None after saying why not."""
+    return _read(lambda db: find(db.con, sae_id, token), db)

@@ -1,6 +1,7 @@
 """Links into the Live page and out of it: a card's "open in Live" link (`?doc=...&feature=...&token=`,
-built by `explorer.feature_views.live_href`) resolved against the run, and the Live page's top features
-with their scores and a link to each card."""
+built by `explorer.feature_views.live_href`) or a bare `?feature=`, resolved against the run under the
+link rule (explorer.app.link_params), and the Live page's top features with their scores and a link to
+each card."""
 
 from __future__ import annotations
 
@@ -10,47 +11,65 @@ from typing import NamedTuple, Sequence
 import streamlit as st
 
 from explorer.app.index_cache import load_feature_scores
+from explorer.app.link_params import linked_feature, parse_index, warn_bad_param
 from explorer.app.run_cache import load_document_text
-from explorer.feature_views import live_features_table, parse_feature_id
+from explorer.feature_views import live_features_table
 from explorer.live import FeatureScore
 
 LIVE_LINK_PARAMS = ("doc", "feature", "token")
+MIDDLE_TOKEN = "the middle token"
+TOP_FEATURE = "the text's top feature"
 
 
 class LiveLink(NamedTuple):
-    """A card's "open in Live" link, resolved."""
+    """A link into Live, resolved against the run: a card's "open in Live" (a trace, a feature and the
+    example's token), or just a feature to show on whatever text is typed."""
 
-    doc_id: str
-    text: str
-    feature: int | None
+    doc_id: str | None
+    text: str | None
+    """The linked trace's text (None without a `doc=`)."""
+    feature: str | None
+    """The link's `feature=` as given; `feature_within` checks it against the SAE."""
     token: int | None
     """The example's token, as a position in the document (BOS is 0)."""
 
-    def feature_within(self, d_sae: int) -> int | None:
-        """The linked feature when the SAE has it."""
-        return self.feature if self.feature is not None and 0 <= self.feature < d_sae else None
+    def feature_within(self, sae_id: str, d_sae: int) -> int | None:
+        """The linked feature when the SAE has it; None without one, or after the warning."""
+        return linked_feature(self.feature, sae_id, d_sae, TOP_FEATURE)
 
     def token_within(self, n_tokens: int) -> int | None:
         """The linked token when Live ran that far; beyond the model's context, None after saying so."""
         if self.token is not None and not 0 <= self.token < n_tokens:
-            st.info(f"The linked example is at token {self.token:,} of the document; Live runs its first {n_tokens:,} tokens.")
+            warn_bad_param("token", self.token, f"is past what Live ran: Live runs its first {n_tokens:,} tokens "
+                           "(the model's context)", MIDDLE_TOKEN)
             return None
         return self.token
 
 
 def read_live_link(run_dir: Path) -> LiveLink | None:
-    """The Live page's link, or None without one; a stale link (a document this run lacks) gets a
-    warning and leaves the URL."""
-    doc_id = st.query_params.get("doc")
-    if doc_id is None:
+    """The Live page's link, or None without one. A document this run lacks, or a token that is not a
+    position or has no document to point into, gets the link rule's warning and leaves the URL (the
+    feature is checked against the SAE by `feature_within`)."""
+    params = st.query_params
+    doc_id, text, token = params.get("doc"), None, None
+    if doc_id is not None:
+        text = load_document_text(run_dir, doc_id)
+        if text is None:
+            warn_bad_param("doc", doc_id, "names no trace of this run's corpus", "the example trace")
+            doc_id = None
+            if "token" in params:
+                del params["token"]  # a position in the trace that is gone: said with it
+    if "token" in params:
+        if doc_id is None:
+            warn_bad_param("token", params["token"], "is a position in a trace, but the link names no trace",
+                           MIDDLE_TOKEN)
+        else:
+            token = parse_index("token", params["token"], problem="is not a token position (a whole number from 0)",
+                                instead=MIDDLE_TOKEN)
+    feature = params.get("feature")  # checked against the SAE once the model has run (`feature_within`)
+    if doc_id is None and feature is None:
         return None
-    text = load_document_text(run_dir, doc_id)
-    if text is None:
-        st.warning(f"The link's document {doc_id!r} is not in this run's corpus (a stale link?); showing the example trace.")
-        drop_live_link()
-        return None
-    return LiveLink(doc_id, text, parse_feature_id(st.query_params.get("feature")),
-                    parse_feature_id(st.query_params.get("token")))
+    return LiveLink(doc_id, text, feature, token)
 
 
 def drop_live_link() -> None:

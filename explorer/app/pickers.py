@@ -10,7 +10,8 @@ import streamlit as st
 
 from explorer import artifacts
 from explorer.app.empty_state import render_empty_state
-from explorer.app.index_cache import FeatureDB, load_index_run, open_feature_db
+from explorer.app.index_cache import FeatureDB, load_index_run, open_feature_db, report_database_problem
+from explorer.app.link_params import warn_bad_param
 from explorer.app.run_cache import load_run_summary
 from explorer.runs import RunSummary, find_runs, list_sae_ids
 
@@ -33,7 +34,7 @@ def render_run_picker(root: Path | None = None) -> Path | None:
     wanted = st.query_params.get(RUN_PARAM)
     index = names.index(wanted) if wanted in names else (names.index("demo") if "demo" in names else 0)
     if wanted is not None and wanted not in names and RUN_PICKER_KEY not in st.session_state:
-        st.warning(f"The link names run {wanted!r}, which is not under `{root}`; showing {names[index]!r} instead.")
+        warn_bad_param(RUN_PARAM, wanted, f"names no run under `{root}`", f"run `{names[index]}`")
     name = st.sidebar.selectbox("Run", names, index=index, key=RUN_PICKER_KEY)
     st.query_params[RUN_PARAM] = name
     return runs[names.index(name)]
@@ -47,18 +48,20 @@ def render_sae_picker(run_dir: Path) -> str | None:
         return None
     wanted = st.query_params.get(SAE_PARAM)
     if wanted is not None and wanted not in ids and SAE_PICKER_KEY not in st.session_state:
-        st.warning(f"The link names SAE {wanted!r}, which this run does not have; showing {ids[0]!r} instead.")
+        warn_bad_param(SAE_PARAM, wanted, "names no SAE of this run", f"SAE `{ids[0]}`")
     sae_id = st.sidebar.selectbox("SAE", ids, index=ids.index(wanted) if wanted in ids else 0, key=SAE_PICKER_KEY)
     st.query_params[SAE_PARAM] = sae_id
     return sae_id
 
 
 def pick_run_or_stop() -> Path:
-    """The run chosen in the sidebar; with no run at all, explain how to build one and stop the page."""
+    """The run chosen in the sidebar; with no run at all, explain how to build one and stop the page.
+    A damaged run database is said here, once, at the top of every page."""
     run_dir = render_run_picker()
     if run_dir is None:
         render_empty_state()
         st.stop()
+    report_database_problem(run_dir)
     return run_dir
 
 

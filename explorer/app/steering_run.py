@@ -1,7 +1,7 @@
 """The Steering page's run control and session state: what a page run may ask for, the feature from the
 link, the prompt box's first value, a generation with a progress bar and a time limit (a click on any
-button stops it), the result kept for the session, and results read from and written to the run's
-database."""
+button stops it), the result kept for the session and written to the run's database (stored results are
+read by `explorer.app.index_cache`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
+from explorer.app.link_params import linked_feature
 from explorer.app.messages import show_error
 from explorer.database import DatabaseError
 from explorer.errors import ExplorerError
@@ -26,13 +27,7 @@ from explorer.steering import (
     compute_steering,
     parse_coefficients,
 )
-from explorer.steering_store import (
-    SteeringRun,
-    StoredSteering,
-    read_steering_result,
-    read_steering_runs,
-    write_steering_result,
-)
+from explorer.steering_store import write_steering_result
 
 FEATURE_PARAM = "feature"
 CPU_MAX_NEW_TOKENS, CPU_MAX_SAMPLES = 256, 8
@@ -55,13 +50,13 @@ def page_bounds(device: str) -> tuple[int, int]:
     return CPU_MAX_NEW_TOKENS, CPU_MAX_SAMPLES
 
 
-def feature_from_query(d_sae: int, default: int = 0) -> int:
-    """The `?feature=` of the URL when it names a feature of this SAE, else `default`."""
-    try:
-        value = int(st.query_params.get(FEATURE_PARAM, default))
-    except (TypeError, ValueError):
-        return default
-    return value if 0 <= value < d_sae else default
+def feature_from_query(sae_id: str, d_sae: int, default: int = 0) -> int:
+    """The link's `?feature=` when it names a feature of this SAE, else `default` (after a warning,
+    on a fresh visit, when the link names another)."""
+    if "steer_feature" in st.session_state:  # the page's own choice, written back to the URL
+        return int(st.session_state["steer_feature"])
+    linked = linked_feature(st.query_params.get(FEATURE_PARAM), sae_id, d_sae, f"feature {default}")
+    return default if linked is None else linked
 
 
 def init_prompt(corpus_prompts: Sequence[str]) -> None:
@@ -139,27 +134,6 @@ def session_result(sae_id: str, feature: int) -> SteeringResult | None:
     if kept is not None and kept[0] == sae_id and kept[1].config.feature_id == feature:
         return kept[1]
     return None
-
-
-def load_stored_runs(run_dir: Path, sae_id: str, feature_id: int) -> list[SteeringRun]:
-    """The stored steering runs of a feature (newest first), or [] when the run has no database."""
-    path = database_path(run_dir)
-    if not path.is_file():
-        return []
-    try:
-        return read_steering_runs(path, sae_id, feature_id)
-    except DatabaseError as err:
-        show_error(err)
-        return []
-
-
-def load_stored_result(run_dir: Path, run_id: str) -> StoredSteering | None:
-    """A stored run read back, or None after showing why not."""
-    try:
-        return read_steering_result(database_path(run_dir), run_id)
-    except DatabaseError as err:
-        show_error(err)
-        return None
 
 
 def save_result(run_dir: Path, sae_id: str, result: SteeringResult) -> None:

@@ -19,6 +19,14 @@ from explorer.runs import read_error_steps, read_phrases
 DOC_PARAM = "doc"
 DOC_PAGE_KEY = "doc_page"
 """Session key of the Corpus page's page number (a deep link's `?doc=` opens the page that lists it)."""
+ONLY_BACKTRACKING_KEY = "only_backtracking"
+"""Session key of the Corpus page's "only traces with backtracking" filter."""
+
+
+def backtracks_or_unknown(documents: pd.DataFrame, doc_id: str | None) -> bool:
+    """Whether the filter should start on: yes, unless `doc_id` (the link's) is a trace without backtracking."""
+    row = documents.loc[documents["doc_id"] == doc_id, "has_backtracking"]
+    return bool(row.iloc[0]) if len(row) else True
 
 
 def render_document_picker(shown: pd.DataFrame, wanted: str | None) -> str:

@@ -110,8 +110,10 @@ def test_without_a_feature_the_page_opens_on_the_top_candidate_and_says_so(runs,
 def test_unknown_ids_and_stale_links_get_a_message(runs, monkeypatch):
     at = page(FEATURES, runs, monkeypatch, sae=SAE_ID, feature=D_SAE + 5)
     at.run()
-    assert not at.exception
-    assert f"Feature {D_SAE + 5} does not exist" in at.error[0].value and f"0 to {D_SAE - 1}" in at.error[0].value
+    assert not at.exception and not at.error
+    warning = at.warning[0].value
+    assert f"`feature={D_SAE + 5}` names no feature" in warning and f"0 to {D_SAE - 1}" in warning
+    assert "showing the top candidate" in warning
 
     ranked = read_candidates(database_path(runs / "mini"), SAE_ID, limit=D_SAE)
     dead = ranked.loc[ranked["density"] == 0, "feature_id"]
@@ -122,15 +124,15 @@ def test_unknown_ids_and_stale_links_get_a_message(runs, monkeypatch):
 
     at = page(FEATURES, runs, monkeypatch, sae=SAE_ID, feature="seven")
     at.run()
-    assert not at.exception and "'seven' is not a feature id" in at.error[0].value
+    assert not at.exception and "`feature=seven` is not a feature id" in at.warning[0].value
 
     at = page(FEATURES, runs, monkeypatch, sae="gone-sae", feature=1)
     at.run()
-    assert not at.exception and "SAE 'gone-sae', which this run does not have" in at.warning[0].value
+    assert not at.exception and "`sae=gone-sae` names no SAE of this run" in at.warning[0].value
 
     at = page(FEATURES, runs, monkeypatch, run="gone-run", sae=SAE_ID, feature=1)
     at.run()
-    assert not at.exception and "run 'gone-run'" in at.warning[0].value
+    assert not at.exception and "`run=gone-run` names no run" in at.warning[0].value
 
 
 @pytest.mark.parametrize("path", [FEATURES, CANDIDATES], ids=lambda p: p.name)
@@ -138,7 +140,7 @@ def test_missing_index_missing_and_corrupt_databases_get_a_message(path, runs, m
     cases = [
         ({"run": "mini", "sae": UNINDEXED_SAE_ID}, "precompute index"),
         ({"run": "noindex", "sae": SAE_ID}, "no database yet"),
-        ({"run": "corrupt", "sae": SAE_ID}, "could not be opened"),
+        ({"run": "corrupt", "sae": SAE_ID}, "is damaged"),
     ]
     for params, expected in cases:
         at = page(path, runs, monkeypatch, **params, feature=1)

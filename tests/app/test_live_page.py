@@ -87,7 +87,7 @@ def test_live_page_runs_and_shows_the_example(tiny_run, monkeypatch):
     assert not at.exception
     assert at.sidebar.selectbox(key="sae_picker").value == sae_id
     assert "64 tokens on cpu" in at.caption[0].value
-    assert "only the first 64" in at.warning[0].value
+    assert "Live ran the first 64" in at.warning[0].value and "characters are left out" in at.warning[0].value
     bodies = " ".join(h.proto.body for h in at.get("html"))
     assert "title=\"token 1:" in bodies and "<mark" in bodies
 

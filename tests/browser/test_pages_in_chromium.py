@@ -65,7 +65,7 @@ def visit(page, url: str, expected_text: str, screenshot: str) -> None:
         ("/Features", "This run has no SAE yet", "features-without-sae.png"),
         ("/Features?run=mini", "the top candidate", "features.png"),
         ("/Candidates?run=mini", "Lead-lag profiles of the top features", "candidates.png"),
-        ("/Features?run=mini&feature=100000", "does not exist", "features-unknown-id.png"),
+        ("/Features?run=mini&feature=100000", "names no feature", "features-unknown-id.png"),
     ],
 )
 def test_page_renders_without_exception(server, browser_page, path, expected_text, screenshot):
