@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 
 import duckdb
 
-from explorer.database import SCHEMA_VERSION
+from explorer.schema import SCHEMA_VERSION
 
 HEADER_BYTES = 3 * 4096
 """DuckDB's file header and its two database headers; the 256 KiB blocks follow."""

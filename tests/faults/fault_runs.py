@@ -12,7 +12,7 @@ from pathlib import Path
 from explorer import artifacts
 from explorer.runs import list_sae_ids
 from precompute.cli import main, save_profile
-from precompute.profiles import CorpusSpec, IndexSpec, Profile, ReportSpec, SAERecipe
+from explorer.config import CorpusSpec, IndexSpec, Profile, ReportSpec, SAERecipe
 
 RUN = "faulty"
 HOOK = "blocks.0.hook_resid_post"

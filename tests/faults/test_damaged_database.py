@@ -10,7 +10,9 @@ import shlex
 
 import pytest
 
-from explorer.database import SCHEMA_VERSION, DatabaseError, database_path, read_sae_training_reports, read_schema_info
+from explorer.database import DatabaseError, read_sae_training_reports, read_schema_info
+from explorer.runs import database_path
+from explorer.schema import SCHEMA_VERSION
 from explorer.feature_db import read_candidates, read_feature_card, read_index_runs
 from explorer.steering_store import read_steering_runs
 from precompute.cli import main as cli_main

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.database import database_path, read_sae_training_reports
+from explorer.database import read_sae_training_reports
+from explorer.runs import database_path
 from explorer.feature_db import read_index_runs
 from explorer.runs import read_document_list
 from explorer.steering_store import read_steering_runs

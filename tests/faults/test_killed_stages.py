@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from explorer import artifacts
-from explorer.database import database_path, read_sae_training_reports
+from explorer.database import read_sae_training_reports
+from explorer.runs import database_path
 from explorer.feature_db import read_feature_card, read_index_runs
 from explorer.runs import read_document_list
 from explorer.sae_loading import load_sae

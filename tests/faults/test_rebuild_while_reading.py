@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from explorer.database import database_path
+from explorer.runs import database_path
 from explorer.feature_db import read_index_runs
 from tests.faults.conftest import app_page, messages
 from tests.faults.fault_runs import INDEX_FLAGS, RUN, STEERED_FEATURE, folder_hashes, run_args
