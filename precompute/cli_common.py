@@ -18,6 +18,13 @@ class UserError(ExplorerError):
     """A command line that cannot run as given; the message tells the user what to do."""
 
 
+def add_subcommand(subparsers, name: str, help_line: str, description: str | None) -> argparse.ArgumentParser:
+    """A command of `python -m precompute` whose `--help` shows its module docstring as written."""
+    return subparsers.add_parser(
+        name, help=help_line, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """The arguments that name the run: its profile, dataset, folder, and how to build it."""
     parser.add_argument(

@@ -27,7 +27,7 @@ from explorer.model_loading import load_model
 from explorer.runs import list_sae_ids, model_source, read_documents, read_profile, sae_dir
 from explorer.sae_loading import load_sae
 from explorer.sae_vis_export import SaeVisExportError, check_features, export_to_file, require_sae_vis, token_rows
-from precompute.cli_common import UserError, add_run_args, resolve_profile, resolve_run_dir
+from precompute.cli_common import UserError, add_run_args, add_subcommand, resolve_profile, resolve_run_dir
 
 DEFAULT_TOKENS = 8192
 DOC_CHUNK = 256
@@ -36,11 +36,9 @@ SCAN_FACTOR = 4
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "export-sae-vis",
-        help="export sae-vis 0.3.7 feature dashboards (HTML) for chosen features of a run's SAE",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_subcommand(
+        subparsers, "export-sae-vis", "export sae-vis 0.3.7 feature dashboards (HTML) for chosen features of a run's SAE",
+        __doc__,
     )
     add_run_args(parser)  # --force has no effect here: the HTML file is always rewritten
     parser.add_argument("--sae", help="SAE id under <run>/saes/ (default: the run's only or first SAE)")

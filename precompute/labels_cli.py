@@ -21,18 +21,18 @@ import math
 from pathlib import Path
 
 from explorer import artifacts
-from explorer.label_import import match_label_set, read_phrase_file, read_regex_file
-from explorer.label_import import read_tag_jsonl, read_thought_anchors
-from explorer.label_sets import LabelSetError
-from explorer.label_sets import check_name
-from explorer.label_sets import compare_label_sets
-from explorer.label_sets import read_label_documents, read_label_sets, read_label_spans
-from explorer.label_sets import stored_label_sets
-from precompute.cli_common import UserError
-from precompute.label_store import ensure_sentences
-from precompute.label_store import import_tag_file
-from precompute.label_store import remove_label_sets
-from precompute.label_store import write_label_sets
+from explorer.label_import import match_label_set, read_phrase_file, read_regex_file, read_tag_jsonl, read_thought_anchors
+from explorer.label_sets import (
+    LabelSetError,
+    check_name,
+    compare_label_sets,
+    read_label_documents,
+    read_label_sets,
+    read_label_spans,
+    stored_label_sets,
+)
+from precompute.cli_common import UserError, add_subcommand
+from precompute.label_store import ensure_sentences, import_tag_file, remove_label_sets, write_label_sets
 
 MAX_LISTED = 10
 """Unmatched traces and unplaced sentences printed by name; the rest are counted."""
@@ -40,11 +40,9 @@ MAX_LISTED = 10
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `labels` command to `python -m precompute`'s subparsers."""
-    parser = subparsers.add_parser(
-        "labels",
-        help="list, add (sentence tags, phrases, regular expressions), remove and compare label sets",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_subcommand(
+        subparsers, "labels", "list, add (sentence tags, phrases, regular expressions), remove and compare label sets",
+        __doc__,
     )
     parser.add_argument(
         "--out", "--run", dest="out", type=Path, default=artifacts.default_run_dir("demo"),

@@ -42,7 +42,7 @@ from explorer.steering import (
     condition_name,
 )
 from explorer.steering_store import make_run_id, read_steering_runs, write_steering_result
-from precompute.cli_common import UserError, add_run_args, resolve_profile, resolve_run_dir
+from precompute.cli_common import UserError, add_run_args, add_subcommand, resolve_profile, resolve_run_dir
 from precompute.stages import print_config
 
 DEFAULT_N_SAMPLES = 4
@@ -65,11 +65,9 @@ def _float_list(text: str) -> list[float]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `steer` command to `python -m precompute`'s subparsers."""
-    parser = subparsers.add_parser(
-        "steer",
-        help="generate with SAE features added or clamped, count backtracking phrases, store the results",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_subcommand(
+        subparsers, "steer", "generate with SAE features added or clamped, count backtracking phrases, store the results",
+        __doc__,
     )
     add_run_args(parser)
     parser.set_defaults(profile=None)  # the run's own profile.json (`with_saved_profile`)
