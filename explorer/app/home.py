@@ -13,7 +13,7 @@ from explorer.app.messages import show_error
 from explorer.config import Profile
 from explorer.database import DatabaseError, read_sae_training_curve, read_sae_training_reports
 from explorer.feature_db import read_index_runs
-from explorer.runs import RunSummary, database_path
+from explorer.runs import RunSummary, database_path, main_sae_id
 
 SAE_COLUMNS = ["sae_id", "hook_name", "architecture", "d_sae", "l0", "mse", "explained_variance", "frac_dead",
                "frac_dense", "ce_loss_recovered", "n_tokens", "n_sparsity_tokens"]
@@ -129,7 +129,8 @@ def render_saes(run_dir: Path) -> None:
         "features, and CE loss recovered (1 = splicing the SAE in costs nothing, 0 = as bad as zero-ablating the hook)."
     )
     st.dataframe(saes[SAE_COLUMNS], hide_index=True)
-    sae_id = st.selectbox("Training curve of", saes["sae_id"].tolist(), key="curve_sae")
+    ids = saes["sae_id"].tolist()
+    sae_id = st.selectbox("Training curve of", ids, index=ids.index(main_sae_id(run_dir, sae_ids=ids)), key="curve_sae")
     render_sae_training_curve(run_dir, sae_id)
 
 
