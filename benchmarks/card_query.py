@@ -71,14 +71,14 @@ def bench_demo(run_dir: Path, n_cards: int, seed: int) -> None:
 
     from explorer.database import open_read_only
     from explorer.feature_db import read_feature_card, read_index_runs, read_index_run, read_vocabulary
-    from explorer.runs import database_path
+    from explorer.runs import database_path, main_sae_id
 
     db_path = database_path(run_dir)
     if not db_path.is_file():
         print(f"(a) skipped: no database at {db_path} (`make demo-data` builds the demo)")
         return
     con = open_read_only(db_path)
-    sae_id = str(read_index_runs(con)["sae_id"].iloc[0])
+    sae_id = str(main_sae_id(run_dir, sae_ids=read_index_runs(con)["sae_id"].tolist()))  # the app's default
     index_run = read_index_run(con, sae_id)
     d_sae = int(index_run["d_sae"])
     rng = random.Random(seed)

@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     from explorer.feature_aggregates import IndexConfig
     from explorer.feature_index import stream_index
     from explorer.model_loading import load_model
-    from explorer.runs import list_sae_ids, model_source, read_profile, sae_dir
+    from explorer.runs import main_sae_id, model_source, read_profile, sae_dir
     from explorer.sae_loading import load_sae, stop_layer_for_hook
     from explorer.sae_vis_export import compute_sae_vis_data, token_rows, write_html_atomic
 
     profile = read_profile(args.run)
-    sae_id = args.sae or list_sae_ids(args.run)[0]
+    sae_id = args.sae or main_sae_id(args.run)  # the SAE at the profile's hook
     loaded = load_sae(sae_dir(args.run, sae_id), device=args.device)
     hook = loaded.hook_name or profile.hook_name
     stop_at_layer = stop_layer_for_hook(hook)  # the forward runs up to the hook's block

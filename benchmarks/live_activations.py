@@ -93,7 +93,7 @@ def time_live(model, sae, hook_name: str, text: str, runs: int, warmup: int, cud
 def bench_demo(run_dir: Path, n_tokens: int, runs: int, warmup: int, page: bool) -> None:
     from explorer import artifacts
     from explorer.model_loading import load_model
-    from explorer.runs import list_sae_ids, model_source, read_documents, read_run_summary, sae_dir
+    from explorer.runs import list_sae_ids, main_sae_id, model_source, read_documents, read_run_summary, sae_dir
     from explorer.sae_loading import check_sae_fits_model, load_sae
 
     if not (run_dir / artifacts.PROFILE_FILE).is_file() or not list_sae_ids(run_dir):
@@ -101,7 +101,7 @@ def bench_demo(run_dir: Path, n_tokens: int, runs: int, warmup: int, page: bool)
         return
     torch.set_grad_enabled(False)
     profile = read_run_summary(run_dir).profile
-    sae_id = list_sae_ids(run_dir)[0]
+    sae_id = main_sae_id(run_dir)  # the SAE at the profile's hook, as the app opens
     t0 = time.perf_counter()
     model = load_model(model_source(run_dir, profile), device="cpu", n_ctx=profile.n_ctx)
     loaded = load_sae(sae_dir(run_dir, sae_id), device="cpu")

@@ -176,6 +176,7 @@ class Profile:
     model: str
     """A hub id or a local HF directory. `demo` means the model `train-lm` writes into the run folder."""
     hook_name: str
+    """The hook of the run's main SAE: the one the app, the index's `--sae` default and the checks take."""
     n_ctx: int
     """Context length the model runs with."""
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
@@ -187,6 +188,10 @@ class Profile:
     """The model's dtype wherever it runs (SAE training's activations, the report, the index, steering,
     Live), and the SAE's at inference; `--dtype` on the command line. The SAE trains in `sae.dtype`. On
     CUDA, float32 matmuls use TF32."""
+    extra_hooks: tuple[str, ...] = ()
+    """Further hooks an SAE is trained at, with the same recipe, after the one at `hook_name` (`build` and
+    `train-sae` without `--hook`; `index` then indexes each): the Candidates page's "Across SAEs" table
+    compares them. A profile.json saved before this field reads back with none."""
 
     @property
     def trains_own_model(self) -> bool:
@@ -209,6 +214,7 @@ class Profile:
         data["index"] = IndexSpec(**data.get("index", {}))
         # A profile saved before the report had its own settings measured everything on 32,768 tokens.
         data["report"] = ReportSpec(**data.get("report", {"n_tokens": 32_768, "n_sparsity_tokens": 32_768}))
+        data["extra_hooks"] = tuple(data.get("extra_hooks", ()))  # a JSON list; absent before the field
         return cls(**data)
 
     @classmethod
@@ -299,6 +305,9 @@ DEMO = Profile(
     index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=400_000),
     # The demo's held-out documents hold fewer tokens than this: the sparsity figures read all of them.
     report=ReportSpec(n_tokens=32_768, n_sparsity_tokens=200_000),
+    # A second SAE at the other layer, so that the Candidates page's "Across SAEs" table shows which layer
+    # carries each label set best (README, "Set up", says what it adds to the build).
+    extra_hooks=("blocks.0.hook_mlp_out",),
 )
 
 DEMO_STANDARD = dataclasses.replace(

@@ -1,10 +1,10 @@
 """The run folder: where each of its artifacts is, and reading them back.
 
 One typed API for the paths every stage and page needs: `read_profile` (the `Profile` the run was built
-with), `model_source` (what to load as its model), `sae_dir` (one SAE's folder), `list_sae_ids` and
-`database_path` (its DuckDB file); `explorer.artifacts` names the files. The app and the CLI also read a
-run's summary, corpus and labels here. The corpus's text column is the one large thing
-here (about 3 GB for OpenR1-Math-220k), so the app never reads it whole: `read_document_list` reads the
+with), `model_source` (what to load as its model), `sae_dir` (one SAE's folder), `list_sae_ids`,
+`main_sae_id` (the one at the profile's hook) and `database_path` (its DuckDB file); `explorer.artifacts`
+names the files. The app and the CLI also read a run's summary, corpus and labels here. The corpus's
+text column is the one large thing here (about 3 GB for OpenR1-Math-220k), so the app never reads it whole: `read_document_list` reads the
 light columns, `read_document_texts` the text of the documents asked for only (the corpus stage writes
 `documents.parquet` in row groups of a few hundred documents, and only the groups that hold one of them
 are read), and `read_corpus_prompts` a batch of rows at a time.
@@ -100,6 +100,32 @@ def list_sae_ids(run_dir: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "cfg.json").is_file())
+
+
+def sae_hook_name(run_dir: Path, sae_id: str) -> str | None:
+    """The hook one of the run's SAEs was trained at, as its sae_lens config says (None if it does not,
+    or cannot be read: the loader says why when the SAE is opened)."""
+    try:
+        cfg = _read_json(sae_dir(run_dir, sae_id) / "cfg.json") or {}
+    except RunFolderError:
+        return None
+    return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
+
+
+def main_sae_id(run_dir: Path, hook_name: str | None = None, sae_ids: Iterable[str] | None = None) -> str | None:
+    """The run's main SAE among `sae_ids` (default: all of them): the first at `hook_name` (default: the
+    run's profile's hook), else the first; None when there is none. The app's SAE picker, the `--sae`
+    defaults and the checks take it, so a run with SAEs at further hooks (`Profile.extra_hooks`) still
+    opens on the profile's."""
+    ids = list_sae_ids(run_dir) if sae_ids is None else list(sae_ids)
+    if not ids:
+        return None
+    if hook_name is None and (Path(run_dir) / artifacts.PROFILE_FILE).is_file():
+        try:
+            hook_name = read_profile(run_dir).hook_name
+        except RunFolderError:
+            hook_name = None
+    return next((sae_id for sae_id in ids if sae_hook_name(run_dir, sae_id) == hook_name), ids[0])
 
 
 def database_path(run_dir: Path) -> Path:

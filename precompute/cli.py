@@ -2,9 +2,9 @@
 
     corpus      generate or import a corpus and label its backtracking phrases
     train-lm    train the demo model on the run's corpus (demo profiles)
-    train-sae   train an SAE with sae_lens on the run's model and corpus
+    train-sae   train the profile's SAEs (its hook's, then one per extra hook) with sae_lens, or --hook's
     sae-report  measure the run's SAEs on held-out tokens, or import one (--sae)
-    index       the feature index of an SAE: every feature's dashboard data and backtracking scores
+    index       the feature index of each SAE (or --sae's): every feature's dashboard data and scores
     merge       combine the partials of `index --shard i/n` into the index
     export-sae-vis  sae_vis's feature-centric HTML dashboards of chosen features
     steer       generate with a feature added or clamped, and count backtracking against a baseline
@@ -44,7 +44,7 @@ from precompute.cli_common import (
     resolve_run_dir,
 )
 from precompute.corpus_stage import reuse_corpus, run_corpus_stage
-from precompute.index_stage import index_is_current, merge_partials, run_index
+from precompute.index_stage import current_index_ids, merge_partials, run_index, sae_ids_to_index
 from precompute.run_record import RunRecord, same_profile
 from precompute.sae_report_cli import run_sae_report
 from precompute.train_lm_stage import reuse_model, run_train_lm_stage
@@ -52,7 +52,9 @@ from precompute.train_sae_stage import SCALE_DOWN_ARGS, reuse_sae, run_train_sae
 
 
 def _add_sae_training_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hook", help="hook to train the SAE on (default: the profile's)")
+    parser.add_argument(
+        "--hook", help="hook to train the SAE on (default: the profile's hook, then each of its extra_hooks)"
+    )
     parser.add_argument("--wandb", action="store_true", help="log SAE training to Weights & Biases (off by default)")
     parser.add_argument(
         "--sae-steps", type=int, metavar="N",
@@ -101,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_lm = sub.add_parser("train-lm", help="train the demo model on the run's corpus (demo profiles only)")
     add_run_args(train_lm)
     train_lm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
-    train_sae = sub.add_parser("train-sae", help="train an SAE with sae_lens on the run's model and corpus")
+    train_sae = sub.add_parser(
+        "train-sae", help="train the profile's SAEs (at its hook, then at each extra hook) with sae_lens on the run's "
+        "model and corpus"
+    )
     add_run_args(train_sae)
     _add_sae_training_args(train_sae)
     report = sub.add_parser(
@@ -120,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_args(report)
     index = sub.add_parser(
         "index",
-        help="the feature index of an SAE: top examples, quantile samples, histograms, logit lens, "
-        "neighbours and backtracking scores of every feature, into the run's DuckDB file",
+        help="the feature index of each SAE of the run whose index is not current (or of --sae's): top examples, "
+        "quantile samples, histograms, logit lens, neighbours and backtracking scores of every feature, into the "
+        "run's DuckDB file",
     )
     add_run_args(index)
     _add_sae_training_args(index)
@@ -133,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge = sub.add_parser("merge", help="combine the partials of `index --shard i/n` into the index")
     add_run_args(merge)
-    merge.add_argument("--sae", help="SAE id (default: the run's first SAE)")
+    merge.add_argument("--sae", help="SAE id (default: the run's main SAE, at the profile's hook)")
     export_sae_vis_cli.add_parser(sub)
     steer_cli.add_parser(sub)
     labels_cli.add_parser(sub)
@@ -146,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_index_args(parser: argparse.ArgumentParser) -> None:
     if not any("--sae" in action.option_strings for action in parser._actions):
-        parser.add_argument("--sae", help="SAE id to index (default: the run's first SAE)")
+        parser.add_argument(
+            "--sae", help="SAE id to index (default: every SAE of the run whose index is not current; with "
+            "--shard, the main SAE, at the profile's hook)"
+        )
     parser.add_argument(
         "--tokens", type=int, help="index at most this many tokens of the corpus (default: the profile's index.n_tokens)"
     )
@@ -214,13 +223,22 @@ def reuse_stage(stage: str, named: Profile, profile: Profile, run_dir: Path, arg
     raise ValueError(f"{stage} is no stage another one needs")
 
 
+def training_hooks(profile: Profile) -> list[str]:
+    """The hooks `train-sae` without `--hook` trains an SAE at: the profile's, then its extra hooks."""
+    return list(dict.fromkeys((profile.hook_name, *profile.extra_hooks)))
+
+
 def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namespace, force: bool) -> None:
     if stage == "corpus":
         run_corpus_stage(profile.corpus, run_dir, force=force)
     elif stage == "train-lm":
         run_train_lm_stage(profile.demo_lm, run_dir, force=force)
     elif stage == "train-sae":
-        run_train_sae_stage(profile, run_dir, hook=args.hook, wandb=args.wandb, force=force)
+        hooks = [args.hook] if args.hook else training_hooks(profile)
+        for n, hook in enumerate(hooks, 1):
+            if len(hooks) > 1:
+                print(f"-- SAE {n} of {len(hooks)}: {hook} --", flush=True)
+            run_train_sae_stage(profile, run_dir, hook=hook, wandb=args.wandb, force=force)
     elif stage == "index":
         shard = parse_shard(args.shard) if getattr(args, "shard", None) else (0, 1)
         if getattr(args, "shard", None) == "auto" and "LOCAL_RANK" in os.environ:
@@ -229,7 +247,10 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
             if torch.cuda.is_available():  # one GPU per torchrun process
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         explicit = getattr(args, "sae", None) or shard != (0, 1)
-        if not force and not explicit and index_is_current(profile, run_dir):
+        # Without --sae (or --shard): every SAE of the run whose index is not current, the main SAE first.
+        sae_ids = [getattr(args, "sae", None)] if explicit else sae_ids_to_index(profile, run_dir) or [None]
+        current = set() if force or explicit else current_index_ids(profile, run_dir)
+        if sae_ids[0] is not None and set(sae_ids) <= current:
             print(f"== index == up to date in {run_dir} (every SAE indexed from this corpus and its current weights); "
                   "pass --force to rebuild",
                   flush=True)
@@ -237,8 +258,13 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
         save_every = getattr(args, "save_every", 10.0)
         if save_every < 0:
             raise UserError(f"--save-every must be 0 (never) or a number of minutes, not {save_every}")
-        run_index(profile, run_dir, sae_id=getattr(args, "sae", None), batch_size=getattr(args, "batch_size", 8),
-                  shard=shard, save_every_s=60 * save_every)
+        for n, sae_id in enumerate(sae_ids, 1):
+            if len(sae_ids) > 1:
+                state = "up to date (indexed from this corpus and its current weights)" if sae_id in current else "indexing"
+                print(f"-- SAE {n} of {len(sae_ids)}: {sae_id}: {state} --", flush=True)
+            if sae_id not in current:
+                run_index(profile, run_dir, sae_id=sae_id, batch_size=getattr(args, "batch_size", 8),
+                          shard=shard, save_every_s=60 * save_every)
 
 
 def run_command(args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ from explorer import artifacts
 from explorer.config import Profile
 from explorer.feature_index import CorpusDocument, make_windows
 from explorer.model_loading import load_model
-from explorer.runs import list_sae_ids, model_source, read_documents, read_profile, sae_dir
+from explorer.runs import list_sae_ids, main_sae_id, model_source, read_documents, read_profile, sae_dir
 from explorer.sae_loading import load_sae
 from explorer.sae_vis_export import SaeVisExportError, check_features, export_to_file, require_sae_vis, token_rows
 from precompute.cli_common import UserError, add_run_args, add_subcommand, resolve_profile, resolve_run_dir
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         __doc__,
     )
     add_run_args(parser)  # --force has no effect here: the HTML file is always rewritten
-    parser.add_argument("--sae", help="SAE id under <run>/saes/ (default: the run's only or first SAE)")
+    parser.add_argument("--sae", help="SAE id under <run>/saes/ (default: the run's main SAE, at its profile's hook)")
     parser.add_argument("--features", required=True, type=parse_features, help="feature ids, e.g. 1,2,3")
     parser.add_argument(
         "--tokens", type=int, default=DEFAULT_TOKENS, help=f"tokens to run sae-vis on (default: {DEFAULT_TOKENS})"
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> Path:
     sae_ids = list_sae_ids(run_dir)
     if not sae_ids:
         raise UserError(f"{run_dir} holds no SAEs yet: run `python -m precompute train-sae --out {run_dir}` first.")
-    sae_id = args.sae or sae_ids[0]
+    sae_id = args.sae or main_sae_id(run_dir, profile.hook_name, sae_ids)
     if sae_id not in sae_ids:
         raise UserError(f"No SAE {sae_id!r} in {run_dir}; it holds: {', '.join(sae_ids)}.")
 

@@ -1,6 +1,7 @@
-"""Stages `index` and `merge`: the feature index of one SAE, written into the run's DuckDB file.
+"""Stages `index` and `merge`: the feature index of an SAE, written into the run's DuckDB file.
 
-    index [--sae ID] [--tokens N] [--batch-size B]     one pass, then the tables (atomic)
+    index [--sae ID] [--tokens N] [--batch-size B]     one pass, then the tables (atomic); without
+                                                       --sae, each SAE of the run whose index is not current
     index --shard i/n                                  one shard's partial: index_partials/<sae>/shard-i-of-n.pt
     merge [--sae ID]                                   combine the n partials, then the tables
 
@@ -63,6 +64,7 @@ from explorer.runs import (
     iter_documents,
     iter_phrases,
     list_sae_ids,
+    main_sae_id,
     sae_dir,
 )
 from explorer.sae_loading import check_sae_fits_model, load_sae, stop_layer_for_hook
@@ -97,12 +99,13 @@ class IndexInputs(NamedTuple):
     """`IndexLabels.fingerprint` of those label sets."""
 
 
-def choose_sae_id(run_dir: Path, sae_id: str | None) -> str:
+def choose_sae_id(run_dir: Path, sae_id: str | None, hook_name: str | None = None) -> str:
+    """`sae_id`, checked; None: the run's main SAE (the one at `hook_name`, the profile's hook)."""
     available = list_sae_ids(run_dir)
     if sae_id is None:
         if not available:
             raise RunFolderError(f"No SAE in {run_dir}: run `python -m precompute train-sae --out {run_dir}` first.")
-        return available[0]
+        return main_sae_id(run_dir, hook_name, available)
     if sae_id not in available:
         raise RunFolderError(
             f"No SAE {sae_id!r} in {run_dir}/saes (have: {', '.join(available) or 'none'}). "
@@ -214,7 +217,7 @@ def load_inputs(
     profile: Profile, run_dir: Path, sae_id: str | None, max_tokens: int | None, *, progress: bool = True
 ) -> IndexInputs:
     """Model, SAE (checked against the model), the corpus's windows and the pass configuration."""
-    sae_id = choose_sae_id(run_dir, sae_id)
+    sae_id = choose_sae_id(run_dir, sae_id, profile.hook_name)
     documents = corpus_documents(run_dir)
     if not len(documents):
         raise IndexInputError(f"The corpus of {run_dir} is empty: nothing to index.")
@@ -368,7 +371,7 @@ def merge_partials(profile: Profile, run_dir: Path, *, sae_id: str | None = None
     """Combine every shard partial of `sae_id` and write the tables, as a single run would (the
     partials carry their kept examples' contexts)."""
     run_dir = Path(run_dir)
-    sae_id = choose_sae_id(run_dir, sae_id)
+    sae_id = choose_sae_id(run_dir, sae_id, profile.hook_name)
     folder = Path(run_dir) / PARTIALS_DIR / sae_id
     inputs, merged, metas = load_merged_partials(profile, run_dir, sae_id, folder, progress=progress)
     checkpoint("merge:merged")
@@ -494,19 +497,33 @@ def finish_index(
 
 
 def index_is_current(profile: Profile, run_dir: Path) -> bool:
-    """`build` skips the index when the database already holds one for every SAE of the run, built
-    from the current corpus and the SAE's current weights, with the profile's index settings, windows
-    cut the current way, and the run's current label sets."""
+    """Whether the database already holds a current index (`current_index_ids`) of every SAE of the run:
+    then `build` skips the stage."""
+    sae_ids = list_sae_ids(run_dir)
+    return bool(sae_ids) and set(sae_ids) <= current_index_ids(profile, run_dir)
+
+
+def sae_ids_to_index(profile: Profile, run_dir: Path) -> list[str]:
+    """The run's SAEs in the order `index` takes them: the main SAE (at the profile's hook) first."""
+    sae_ids = list_sae_ids(run_dir)
+    main = main_sae_id(run_dir, profile.hook_name, sae_ids)
+    return [main, *(sae_id for sae_id in sae_ids if sae_id != main)] if main else []
+
+
+def current_index_ids(profile: Profile, run_dir: Path) -> set[str]:
+    """The run's SAEs whose index the database holds built from the current corpus and the SAE's
+    current weights, with the profile's index settings, windows cut the current way, and the run's
+    current label sets."""
     db_path = database_path(run_dir)
     sae_ids = list_sae_ids(run_dir)
     if not db_path.is_file() or not sae_ids:
-        return False
+        return set()
     try:
         runs = read_index_runs(db_path)
     except Exception:
-        return False
+        return set()
     if runs.empty:
-        return False
+        return set()
     corpus_hash = corpus_content_hash(run_dir)
     wanted = (
         profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None,
@@ -523,9 +540,8 @@ def index_is_current(profile: Profile, run_dir: Path) -> bool:
     def same_sae(row) -> bool:  # an SAE retrained under the same id makes its index stale
         return row.sae_id in sae_ids and json.loads(row.config_json).get("sae_fingerprint") == sae_fingerprint(run_dir, row.sae_id)
 
-    have = {
+    return {
         row.sae_id for row in runs.itertuples()
         if row.corpus_hash == corpus_hash and settings(row) == wanted and same_sae(row)
     }
-    return set(sae_ids) <= have
 

@@ -2,10 +2,11 @@
 
 A command records, stage by stage, the part of the profile that each stage it built (or checked as its
 own and found current) was built with: `corpus` the corpus section, `train-lm` the demo model's,
-`train-sae` the SAE recipe and the report's token counts, `sae-report` the report's, `index` the index
-settings. The model, hook, context length and profile name go with every stage; the dtype with the
-stages that run the model into an output (`train-sae`, `index`). A stage a command only used, as it
-was built, keeps the settings recorded for it. So profile.json changes only when a command built
+`train-sae` the SAE recipe, the report's token counts and the further hooks it trains at
+(`extra_hooks`), `sae-report` the report's, `index` the index settings. The model, hook, context
+length and profile name go with every stage; the dtype with the stages that run the model into an
+output (`train-sae`, `index`). A stage a command only used, as it was built, keeps the settings
+recorded for it. So profile.json changes only when a command built
 something with other settings; every change is printed, key by key, and a command that builds
 nothing leaves the file as it is.
 """
@@ -24,7 +25,7 @@ IDENTITY_FIELDS = ("name", "model", "hook_name", "n_ctx")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "corpus": ("corpus",),
     "train-lm": ("demo_lm",),
-    "train-sae": ("sae", "report", "dtype"),
+    "train-sae": ("sae", "report", "dtype", "extra_hooks"),
     "sae-report": ("report",),
     "index": ("index", "dtype"),
 }

@@ -35,7 +35,7 @@ from explorer.labels import token_group_ids
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 from explorer.live import compute_live_activations
 from explorer.model_loading import load_model
-from explorer.runs import database_path
+from explorer.runs import database_path, main_sae_id
 from explorer.sae_loading import load_sae
 from explorer.synthetic import generate_traces, sentence_tags
 
@@ -56,10 +56,10 @@ def demo():
             cwd=REPO, check=True, timeout=1800,
         )
     runs = read_index_runs(db)
-    sae_id = runs["sae_id"].iloc[0]
+    sae_id = main_sae_id(DEMO, sae_ids=runs["sae_id"].tolist())  # the SAE at the profile's hook, where it is planted
     model = load_model(DEMO / "model", device="cpu")
     sae = load_sae(DEMO / "saes" / sae_id).sae
-    return db, sae_id, model, sae, runs["hook_name"].iloc[0]
+    return db, sae_id, model, sae, runs.loc[runs["sae_id"] == sae_id, "hook_name"].iloc[0]
 
 
 def brute_force_auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -1,5 +1,6 @@
 """`python -m precompute`: stages, idempotence, atomic outputs and clear errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -221,6 +222,32 @@ def test_a_profile_saved_before_the_notebooks_fields_reads_back_as_it_was():
     old = Profile.from_dict(saved)
     assert old.sae == DEMO.sae  # sae_lens 6's values, not the notebook's new defaults
     assert (old.report.n_tokens, old.report.n_sparsity_tokens) == (32_768, 32_768)  # as its SAE was measured
+
+
+def test_extra_hooks_round_trip_and_a_profile_saved_before_them_has_none():
+    """`extra_hooks` is a tuple after JSON (a list there); a profile.json written before the field reads
+    back with none, equal otherwise; the stage that trains the SAEs records it, and no other."""
+    from precompute.run_record import profile_changes, with_stage
+
+    assert DEMO.extra_hooks == ("blocks.0.hook_mlp_out",) and DEMO.hook_name == "blocks.1.hook_mlp_out"
+    saved = json.loads(DEMO.to_json())
+    assert saved["extra_hooks"] == ["blocks.0.hook_mlp_out"]
+    assert Profile.from_dict(saved) == DEMO and isinstance(Profile.from_dict(saved).extra_hooks, tuple)
+    del saved["extra_hooks"]
+    old = Profile.from_dict(saved)
+    assert old == dataclasses.replace(DEMO, extra_hooks=())
+    assert profile_changes(old, DEMO) == ["extra_hooks () -> ('blocks.0.hook_mlp_out',)"]
+    assert with_stage(old, "index", DEMO).extra_hooks == ()
+    assert with_stage(old, "train-sae", DEMO).extra_hooks == DEMO.extra_hooks
+
+
+def test_train_sae_trains_the_profiles_hook_then_each_extra_hook():
+    from precompute.cli import training_hooks
+
+    assert training_hooks(DEMO) == ["blocks.1.hook_mlp_out", "blocks.0.hook_mlp_out"]
+    assert training_hooks(DEEPSEEK_R1_DISTILL_QWEN_1_5B) == ["blocks.21.hook_mlp_out"]
+    twice = dataclasses.replace(DEMO, extra_hooks=("blocks.1.hook_mlp_out", "blocks.0.hook_mlp_out"))
+    assert training_hooks(twice) == ["blocks.1.hook_mlp_out", "blocks.0.hook_mlp_out"]  # the profile's hook once
 
 
 def test_a_setting_added_later_at_its_old_value_does_not_rebuild(tmp_path):

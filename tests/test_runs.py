@@ -20,6 +20,7 @@ from explorer.runs import (
     RunFolderError,
     database_path,
     list_sae_ids,
+    main_sae_id,
     model_source,
     read_corpus_prompts,
     read_document_list,
@@ -82,6 +83,29 @@ def test_the_run_folder_names_its_model_saes_and_database(tmp_path: Path):
     (sae_dir(run, "b") / "cfg.json").write_text("{}")
     (sae_dir(run, "a")).mkdir()  # no sae_lens config: not an SAE
     assert list_sae_ids(run) == ["b"]
+
+
+def write_sae_configs(run: Path, hooks: dict[str, str]) -> None:
+    """An SAE folder per id with only a sae_lens cfg.json naming its hook (enough to list and choose)."""
+    for sae_id, hook in hooks.items():
+        sae_dir(run, sae_id).mkdir(parents=True)
+        (sae_dir(run, sae_id) / "cfg.json").write_text(json.dumps({"metadata": {"hook_name": hook}}))
+
+
+def test_the_main_sae_is_the_one_at_the_profiles_hook(tmp_path: Path):
+    """A run with SAEs at further hooks opens on the profile's, though another sorts first."""
+    run = tmp_path / "run"
+    assert main_sae_id(run) is None
+    write_sae_configs(run, {"blocks.0.hook_mlp_out-sae": "blocks.0.hook_mlp_out",
+                            "blocks.1.hook_mlp_out-sae": "blocks.1.hook_mlp_out"})
+    assert main_sae_id(run) == "blocks.0.hook_mlp_out-sae"  # no profile.json: the first
+    (run / artifacts.PROFILE_FILE).write_text(DEMO.to_json())  # hook blocks.1.hook_mlp_out
+    assert main_sae_id(run) == "blocks.1.hook_mlp_out-sae"
+    assert main_sae_id(run, "blocks.0.hook_mlp_out") == "blocks.0.hook_mlp_out-sae"
+    assert main_sae_id(run, "blocks.5.hook_mlp_out") == "blocks.0.hook_mlp_out-sae"  # none there: the first
+    assert main_sae_id(run, sae_ids=["blocks.0.hook_mlp_out-sae"]) == "blocks.0.hook_mlp_out-sae"
+    (sae_dir(run, "blocks.1.hook_mlp_out-sae") / "cfg.json").write_text("{not json")
+    assert main_sae_id(run) == "blocks.0.hook_mlp_out-sae"  # an unreadable config names no hook
 
 
 def test_the_profile_reads_back_typed(tmp_path: Path):

@@ -185,3 +185,49 @@ def test_build_still_compares_every_stage_with_its_flags(scaled_down_run, profil
     assert "corpus.n_traces 200 -> 300" in printed and "sae.training_steps 3 -> 8" in printed
     saved = json.loads((work / artifacts.PROFILE_FILE).read_text())
     assert json.loads(profile_file.read_text()) == saved  # the run now holds exactly the profile's outputs
+
+
+def test_build_trains_and_indexes_an_sae_at_each_extra_hook(profile_file, tmp_path, capsys):
+    """A run built before `extra_hooks` (its profile.json without the field): `build` with a profile that
+    adds a hook reuses the corpus, the SAE and its index as they are, trains the new hook's SAE and
+    indexes it; the app and `--sae` defaults keep the SAE at the profile's hook."""
+    from explorer.feature_db import read_index_runs
+    from explorer.runs import database_path, list_sae_ids, main_sae_id
+
+    early_hook = "blocks.0.hook_mlp_out"
+    early_id = f"{early_hook}-standard-128"
+    old = json.loads(profile_file.read_text())
+    assert "extra_hooks" in old and old["extra_hooks"] == []
+    del old["extra_hooks"]  # as profile.json was written before the field
+    old_file, new_file = tmp_path / "old.json", tmp_path / "new.json"
+    old_file.write_text(json.dumps(old))
+    new_file.write_text(json.dumps({**old, "extra_hooks": [early_hook]}))
+    run = tmp_path / "r"
+    out = ["--out", str(run), "--batch-size", "4"]
+    assert main(["build", "--profile", str(old_file), *out]) == 0
+    assert list_sae_ids(run) == [SAE_ID]
+    recorded = json.loads((run / artifacts.PROFILE_FILE).read_text())
+    del recorded["extra_hooks"]
+    (run / artifacts.PROFILE_FILE).write_text(json.dumps(recorded))
+    corpus, sae = snapshot(run / artifacts.CORPUS_DIR), snapshot(run / artifacts.SAES_DIR / SAE_ID)
+    first_index = read_index_runs(database_path(run)).set_index("sae_id")["built_at"].to_dict()
+    capsys.readouterr()
+
+    assert main(["build", "--profile", str(new_file), *out]) == 0
+    printed = capsys.readouterr().out
+    assert snapshot(run / artifacts.CORPUS_DIR) == corpus and snapshot(run / artifacts.SAES_DIR / SAE_ID) == sae
+    assert list_sae_ids(run) == [early_id, SAE_ID]  # the new one sorts first
+    runs = read_index_runs(database_path(run)).set_index("sae_id")
+    assert runs["hook_name"].to_dict() == {early_id: early_hook, SAE_ID: HOOK}
+    assert runs.loc[SAE_ID, "built_at"] == first_index[SAE_ID]  # the SAE's index was current: not rebuilt
+    assert f"-- SAE 1 of 2: {HOOK} --\n== train-sae == up to date" in printed
+    assert f"-- SAE 2 of 2: {early_hook} --\n== train-sae ==\n" in printed
+    assert f"-- SAE 1 of 2: {SAE_ID}: up to date" in printed and f"-- SAE 2 of 2: {early_id}: indexing --" in printed
+    assert "profile.json: extra_hooks () -> ('blocks.0.hook_mlp_out',)" in printed
+    assert json.loads((run / artifacts.PROFILE_FILE).read_text())["extra_hooks"] == [early_hook]
+    assert main_sae_id(run) == SAE_ID  # the profile's hook's, though the other sorts first
+
+    saes = snapshot(run / artifacts.SAES_DIR)
+    assert main(["build", "--profile", str(new_file), *out]) == 0  # everything current: nothing to do
+    assert "== index == up to date" in capsys.readouterr().out
+    assert snapshot(run / artifacts.SAES_DIR) == saes

@@ -16,8 +16,8 @@ from explorer.app.index_cache import (
     load_sae_training_curve,
     open_feature_db,
 )
-from explorer.runs import RunSummary
 from explorer.config import Profile
+from explorer.runs import RunSummary, main_sae_id
 
 SAE_COLUMNS = ["sae_id", "hook_name", "architecture", "d_sae", "l0", "mse", "explained_variance", "frac_dead",
                "frac_dense", "ce_loss_recovered", "n_tokens", "n_sparsity_tokens"]
@@ -126,7 +126,8 @@ def render_saes(run_dir: Path) -> None:
         "features, and CE loss recovered (1 = splicing the SAE in costs nothing, 0 = as bad as zero-ablating the hook)."
     )
     st.dataframe(saes[SAE_COLUMNS], hide_index=True)
-    sae_id = st.selectbox("Training curve of", saes["sae_id"].tolist(), key="curve_sae")
+    ids = saes["sae_id"].tolist()
+    sae_id = st.selectbox("Training curve of", ids, index=ids.index(main_sae_id(run_dir, sae_ids=ids)), key="curve_sae")
     render_sae_training_curve(run_dir, sae_id)
 
 

@@ -13,7 +13,7 @@ from explorer.app.empty_state import render_empty_state
 from explorer.app.index_cache import FeatureDB, load_index_run, open_feature_db, report_database_problem
 from explorer.app.link_params import warn_bad_param
 from explorer.app.run_cache import load_run_summary
-from explorer.runs import RunSummary, find_runs, list_sae_ids
+from explorer.runs import RunSummary, find_runs, list_sae_ids, main_sae_id
 
 RUN_PARAM = "run"
 SAE_PARAM = "sae"
@@ -41,15 +41,18 @@ def render_run_picker(root: Path | None = None) -> Path | None:
 
 
 def render_sae_picker(run_dir: Path) -> str | None:
-    """A sidebar select box of the run's SAEs (kept in the URL as `?sae=`); None when it has none."""
+    """A sidebar select box of the run's SAEs (kept in the URL as `?sae=`), the run's main SAE (at its
+    profile's hook) chosen by default; None when it has none."""
     ids = list_sae_ids(run_dir)
     if not ids:
         st.info(f"This run has no SAE yet: `python -m precompute train-sae --out {run_dir}` trains one.")
         return None
     wanted = st.query_params.get(SAE_PARAM)
+    default = main_sae_id(run_dir, sae_ids=ids)
     if wanted is not None and wanted not in ids and SAE_PICKER_KEY not in st.session_state:
-        warn_bad_param(SAE_PARAM, wanted, "names no SAE of this run", f"SAE `{ids[0]}`")
-    sae_id = st.sidebar.selectbox("SAE", ids, index=ids.index(wanted) if wanted in ids else 0, key=SAE_PICKER_KEY)
+        warn_bad_param(SAE_PARAM, wanted, "names no SAE of this run", f"SAE `{default}`")
+    index = ids.index(wanted if wanted in ids else default)
+    sae_id = st.sidebar.selectbox("SAE", ids, index=index, key=SAE_PICKER_KEY)
     st.query_params[SAE_PARAM] = sae_id
     return sae_id
 

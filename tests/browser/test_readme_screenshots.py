@@ -27,7 +27,7 @@ MIN_DENSITY = 1e-4
 def demo_index():
     """(sae_id, top candidate feature) of the demo's feature index, or None without one."""
     from explorer.feature_db import read_candidates, read_index_runs
-    from explorer.runs import database_path
+    from explorer.runs import database_path, main_sae_id
 
     path = database_path(DEMO)
     if not path.is_file():
@@ -36,7 +36,7 @@ def demo_index():
         runs = read_index_runs(path)
         if runs.empty:
             return None
-        sae_id = str(runs["sae_id"].iloc[0])
+        sae_id = str(main_sae_id(DEMO, sae_ids=runs["sae_id"].tolist()))  # the profile's hook's, as the app opens
         candidates = read_candidates(path, sae_id, min_density=MIN_DENSITY, limit=1)
     except Exception:  # noqa: BLE001 - a half-built demo: nothing to photograph
         return None
