@@ -48,4 +48,4 @@ def test_the_sae_picker_opens_on_the_sae_at_the_profiles_hook(tmp_path):
     stale.query_params["sae"] = "gone"
     stale.run()
     assert stale.sidebar.selectbox(key="sae_picker").value == MAIN
-    assert f"showing {MAIN!r} instead" in stale.warning[0].value
+    assert f"showing SAE `{MAIN}` instead" in stale.warning[0].value  # the link rule (docs/reliability.md)
