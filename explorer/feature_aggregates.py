@@ -16,7 +16,10 @@ Exactness. A merge of shards equals a single pass bit for bit, whatever the shar
 batch sizes, because every state is made of integers (counts, histograms, fixed-point sums), maxima,
 or selections under a strict total order. Float sums are not associative, so activation sums are kept
 in fixed point (`ExactSum`): each activation is rounded to a multiple of 2**-24 once, then summed in
-int64. Definitions, binning, tie handling and error bounds: docs/index-math.md.
+int64. One exception: the token-mass sketch (`TokenMassAccumulator`) is exact, and so merges bit for
+bit, only for features that fire on at most its capacity of distinct token ids; for the others its
+estimates depend on the order of the data, always within their stated bound. Definitions, binning,
+tie handling and error bounds: docs/index-math.md.
 Shape suffixes (`acts_BTF`: batch, tokens, features; `hist_FH`: features, bins): docs/shapes.md.
 
 ## The batch contract (what the streaming pass supplies)
@@ -1502,6 +1505,134 @@ class LabelSetAccumulator(Accumulator):
 
 
 # --------------------------------------------------------------------------------------------------
+# 11. Token dependence: a mergeable heavy-hitters sketch of each feature's activation mass per token id
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenMassConfig(_Config):
+    n_features: int
+    capacity: int = 128
+    """C: token ids tracked per feature (the Misra-Gries counters). Exact for a feature that fires on at
+    most C distinct token ids; else every estimate is within the feature's decrement of the truth."""
+    top_k: int = 16
+    """Tokens reported per feature (highest mean activation first), and summed by the concentration."""
+    min_count: int = 3
+    """A token is reported only when it occurs at least this often in the corpus (a mean over one or two
+    occurrences ranks noise first)."""
+
+    def __post_init__(self):
+        if self.capacity < 1 or self.top_k < 1 or self.min_count < 1:
+            raise ValueError(f"bad TokenMassConfig {self}")
+
+
+class TokenMassTotals(NamedTuple):
+    """The sketch, per feature: its tracked token ids and their estimated activation mass (sum of the
+    feature's activations on that token id), by estimated mass descending, then token id."""
+
+    token_FC: Tensor
+    """int64 token ids; -1 on an empty slot."""
+    mass_FC: Tensor
+    """float64 estimated mass, a lower bound: true - estimate lies in [0, error_F]; 0 on an empty slot."""
+    error_F: Tensor
+    """float64: the feature's total Misra-Gries decrement, the bound above (0: the sketch is exact)."""
+    total_F: Tensor
+    """float64: the feature's total activation mass, exact (fixed point, as `ActivationStatsTotals.sum_F`)."""
+    untracked_F: Tensor
+    """float64: total minus the tracked estimates, computed in fixed point (exactly 0 when exact)."""
+    top_k: int
+    min_count: int
+
+
+def _fixed_point(values: Tensor) -> Tensor:
+    """`values` (>= 0) as int64 multiples of 2**-FRAC_BITS, rounded as `ExactSum` rounds a summand."""
+    return torch.round(values.to(torch.float64) * 2.0**FRAC_BITS).to(torch.int64)
+
+
+class TokenMassAccumulator(Accumulator):
+    """Per feature, the token ids carrying most of its activation mass, and how much: weighted
+    Misra-Gries with C counters per feature, the mergeable form of Agarwal et al. 2012 ("Mergeable
+    summaries"). Features x vocabulary would be 24,576 x 151,936 cells; this is F x C.
+
+    Each batch's (feature, token) masses are summed, joined with the features' counters, and per feature
+    the C largest are kept after subtracting the (C+1)-th largest from each; that amount is added to
+    the feature's decrement. Merging two sketches is the same step. Every estimate then lies in
+    [true - decrement, true], a token whose true mass exceeds the decrement is always tracked, and a
+    feature firing on at most C distinct token ids is exact. Masses are int64 fixed point (2**-24, as
+    `ExactSum`), so an exact sketch is the same bit for bit whatever the batches and shards; an inexact
+    one depends on the order it saw the data in (its bound does not). docs/index-math.md, section 10.
+
+    State: token ids and masses F x C int64, the decrement and the exact total per feature: 50 MB at
+    24,576 features and C = 128."""
+
+    Config = TokenMassConfig
+
+    def _init_state(self):
+        F, C = self.config.n_features, self.config.capacity
+        self.token_FC = torch.full((F, C), -1, dtype=torch.int64, device=self.device)
+        self.mass_FC = torch.zeros((F, C), dtype=torch.int64, device=self.device)
+        self.error_F = torch.zeros(F, dtype=torch.int64, device=self.device)
+        self.total_F = ExactSum((F,), self.device)
+
+    def update_prepared(self, p: PreparedBatch) -> None:
+        token_N = p.batch.token_ids_BT[p.b_N, p.t_N].to(torch.int64)
+        if token_N.numel() and (bool((token_N < 0).any()) or bool((token_N >= 2**31).any())):
+            raise ValueError("token ids must lie in [0, 2**31)")
+        self.total_F.add(p.f_N, p.value_N)
+        self._fold(p.f_N, token_N, _fixed_point(p.value_N))
+
+    def _merge_state(self, other):
+        held = other.token_FC.to(self.device) >= 0
+        f_N, c_N = held.nonzero(as_tuple=True)
+        self.error_F += other.error_F.to(self.device)
+        self.total_F.merge(other.total_F)
+        self._fold(f_N, other.token_FC.to(self.device)[f_N, c_N], other.mass_FC.to(self.device)[f_N, c_N])
+
+    def _fold(self, f_N: Tensor, token_N: Tensor, mass_N: Tensor) -> None:
+        """Add masses `mass_N` (fixed point) at (feature, token) pairs, then cut each touched feature back
+        to C counters."""
+        if f_N.numel() == 0:
+            return
+        F, C = self.config.n_features, self.config.capacity
+        touched_F = torch.zeros(F, dtype=torch.bool, device=self.device)
+        touched_F[f_N] = True
+        rows_R = touched_F.nonzero().squeeze(1)
+        token_RC, mass_RC = self.token_FC[rows_R], self.mass_FC[rows_R]
+        r_M, c_M = (token_RC >= 0).nonzero(as_tuple=True)
+        # One key per (feature, token): feature above bit 32, token below (token ids < 2**31).
+        key_X = torch.cat([f_N << 32 | token_N, rows_R[r_M] << 32 | token_RC[r_M, c_M]])
+        key_U, inverse_X = torch.unique(key_X, return_inverse=True)  # sorted: by feature, then token
+        mass_U = torch.zeros(key_U.numel(), dtype=torch.int64, device=self.device)
+        mass_U.index_add_(0, inverse_X, torch.cat([mass_N, mass_RC[r_M, c_M]]))
+        f_U, token_U = key_U >> 32, key_U & 0xFFFFFFFF
+        order = lexsort_indices([f_U, mass_U], descending=[False, True])  # ties: token id ascending
+        f_U, token_U, mass_U = f_U[order], token_U[order], mass_U[order]
+        rank_U = rank_within_runs(f_U)
+        cut_F = torch.zeros(F, dtype=torch.int64, device=self.device)
+        at_cut = rank_U == C
+        cut_F[f_U[at_cut]] = mass_U[at_cut]  # the (C+1)-th largest; 0 for a feature with <= C tokens
+        self.error_F += cut_F
+        mass_U = mass_U - cut_F[f_U]
+        keep = (rank_U < C) & (mass_U > 0)  # a prefix of each feature's run: the order is by mass
+        self.token_FC[rows_R] = -1
+        self.mass_FC[rows_R] = 0
+        self.token_FC[f_U[keep], rank_U[keep]] = token_U[keep]
+        self.mass_FC[f_U[keep], rank_U[keep]] = mass_U[keep]
+
+    def _state(self):
+        return {"token_FC": self.token_FC, "mass_FC": self.mass_FC, "error_F": self.error_F, "total_F": self.total_F}
+
+    def finalise(self) -> TokenMassTotals:
+        scale = 2.0**-FRAC_BITS
+        total_q = (self.total_F.units << FRAC_BITS) + self.total_F.frac
+        untracked_q = total_q - self.mass_FC.sum(1)
+        return TokenMassTotals(
+            self.token_FC.clone(), self.mass_FC.to(torch.float64) * scale, self.error_F.to(torch.float64) * scale,
+            self.total_F.to_float64(), untracked_q.to(torch.float64) * scale, self.config.top_k, self.config.min_count,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # All of them at once: what the streaming pass drives
 # --------------------------------------------------------------------------------------------------
 
@@ -1532,6 +1663,10 @@ class IndexConfig(_Config):
     context_after: int = 8
     labels: tuple[str, ...] = ()
     """The label sets scored (`LabelSetAccumulator`), in the order of the batch's label bits."""
+    token_capacity: int = 128
+    """Token ids tracked per feature by the token-mass sketch (`TokenMassConfig.capacity`)."""
+    token_top_k: int = 16
+    token_min_count: int = 3
     _NESTED = {"bins": LogBins, "reasoning_vocab": ReasoningVocab, "control_bins": LogBins}
 
 
@@ -1546,6 +1681,7 @@ class IndexTotals(NamedTuple):
     token_counts: TokenCountTotals
     within_token: WithinTokenTotals
     label_sets: LabelSetTotals
+    token_mass: TokenMassTotals
 
 
 class FeatureIndexAccumulators:
@@ -1579,6 +1715,9 @@ class FeatureIndexAccumulators:
             ),
             "label_sets": LabelSetAccumulator(
                 LabelSetConfig(c.n_features, c.labels, c.bins, c.min_offset, c.max_offset), device
+            ),
+            "token_mass": TokenMassAccumulator(
+                TokenMassConfig(c.n_features, c.token_capacity, c.token_top_k, c.token_min_count), device
             ),
         }
 

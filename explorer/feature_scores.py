@@ -24,6 +24,7 @@ from explorer.feature_aggregates import (
     ReasonTotals,
     SampleRecords,
     TokenCountTotals,
+    TokenMassTotals,
     WithinTokenTotals,
     lexsort_indices,
     rank_within_runs,
@@ -367,6 +368,66 @@ def compute_token_control(feature_auroc_F: Tensor, baseline: TokenBaseline, with
         feature_auroc_F - baseline.identity_auroc,
         within.auroc_F,
         baseline,
+    )
+
+
+class TokenDependence(NamedTuple):
+    """How much of each feature's activation is tied to a few token ids (from the token-mass sketch and
+    the corpus's token counts). The reported tokens of feature f are the first `n_top_F[f]` columns."""
+
+    token_FK: Tensor
+    """int64: the top-k token ids by mean activation, among the tracked tokens seen >= min_count times; -1 past n_top."""
+    count_FK: Tensor
+    """int64: occurrences of each in the corpus (valid tokens)."""
+    mass_FK: Tensor
+    """float64: estimated activation mass on it (a lower bound; the truth is at most `error_F` more)."""
+    mean_FK: Tensor
+    """float64: mass / count, the mean activation on the token (zeros included); NaN past n_top."""
+    n_top_F: Tensor
+    """int64: tokens reported (<= top_k; fewer when fewer tracked tokens reach min_count)."""
+    concentration_F: Tensor
+    """Share of the feature's activation mass on its reported tokens, from the estimates: a lower bound."""
+    concentration_upper_F: Tensor
+    """The same with each reported token's mass raised by the error bound (capped at 1): an upper bound."""
+    entropy_F: Tensor
+    """Normalised entropy of the mass over the tracked tokens plus one bucket for the untracked rest."""
+    n_tracked_F: Tensor
+    total_F: Tensor
+    error_F: Tensor
+    exact_F: Tensor
+    """bool: no decrement ever happened, so every figure above is exact."""
+
+
+def compute_token_dependence(sketch: TokenMassTotals, counts: TokenCountTotals) -> TokenDependence:
+    """Per feature: the top-k tokens by mean activation, the mass concentration on them, and the
+    normalised entropy of the mass over token ids (docs/index-math.md, section 10)."""
+    count_V = counts.in_GV.sum(0) + counts.out_V
+    held_FC = sketch.token_FC >= 0
+    count_FC = torch.where(held_FC, count_V.to(sketch.token_FC.device)[sketch.token_FC.clamp_min(0)], 0)
+    mean_FC = sketch.mass_FC / count_FC.clamp_min(1).to(torch.float64)
+    eligible_FC = held_FC & (count_FC >= sketch.min_count)
+    rank_key_FC = torch.where(eligible_FC, mean_FC, torch.full_like(mean_FC, -math.inf))
+    # Mean descending, then token id ascending (a strict order: the same choice on every run).
+    order = lexsort_indices([rank_key_FC, sketch.token_FC], descending=[True, False])[:, : sketch.top_k]
+    filled_FK = eligible_FC.gather(1, order)
+    token_FK = torch.where(filled_FK, sketch.token_FC.gather(1, order), -1)
+    mass_FK = torch.where(filled_FK, sketch.mass_FC.gather(1, order), 0.0)
+    mean_FK = torch.where(filled_FK, mean_FC.gather(1, order), math.nan)
+    n_top_F = filled_FK.sum(1)
+    total_F, error_F = sketch.total_F, sketch.error_F
+    fired_F = total_F > 0
+    safe_total_F = torch.where(fired_F, total_F, 1.0)
+    nan_F = torch.full_like(total_F, math.nan)
+    concentration_F = torch.where(fired_F, mass_FK.sum(1) / safe_total_F, nan_F)
+    upper_F = ((mass_FK.sum(1) + n_top_F * error_F) / safe_total_F).clamp(max=1.0)
+    p_FX = torch.cat([sketch.mass_FC, sketch.untracked_F.clamp_min(0)[:, None]], dim=1) / safe_total_F[:, None]
+    plogp_FX = torch.where(p_FX > 0, p_FX * torch.log(p_FX.clamp_min(1e-300)), 0.0)
+    n_FX = (p_FX > 0).sum(1)
+    entropy_F = torch.where(n_FX > 1, -plogp_FX.sum(1) / torch.log(n_FX.clamp_min(2).to(torch.float64)), 0.0)
+    return TokenDependence(
+        token_FK, torch.where(filled_FK, count_FC.gather(1, order), 0), mass_FK, mean_FK, n_top_F, concentration_F,
+        torch.where(fired_F, upper_F, nan_F), torch.where(fired_F, entropy_F, nan_F), held_FC.sum(1), total_F,
+        error_F, error_F == 0,
     )
 
 

@@ -34,6 +34,8 @@ from explorer.feature_aggregates import (
     ReasoningVocab,
     TokenCountAccumulator,
     TokenCountConfig,
+    TokenMassAccumulator,
+    TokenMassConfig,
     TopKAccumulator,
     TopKConfig,
     WithinTokenAccumulator,
@@ -43,6 +45,7 @@ from explorer.feature_aggregates import (
     reasoning_positions,
     validate_batch,
 )
+from explorer.feature_scores import compute_token_dependence
 from explorer.labels import NO_GROUP
 from explorer.lexicon import GROUPS
 
@@ -554,6 +557,7 @@ ACCUMULATORS = {
     "token_counts": lambda F: TokenCountAccumulator(TokenCountConfig(VOCAB_SIZE)),
     "within_token": lambda F: WithinTokenAccumulator(WithinTokenConfig(F, CONTROL_TOKENS)),
     "label_sets": lambda F: LabelSetAccumulator(LabelSetConfig(F, LABELS, SMALL_BINS, -4, 2)),
+    "token_mass": lambda F: TokenMassAccumulator(TokenMassConfig(F, capacity=VOCAB_SIZE)),  # exact: bit for bit
 }
 
 
@@ -612,3 +616,127 @@ def test_empty_batch_is_a_no_op(corpus):
     before = acc.state_dict()
     acc.update(corpus.batch(0, 0))
     assert_states_equal(acc.state_dict(), before)
+
+
+# --------------------------------------------------------------------------------------------------
+# The token-mass sketch (weighted Misra-Gries) against brute force
+# --------------------------------------------------------------------------------------------------
+
+
+def skewed_corpus(seed: int = 1, n_contexts: int = 18, T: int = 60, F: int = 6, vocab: int = 200) -> Corpus:
+    """Zipf-distributed token ids, and features that prefer a few tokens: heavy hitters and a long tail."""
+    rng = np.random.default_rng(seed)
+    token_ids = np.minimum(rng.zipf(1.3, (n_contexts, T)), vocab - 1).astype(np.int64)
+    preferred_FV = rng.random((F, vocab)) < 0.05
+    fires = rng.random((n_contexts, T, F)) < np.where(preferred_FV[:, token_ids].transpose(1, 2, 0), 0.9, 0.15)
+    acts = np.where(fires, rng.exponential(1.0, (n_contexts, T, F)), 0.0).astype(np.float32)
+    acts[:, :, F - 1] = 0.0  # a dead feature
+    valid = np.ones((n_contexts, T), dtype=bool)
+    valid[:, 0] = False
+    acts[~valid] = 100.0  # invalid tokens must not count
+    base = make_corpus(n_contexts, T, F, seed)
+    return base._replace(acts_CTF=acts, token_ids_CT=token_ids, valid_CT=valid)
+
+
+def brute_token_mass(corpus: Corpus, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """mass_FV (float64 sums of each feature's activations per token id) and count_V, valid tokens only."""
+    valid = corpus.valid_CT
+    ids = corpus.token_ids_CT[valid]
+    acts = corpus.acts_CTF[valid].astype(np.float64)
+    mass_FV = np.zeros((acts.shape[1], vocab))
+    for f in range(acts.shape[1]):
+        np.add.at(mass_FV[f], ids, acts[:, f])
+    return mass_FV, np.bincount(ids, minlength=vocab)
+
+
+def brute_dependence(mass_V: np.ndarray, count_V: np.ndarray, top_k: int, min_count: int):
+    """(top token ids by mean, concentration, normalised entropy) of one feature, from exact sums."""
+    seen = np.flatnonzero((mass_V > 0) & (count_V >= min_count))
+    mean = mass_V[seen] / count_V[seen]
+    top = seen[np.lexsort((seen, -mean))][:top_k]
+    total = mass_V.sum()
+    p = mass_V[mass_V > 0] / total
+    entropy = -(p * np.log(p)).sum() / np.log(len(p)) if len(p) > 1 else 0.0
+    return top, (mass_V[top].sum() / total if total > 0 else np.nan), entropy
+
+
+def token_mass_run(corpus: Corpus, capacity: int, bounds=SINGLE_BOUNDS, top_k: int = 5, min_count: int = 2):
+    F = corpus.acts_CTF.shape[2]
+    return run(lambda: TokenMassAccumulator(TokenMassConfig(F, capacity, top_k, min_count)), corpus.batches(bounds))
+
+
+def test_token_mass_sketch_is_exact_when_the_capacity_holds_every_token():
+    corpus, vocab = skewed_corpus(), 200
+    mass_FV, count_V = brute_token_mass(corpus, vocab)
+    assert (mass_FV > 0).sum(1).max() > 30  # features fire on many distinct tokens
+    sketch = token_mass_run(corpus, capacity=vocab).finalise()
+    counts = run(lambda: TokenCountAccumulator(TokenCountConfig(vocab)), corpus.batches(SINGLE_BOUNDS)).finalise()
+    dep = compute_token_dependence(sketch, counts)
+    assert not sketch.error_F.any() and not sketch.untracked_F.any() and dep.exact_F.all()
+    for f in range(mass_FV.shape[0]):
+        held = sketch.token_FC[f] >= 0
+        got = np.zeros(vocab)
+        got[sketch.token_FC[f][held].numpy()] = sketch.mass_FC[f][held].numpy()
+        np.testing.assert_allclose(got, mass_FV[f], rtol=1e-6, atol=1e-6)
+        assert int(dep.n_tracked_F[f]) == int((mass_FV[f] > 0).sum())
+        assert float(sketch.total_F[f]) == pytest.approx(mass_FV[f].sum(), rel=1e-9, abs=1e-6)
+        top, concentration, entropy = brute_dependence(mass_FV[f], count_V, top_k=5, min_count=2)
+        n = int(dep.n_top_F[f])
+        assert dep.token_FK[f, :n].tolist() == top.tolist()
+        assert dep.count_FK[f, :n].tolist() == count_V[top].tolist()
+        np.testing.assert_allclose(dep.mean_FK[f, :n].numpy(), mass_FV[f, top] / count_V[top], rtol=1e-6)
+        if mass_FV[f].sum() == 0:  # the dead feature
+            assert n == 0 and np.isnan(float(dep.concentration_F[f])) and np.isnan(float(dep.entropy_F[f]))
+            continue
+        assert float(dep.concentration_F[f]) == pytest.approx(concentration, rel=1e-6)
+        assert float(dep.concentration_upper_F[f]) == pytest.approx(concentration, rel=1e-6)
+        assert float(dep.entropy_F[f]) == pytest.approx(entropy, rel=1e-6)
+
+
+@pytest.mark.parametrize("capacity", [1, 4, 12])
+def test_token_mass_sketch_with_few_counters_stays_within_its_bound(capacity):
+    corpus, vocab = skewed_corpus(), 200
+    mass_FV, _ = brute_token_mass(corpus, vocab)
+    sketch = token_mass_run(corpus, capacity).finalise()
+    assert sketch.error_F.max() > 0  # the sketch had to forget
+    tol = 1e-5
+    for f in range(mass_FV.shape[0]):
+        held = sketch.token_FC[f] >= 0
+        ids, est, error = sketch.token_FC[f][held].numpy(), sketch.mass_FC[f][held].numpy(), float(sketch.error_F[f])
+        assert len(set(ids.tolist())) == len(ids) <= capacity
+        assert np.all(est <= mass_FV[f, ids] + tol) and np.all(est >= mass_FV[f, ids] - error - tol)
+        assert set(np.flatnonzero(mass_FV[f] > error + tol)) <= set(ids.tolist())  # heavy hitters are tracked
+        assert error <= mass_FV[f].sum() / (capacity + 1) + tol  # the Misra-Gries bound
+        assert float(sketch.untracked_F[f]) == pytest.approx(mass_FV[f].sum() - est.sum(), abs=1e-4)
+
+
+@pytest.mark.parametrize("capacity", [4, 200])
+def test_token_mass_shards_merge_within_the_bound_of_the_whole(capacity):
+    corpus, vocab = skewed_corpus(), 200
+    mass_FV, _ = brute_token_mass(corpus, vocab)
+    single = token_mass_run(corpus, capacity)
+    shards = [round_trip(token_mass_run(corpus, capacity, bounds).state_dict()) for bounds in SHARD_BOUNDS]
+    merged = TokenMassAccumulator.from_state_dict(shards[2])
+    for i in (0, 1):
+        merged.merge(TokenMassAccumulator.from_state_dict(shards[i]))
+    if capacity >= vocab:  # exact: bit for bit
+        assert_states_equal(merged.state_dict(), single.state_dict())
+        return
+    totals = merged.finalise()
+    torch.testing.assert_close(totals.total_F, single.finalise().total_F, rtol=0, atol=0)
+    for f in range(mass_FV.shape[0]):
+        held = totals.token_FC[f] >= 0
+        ids, est, error = totals.token_FC[f][held].numpy(), totals.mass_FC[f][held].numpy(), float(totals.error_F[f])
+        assert np.all(est <= mass_FV[f, ids] + 1e-5) and np.all(est >= mass_FV[f, ids] - error - 1e-5)
+        assert set(np.flatnonzero(mass_FV[f] > error + 1e-5)) <= set(ids.tolist())
+        assert error <= mass_FV[f].sum() / (capacity + 1) + 1e-5
+
+
+def test_token_mass_state_round_trip():
+    corpus = skewed_corpus()
+    acc = token_mass_run(corpus, capacity=4)
+    again = TokenMassAccumulator.from_state_dict(round_trip(acc.state_dict()))
+    assert again.config == acc.config
+    assert_states_equal(again.state_dict(), acc.state_dict())
+    with pytest.raises(ValueError, match="cannot merge"):
+        acc.merge(token_mass_run(corpus, capacity=5))
