@@ -155,6 +155,13 @@ class IndexSpec:
     context_after: int = 8
     n_tokens: int = 0
     """Tokens to index; 0 = the whole corpus."""
+    token_capacity: int = 128
+    """Token ids the token-mass sketch tracks per feature (feature_token_stats): exact for a feature
+    that fires on at most this many distinct tokens. 50 MB of state at 24,576 features."""
+    token_top_k: int = 16
+    """Top tokens by mean activation stored per feature."""
+    token_min_count: int = 3
+    """Occurrences a token needs to be ranked by its mean."""
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,10 @@ class FeatureCard(NamedTuple):
     reason_word_shares: pd.DataFrame
     label_scores: pd.DataFrame = pd.DataFrame()
     """The feature's scores on each label set of the index (`read_feature_label_scores`)."""
+    token_stats: pd.DataFrame = pd.DataFrame()
+    """Its top tokens by mean activation (`read_token_stats`); empty for an index built before them."""
+    token_dependence: dict[str, Any] = {}
+    """Its token concentration and normalised entropy (`read_token_dependence`); {} for an older index."""
 
 
 def _require_feature(cursor: duckdb.DuckDBPyConnection, sae_id: str, feature_id: int) -> dict[str, Any]:
@@ -250,7 +254,50 @@ def read_feature_card(db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature
                 "WHERE sae_id = ? AND feature_id = ? ORDER BY share DESC", key,
             ),
             label_scores=read_feature_label_scores(cursor, sae_id, feature_id),
+            token_stats=read_token_stats(cursor, sae_id, [feature_id]),
+            token_dependence=_first_row(read_token_dependence(cursor, sae_id, [feature_id])),
         )
+
+
+def _first_row(frame: pd.DataFrame) -> dict[str, Any]:
+    return frame.iloc[0].to_dict() if not frame.empty else {}
+
+
+def _feature_filter(sae_id: str, feature_ids: Sequence[int] | None, column: str = "feature_id") -> tuple[str, list[Any]]:
+    """A WHERE clause on the SAE and, unless `feature_ids` is None, on those features, with its parameters."""
+    if feature_ids is None:
+        return "sae_id = ?", [sae_id]
+    return f"sae_id = ? AND list_contains(?, {column})", [sae_id, [int(f) for f in feature_ids]]
+
+
+def read_token_stats(
+    db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature_ids: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """The top tokens by mean activation of the given features (all when None), with their text:
+    feature_id, rank, token_id, token, token_count, activation_sum, activation_sum_error, mean_activation,
+    mean_activation_upper. Empty for an index built before the token statistics."""
+    where, params = _feature_filter(sae_id, feature_ids, "s.feature_id")
+    return _read_if_table(
+        db, "feature_token_stats",
+        "SELECT s.feature_id, s.rank, s.token_id, v.token, s.token_count, s.activation_sum, s.activation_sum_error, "
+        "s.mean_activation, s.mean_activation_upper FROM feature_token_stats s "
+        f"LEFT JOIN vocabulary v ON v.token_id = s.token_id WHERE s.{where} ORDER BY s.feature_id, s.rank",
+        params,
+    )
+
+
+def read_token_dependence(
+    db: duckdb.DuckDBPyConnection | Path, sae_id: str, feature_ids: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Token concentration and normalised entropy of the given features (all when None), one row each.
+    Empty for an index built before the token statistics."""
+    where, params = _feature_filter(sae_id, feature_ids)
+    return _read_if_table(
+        db, "feature_token_dependence",
+        "SELECT feature_id, top_k, concentration, concentration_upper, normalized_entropy, n_tokens_tracked, "
+        f"activation_mass, untracked_mass, sketch_error, exact FROM feature_token_dependence WHERE {where} "
+        "ORDER BY feature_id", params,
+    )
 
 
 def read_candidates(

@@ -29,6 +29,7 @@ from explorer.feature_scores import (
     compute_lead_lag,
     compute_reason_score,
     compute_token_baseline,
+    compute_token_dependence,
     compute_token_control,
     compute_within_token_auroc,
     promotes_tokens,
@@ -259,6 +260,43 @@ def label_set_rows(
         "feature_label_scores": pd.concat(per_label, ignore_index=True) if per_label else empty_scores,
         "feature_label_lead_lag": pd.concat(profiles, ignore_index=True) if profiles else empty_profiles,
     }
+
+
+def token_dependence_rows(sae_id: str, totals: IndexTotals) -> dict[str, pd.DataFrame]:
+    """`feature_token_stats` (the top tokens of every feature that fires) and `feature_token_dependence`
+    (every feature), from the token-mass sketch and the token counts of the same pass."""
+    dep = compute_token_dependence(totals.token_mass, totals.token_counts)
+    F, K = dep.token_FK.shape
+    filled_FK = _np(dep.token_FK) >= 0
+    f_idx, k_idx = np.nonzero(filled_FK)
+    error_F = _np(dep.error_F).astype(np.float64)
+    mass = _np(dep.mass_FK)[f_idx, k_idx].astype(np.float64)
+    count = _np(dep.count_FK)[f_idx, k_idx].astype(np.int64)
+    stats = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": f_idx.astype(np.int32),
+        "rank": k_idx.astype(np.int32),
+        "token_id": _np(dep.token_FK)[f_idx, k_idx].astype(np.int32),
+        "token_count": count,
+        "activation_sum": mass,
+        "activation_sum_error": error_F[f_idx],
+        "mean_activation": _np(dep.mean_FK)[f_idx, k_idx].astype(np.float64),
+        "mean_activation_upper": (mass + error_F[f_idx]) / count,
+    })
+    dependence = pd.DataFrame({
+        "sae_id": sae_id,
+        "feature_id": np.arange(F, dtype=np.int32),
+        "top_k": _np(dep.n_top_F).astype(np.int32),
+        "concentration": _float_or_none(_np(dep.concentration_F)),
+        "concentration_upper": _float_or_none(_np(dep.concentration_upper_F)),
+        "normalized_entropy": _float_or_none(_np(dep.entropy_F)),
+        "n_tokens_tracked": _np(dep.n_tracked_F).astype(np.int32),
+        "activation_mass": _np(dep.total_F).astype(np.float64),
+        "untracked_mass": _np(totals.token_mass.untracked_F).astype(np.float64),
+        "sketch_error": error_F,
+        "exact": _np(dep.exact_F).astype(bool),
+    })
+    return {"feature_token_stats": stats, "feature_token_dependence": dependence}
 
 
 class ScoreTables(dict):

@@ -133,6 +133,16 @@ def logit_lens_tables(logit_lens: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     return side("top"), side("bottom")
 
 
+def token_stats_table(token_stats: pd.DataFrame) -> pd.DataFrame:
+    """The card's top tokens by mean activation: token (repr, so whitespace shows), mean, count, mass."""
+    return pd.DataFrame({
+        "token": [repr(t) if isinstance(t, str) else f"<{i}>" for t, i in zip(token_stats["token"], token_stats["token_id"])],
+        "mean activation": token_stats["mean_activation"].round(4).to_numpy(),
+        "count": token_stats["token_count"].to_numpy(),
+        "mass": token_stats["activation_sum"].round(3).to_numpy(),
+    })
+
+
 def neighbours_table(neighbours: pd.DataFrame, run: str, sae_id: str) -> pd.DataFrame:
     """Nearest features by decoder cosine, with a link to each card."""
     table = neighbours[["neighbour_id", "cosine", "density", "auroc_notebook"]].rename(

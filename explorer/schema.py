@@ -312,6 +312,36 @@ FEATURE_TABLES = (
         n_targets BIGINT NOT NULL
     )
     """,
+    """
+    CREATE TABLE IF NOT EXISTS feature_token_stats (
+        sae_id VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        rank INTEGER NOT NULL,
+        token_id INTEGER NOT NULL,
+        token_count BIGINT NOT NULL,
+        activation_sum DOUBLE NOT NULL,
+        activation_sum_error DOUBLE NOT NULL,
+        mean_activation DOUBLE NOT NULL,
+        mean_activation_upper DOUBLE NOT NULL,
+        PRIMARY KEY (sae_id, feature_id, rank)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS feature_token_dependence (
+        sae_id VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        top_k INTEGER NOT NULL,
+        concentration DOUBLE,
+        concentration_upper DOUBLE,
+        normalized_entropy DOUBLE,
+        n_tokens_tracked INTEGER NOT NULL,
+        activation_mass DOUBLE NOT NULL,
+        untracked_mass DOUBLE NOT NULL,
+        sketch_error DOUBLE NOT NULL,
+        exact BOOLEAN NOT NULL,
+        PRIMARY KEY (sae_id, feature_id)
+    )
+    """,
 )
 """Created (if missing) by every write to the file, with `CORE_TABLES`."""
 
@@ -319,7 +349,8 @@ FEATURE_TABLE_NAMES = (
     "feature_index_runs", "index_contexts", "feature_activation_stats", "feature_histograms",
     "feature_top_examples", "feature_interval_samples", "feature_logit_lens", "feature_neighbours",
     "feature_backtracking_scores", "feature_group_auroc", "feature_lead_lag", "feature_reason_word_shares",
-    "index_label_sets", "feature_label_scores", "feature_label_lead_lag",
+    "index_label_sets", "feature_label_scores", "feature_label_lead_lag", "feature_token_stats",
+    "feature_token_dependence",
 )
 """The tables holding one SAE's index (deleted and rewritten together). `vocabulary` is shared."""
 

@@ -258,6 +258,9 @@ def load_inputs(
         context_before=profile.index.context_before,
         context_after=profile.index.context_after,
         labels=tuple(label_set.name for label_set in labels.label_sets),
+        token_capacity=profile.index.token_capacity,
+        token_top_k=profile.index.token_top_k,
+        token_min_count=profile.index.token_min_count,
     )
     return IndexInputs(
         model, loaded.sae, sae_id, hook_name, stop_at_layer, windows, len({w.doc_id for w in windows}), config,
@@ -452,6 +455,7 @@ def finish_index(
         "feature_neighbours": tables.neighbour_rows(sae_id, nearest),
         **scores,
         **tables.label_set_rows(sae_id, totals, inputs.label_infos),
+        **tables.token_dependence_rows(sae_id, totals),
     }
     n_tokens = sum(m["n_tokens"] for m in metas)
     pass_seconds = max(m["seconds"] for m in metas)  # shards run side by side
@@ -528,13 +532,16 @@ def current_index_ids(profile: Profile, run_dir: Path) -> set[str]:
     wanted = (
         profile.index.top_k, profile.index.context_before, profile.index.context_after, profile.index.n_tokens or None,
         WINDOWING_VERSION, profile.dtype, labels_fingerprint(run_dir),
+        (profile.index.token_capacity, profile.index.token_top_k, profile.index.token_min_count),
     )
 
     def settings(row) -> tuple:
         config = json.loads(row.config_json)
+        index = config.get("index", {})  # an index from before the token statistics has none of their settings
         return (
             row.top_k, row.context_before, row.context_after, config.get("max_tokens"), config.get("windowing", 1),
             config.get("dtype", "float32"), config.get("labels"),
+            (index.get("token_capacity"), index.get("token_top_k"), index.get("token_min_count")),
         )
 
     def same_sae(row) -> bool:  # an SAE retrained under the same id makes its index stale

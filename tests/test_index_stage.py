@@ -5,6 +5,7 @@ read API, and the bad inputs that must fail with a message and leave the databas
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 
 import duckdb
@@ -25,6 +26,8 @@ from explorer.feature_db import (
     read_feature_card,
     read_index_run,
     read_lead_lag_profiles,
+    read_token_dependence,
+    read_token_stats,
     read_vocabulary,
 )
 from explorer.feature_index import IndexInputError, encode_windows, make_windows
@@ -36,7 +39,7 @@ from precompute.index_stage import corpus_documents, load_inputs, merge_partials
 from tests.hub_fixtures import build_mini_qwen2_dir, mini_qwen2_dir  # noqa: F401  (fixture)
 
 HOOK, STOP_AT_LAYER, D_SAE, SAE_ID = "blocks.1.hook_resid_post", 2, 48, "mini-sae"  # blocks 0 and 1 run
-INDEX = IndexSpec(top_k=5, context_before=6, context_after=3)
+INDEX = IndexSpec(top_k=5, context_before=6, context_after=3, token_capacity=512)  # the whole mini vocabulary: exact
 TIMING_COLUMNS = {"seconds", "tokens_per_second", "built_at", "n_shards", "config_json"}
 
 
@@ -374,6 +377,64 @@ def test_an_sae_retrained_under_the_same_id_makes_its_index_stale(mini_run, tmp_
     assert index_is_current(profile, retrained)
     _save_random_sae(retrained / artifacts.SAES_DIR / SAE_ID, d_in=64, seed=1)
     assert not index_is_current(profile, retrained)
+
+
+def test_token_statistics_equal_brute_force(mini_run, dense):
+    """Top tokens by mean activation, concentration and entropy against sums over the dense activations
+    of the same windows (the sketch holds the whole mini vocabulary, so it is exact)."""
+    profile, run_dir = mini_run
+    windows, acts = dense
+    db = database_path(run_dir)
+    valid = torch.from_numpy(np.concatenate([w.valid for w in windows]))
+    ids = torch.from_numpy(np.concatenate([w.token_ids for w in windows]))[valid]
+    acts_NF = torch.cat(acts)[valid].double()
+    V = int(ids.max()) + 1
+    count_V = torch.bincount(ids, minlength=V)
+    mass_FV = torch.zeros(D_SAE, V, dtype=torch.float64).index_add_(1, ids, acts_NF.T.contiguous())
+    dependence = read_token_dependence(db, SAE_ID).set_index("feature_id")
+    stats = read_token_stats(db, SAE_ID)
+    assert len(dependence) == D_SAE and dependence["exact"].all()
+    top = stats[stats["rank"] == 0].set_index("feature_id")
+    assert len(top) >= 3 and dependence["n_tokens_tracked"].max() > INDEX.token_top_k  # the random SAE is sparse
+    vocabulary = read_vocabulary(db)
+    for f in range(D_SAE):
+        eligible = torch.nonzero((mass_FV[f] > 0) & (count_V >= INDEX.token_min_count)).flatten()
+        mean = mass_FV[f, eligible] / count_V[eligible]
+        rows = stats[stats["feature_id"] == f]
+        assert len(rows) == min(len(eligible), INDEX.token_top_k)
+        if rows.empty:
+            continue
+        best = int(eligible[int(torch.argmax(mean))])
+        assert top.loc[f, "token_id"] == best and top.loc[f, "token"] == vocabulary[best]
+        assert top.loc[f, "mean_activation"] == pytest.approx(float(mass_FV[f, best] / count_V[best]), abs=1e-5)
+        token_ids = torch.from_numpy(rows["token_id"].to_numpy(dtype=np.int64, copy=True))
+        assert list(rows["token_count"]) == count_V[token_ids].tolist()
+        np.testing.assert_allclose(rows["activation_sum"], mass_FV[f, token_ids], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(rows["mean_activation"], mean.sort(descending=True).values[: len(rows)], rtol=1e-5)
+        total = float(mass_FV[f].sum())
+        p = mass_FV[f][mass_FV[f] > 0] / total
+        entropy = float(-(p * p.log()).sum() / math.log(len(p))) if len(p) > 1 else 0.0
+        row = dependence.loc[f]
+        assert row["activation_mass"] == pytest.approx(total, rel=1e-5)
+        assert row["concentration"] == pytest.approx(float(mass_FV[f, token_ids].sum()) / total, rel=1e-5)
+        assert row["normalized_entropy"] == pytest.approx(entropy, rel=1e-5, abs=1e-9)
+        assert row["n_tokens_tracked"] == len(p) and row["top_k"] == len(rows) and row["sketch_error"] == 0
+
+
+def test_an_index_without_token_statistics_still_reads(mini_run, tmp_path):
+    """An index built before the token tables: the readers and the card give empty token statistics."""
+    profile, run_dir = mini_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    con = duckdb.connect(str(database_path(old)))
+    con.execute("DROP TABLE feature_token_stats")
+    con.execute("DROP TABLE feature_token_dependence")
+    con.close()
+    db = database_path(old)
+    feature = int(read_token_stats(database_path(run_dir), SAE_ID)["feature_id"].iloc[0])  # one that fires
+    assert read_token_stats(db, SAE_ID).empty and read_token_dependence(db, SAE_ID, [feature]).empty
+    card = read_feature_card(db, SAE_ID, feature)
+    assert card.token_stats.empty and card.token_dependence == {} and not card.top_examples.empty
 
 
 def test_build_redoes_an_index_whose_windows_were_cut_without_bos(mini_run, tmp_path):

@@ -17,6 +17,7 @@ from explorer.feature_views import (
     lead_lag_figure,
     logit_lens_tables,
     neighbours_table,
+    token_stats_table,
     word_shares_figure,
 )
 from explorer.html import examples_html
@@ -51,6 +52,26 @@ def render_top_examples(card: FeatureCard, vocabulary: list[str], run: str) -> N
     if len(rows) > TOP_EXAMPLES_SHOWN:
         with st.expander(f"{len(rows) - TOP_EXAMPLES_SHOWN} more top examples"):
             st.html(examples_html(rows[TOP_EXAMPLES_SHOWN:], max_activation))
+
+
+def render_token_dependence(card: FeatureCard) -> None:
+    """Its top tokens by mean activation, how much of its mass they carry, and the entropy over tokens."""
+    st.markdown("**Top tokens** (mean activation over every occurrence of the token)")
+    dep = card.token_dependence
+    if not dep:
+        st.caption("This index predates the token statistics: rebuild it (`python -m precompute index --force`).")
+        return
+    if card.token_stats.empty:
+        st.caption("No token occurs often enough where this feature fires.")
+        return
+    left, right = st.columns(2)
+    approx = "" if dep["exact"] else "≥ "
+    left.metric(f"Mass on top {dep['top_k']} tokens", f"{approx}{dep['concentration']:.1%}",
+                help="share of the feature's activation mass on these tokens"
+                + ("" if dep["exact"] else f"; at most {dep['concentration_upper']:.1%} (sketch bound)"))
+    right.metric("Token entropy", f"{dep['normalized_entropy']:.3f}",
+                 help="normalised entropy of its mass over token ids: 0 = one token, 1 = spread evenly")
+    st.dataframe(token_stats_table(card.token_stats), hide_index=True)
 
 
 def render_interval_samples(card: FeatureCard, vocabulary: list[str], run: str) -> None:
@@ -121,6 +142,7 @@ def render_card(card: FeatureCard, vocabulary: list[str], run: str, index_run: d
     left, right = st.columns([3, 2])
     with left:
         render_top_examples(card, vocabulary, run)
+        render_token_dependence(card)
     with right:
         render_distribution_and_lens(card, run)
     render_interval_samples(card, vocabulary, run)

@@ -4,8 +4,10 @@ message, and token strings are shown as text."""
 
 import importlib
 import json
+import shutil
 from pathlib import Path
 
+import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -84,6 +86,29 @@ def test_a_deep_link_reproduces_the_card(runs, best, monkeypatch):
     assert typed.subheader[0].value == f"Feature {f}"
     assert html_bodies(typed) == body
     assert typed.query_params["feature"] in ([str(f)], str(f))
+
+
+def test_the_card_shows_its_top_tokens_and_a_note_for_an_older_index(runs, best, monkeypatch, tmp_path):
+    at = page(FEATURES, runs, monkeypatch, sae=SAE_ID, feature=best.feature_id)
+    at.run()
+    assert not at.exception and not best.token_stats.empty
+    tokens = next(d.value for d in at.dataframe if "mean activation" in d.value.columns)
+    assert list(tokens["mean activation"]) == best.token_stats["mean_activation"].round(4).tolist()
+    assert list(tokens["count"]) == list(best.token_stats["token_count"])
+    labels = [m.label for m in at.metric]
+    assert "Token entropy" in labels and f"Mass on top {best.token_dependence['top_k']} tokens" in labels
+
+    old = tmp_path / "runs"
+    shutil.copytree(runs / "mini", old / "mini", ignore=shutil.ignore_patterns("explorer.duckdb.lock"))
+    con = duckdb.connect(str(database_path(old / "mini")))
+    con.execute("DROP TABLE feature_token_stats")
+    con.execute("DROP TABLE feature_token_dependence")
+    con.close()
+    older = page(FEATURES, old, monkeypatch, sae=SAE_ID, feature=best.feature_id)
+    older.run()
+    assert not older.exception and not older.error
+    assert any("predates the token statistics" in c.value for c in older.caption)
+    assert "Token entropy" not in [m.label for m in older.metric]
 
 
 def test_without_a_feature_the_page_opens_on_the_top_candidate_and_says_so(runs, monkeypatch):
