@@ -287,7 +287,8 @@ def test_build_skips_a_current_index_and_redoes_a_changed_one(mini_run):
 
     profile, run_dir = mini_run
     assert index_is_current(profile, run_dir)
-    for index in (dataclasses.replace(INDEX, n_tokens=1000), dataclasses.replace(INDEX, top_k=6)):
+    for index in (dataclasses.replace(INDEX, n_tokens=1000), dataclasses.replace(INDEX, top_k=6),
+                  dataclasses.replace(INDEX, token_capacity=64)):
         assert not index_is_current(dataclasses.replace(profile, index=index), run_dir)
 
 
