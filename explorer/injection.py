@@ -4,7 +4,7 @@ Put a feature's favourite tokens (or the bigrams and trigrams around where it fi
 text with no backtracking in them and measure, per window, the feature's maximum activation. Compare
 with the same windows untouched (baseline), with windows that do hold backtracking (target), and with
 the same strategy injecting random tokens of matched corpus frequency (null). Following the
-reasoning-probing study (GeorgeMLP/reasoning-probing, docs/methodology.md section 4):
+reasoning-probing study (GeorgeMLP/reasoning-probing on GitHub, its methodology document, section 4):
 
 - Cohen's d of injected vs baseline (pooled SD) and Student's t-test p (`scipy.stats.ttest_ind`,
   `equal_var=True`, two-sided);

@@ -47,7 +47,7 @@ from explorer.sae_training import is_heldout
 from precompute.cli_common import UserError, add_run_args, add_subcommand, resolve_profile, resolve_run_dir
 from precompute.index_stage import choose_sae_id, corpus_documents
 from precompute.stages import print_config, sae_fingerprint
-from precompute.steer_cli import with_saved_profile
+from precompute.steer_cli import int_list, with_saved_profile
 
 STAGE = "inject"
 HELDOUT_TOKEN_FACTOR = 40
@@ -62,13 +62,6 @@ def _strategy_list(text: str) -> tuple[str, ...]:
     return names
 
 
-def _feature_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated feature ids (got {text!r})") from None
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `inject` command to `python -m precompute`'s subparsers."""
     parser = add_subcommand(
@@ -80,7 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sae", help="SAE id (default: the run's main SAE, at the profile's hook)")
     parser.add_argument("--candidates", type=int, default=64, metavar="N",
                         help="top N features by each ranking score, in union (default 64)")
-    parser.add_argument("--features", type=_feature_list, help="test these feature ids instead (comma-separated)")
+    parser.add_argument("--features", type=int_list, help="test these feature ids instead (comma-separated)")
     parser.add_argument("--top-tokens", type=int, default=10, metavar="K",
                         help="tokens (and n-grams of each kind) per candidate (default 10)")
     parser.add_argument("--windows", type=int, default=64, metavar="M",
