@@ -117,6 +117,8 @@ INDEX_FLAGS = ["--top-k", "4", "--batch-size", "1"]
 per batch: windows are batched by length and every batch is padded to `--batch-size` rows, so on a corpus
 this small most batches would be one window and padding (2.5x the tokens at 4)."""
 STEER_FLAGS = ["--coefs=8", "--from-corpus", "2", "--n-samples", "1", "--max-new-tokens", "8"]
+INJECT_FLAGS = ["--candidates", "2", "--windows", "4", "--window-tokens", "16", "--strategies", "prepend,bigram_before"]
+"""The token-injection test at a small N: the top 2 by each ranking score, 4 windows of 16 tokens, 2 strategies."""
 STAGE_TIMEOUT_S = 40 * 60
 PAGE_TIMEOUT_MS = 15 * 60 * 1000
 """Live loads the real-shaped model inside the server on its first visit: minutes on 2 cores."""
@@ -369,6 +371,9 @@ H100 = (
 )
 OPENR1_INDEX_TOKENS = 300_000_000
 """Assumed tokens of OpenR1-Math-220k's generations, for a profile that indexes the whole corpus (0)."""
+INJECT_DEFAULTS = (6 * 64, 8, 64, 64)
+"""`inject` at its defaults, at most: 64 candidates by each of the 6 ranking scores (their union, no
+overlap assumed), 8 strategies, M = 64 windows of L = 64 tokens."""
 STEER_EXPERIMENT = (60, 4, 5, 256)
 """The demo's steering experiment (docs/results.md): 60 corpus prompts x 4 samples x (baseline + 4
 coefficients) x 256 tokens."""
@@ -402,6 +407,8 @@ def extrapolate(config: dict) -> list[tuple[str, float]]:
     assumed = "" if profile.index.n_tokens else " (assumed: OpenR1-Math-220k; the profile indexes the whole corpus)"
     n_prompts, n_samples, n_conditions, n_new = STEER_EXPERIMENT
     steer_tokens = n_prompts * n_samples * n_conditions * n_new
+    n_candidates, n_strategies, n_windows, n_window = INJECT_DEFAULTS
+    inject_tokens = (2 * n_windows + n_candidates * n_strategies * n_windows * 2) * n_window
     report_flops = report.n_tokens * (3 * full + 2 * encoder) + report.n_sparsity_tokens * (to_hook + encoder)
     G = 1e9
     print(f"\nExtrapolation to the real budget ({PROFILE}'s defaults): FLOPs per token = 2 x weights used + "
@@ -426,6 +433,10 @@ def extrapolate(config: dict) -> list[tuple[str, float]]:
         ("steer", steer_tokens * full,
          f"{n_prompts} prompts x {n_samples} samples x {n_conditions} conditions x {n_new} tokens = "
          f"{steer_tokens:,} x {full / G:.3f} (KV cache; per-step overhead not modelled)"),
+        ("inject", inject_tokens * (forward(hook_blocks, n_window, False) + encoder),
+         f"(2 x {n_windows} + {n_candidates} candidates x {n_strategies} strategies x {n_windows} x 2) windows x "
+         f"{n_window} tokens = {inject_tokens:,} x ({forward(hook_blocks, n_window, False) / G:.3f} + "
+         f"{encoder / G:.4f})"),
     ]
     header = "  ".join(f"{t.name + ' h:m:s':>12}" for t in H100)
     print(f"\n{'stage':<11} {'PFLOP':>9}  {header}  arithmetic")
@@ -504,8 +515,11 @@ def rehearse(work: Path, shapes: Shapes, n_layers: int, hook: str | None, args: 
         feature = top_candidate(run_dir, sae_id)
         steer = ["steer", "--out", str(run_dir), "--sae", sae_id, "--features", str(feature)]  # the run's profile
         results.append(run_stage("steer", steer + STEER_FLAGS, env, work))
+        if results[-1].rc == 0:
+            inject = ["inject", "--out", str(run_dir), "--sae", sae_id]  # the run's profile
+            results.append(run_stage("inject", inject + INJECT_FLAGS, env, work))
     print_table(results)
-    ok = len(results) == 5 and all(r.rc == 0 for r in results)
+    ok = len(results) == 6 and all(r.rc == 0 for r in results)
 
     visits, server_peak = [], None
     if ok and not args.no_browser:

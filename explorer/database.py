@@ -1,6 +1,7 @@
 """The run's DuckDB file (`runs/<run>/explorer.duckdb`, `explorer.runs.database_path`): opening, atomic
 writes, the schema version, and the SAE tables. `explorer.feature_db` reads and writes the feature
-index's tables and `explorer.steering_store` the steering results; no other code runs SQL.
+index's tables, `explorer.steering_store` the steering results and `explorer.injection_store` the
+token-injection test's; no other code runs SQL.
 `explorer.schema` holds every table's CREATE TABLE statement.
 
 Tables written here (docs/schema.md lists them all, with example queries):
@@ -47,7 +48,7 @@ import duckdb
 from explorer.errors import DatabaseError, is_out_of_space, out_of_space_message
 from explorer.fault_points import checkpoint
 from explorer.sae_metrics import TrainingCurvePoint
-from explorer.schema import CORE_TABLES, FEATURE_TABLES, MIGRATIONS, SCHEMA_VERSION
+from explorer.schema import CORE_TABLES, FEATURE_TABLES, MIGRATIONS, READABLE_VERSIONS, SCHEMA_VERSION
 
 ENGINE_ERROR = duckdb.Error
 """DuckDB's own error (a damaged file, a failed query): callers that show it catch this instead of
@@ -190,10 +191,10 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     ).fetchone()[0]
     if exists:
         row = con.execute("SELECT schema_version FROM schema_info").fetchone()
-        if row is not None and row[0] in MIGRATIONS:
+        while row is not None and row[0] in MIGRATIONS and row[0] < SCHEMA_VERSION:
             for statement in MIGRATIONS[row[0]]:
                 con.execute(statement)
-            row = (SCHEMA_VERSION,)
+            row = (row[0] + 1,)
         if row is not None and row[0] != SCHEMA_VERSION:
             raise schema_version_error(db_path, row[0], "written")
     for statement in (*CORE_TABLES, *FEATURE_TABLES):
@@ -271,7 +272,7 @@ def _open_checked(db_path: Path, action: str, *, check_version: bool = True) -> 
         _check_length(con, db_path, action)
         if check_version:
             version = _schema_version(con)
-            if version is not None and version != SCHEMA_VERSION:
+            if version is not None and version not in READABLE_VERSIONS:
                 raise schema_version_error(db_path, version, action)
     except BaseException as err:
         con.close()

@@ -28,7 +28,7 @@ from explorer.database import (
     write_transaction,
 )
 from explorer.errors import ExplorerError
-from explorer.schema import FEATURE_TABLE_NAMES, SCHEMA_VERSION
+from explorer.schema import FEATURE_TABLE_NAMES, READABLE_VERSIONS
 
 
 class UnknownFeatureError(ExplorerError, LookupError):
@@ -92,16 +92,17 @@ def write_feature_index(
         for table in FEATURE_TABLE_NAMES:
             con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
         con.execute("DELETE FROM vocabulary")
-        _insert_frame(con, "vocabulary", vocabulary)
-        _insert_frame(con, "feature_index_runs", pd.DataFrame([dict(run_row)]))
+        insert_frame(con, "vocabulary", vocabulary)
+        insert_frame(con, "feature_index_runs", pd.DataFrame([dict(run_row)]))
         for table, frame in tables.items():
             if (frame["sae_id"] != sae_id).any():
                 raise ValueError(f"{table} has rows of another SAE")
-            _insert_frame(con, table, frame)
+            insert_frame(con, table, frame)
         write_provenance(con, provenance)
 
 
-def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Insert `frame`'s rows into `table` (inside a `write_transaction`), its columns by name."""
     if frame.empty:
         return
     columns = ", ".join(f'"{c}"' for c in frame.columns)
@@ -128,7 +129,7 @@ def _read_if_table(db: duckdb.DuckDBPyConnection | Path, table: str, sql: str, p
 def _check_version(cursor: duckdb.DuckDBPyConnection) -> None:
     """For a connection opened elsewhere (`open_read_only` checks the version of what it opens)."""
     info = read_schema_info(cursor)
-    if info is not None and info.schema_version != SCHEMA_VERSION:
+    if info is not None and info.schema_version not in READABLE_VERSIONS:
         raise schema_version_error(connection_path(cursor) or Path(DATABASE_FILE), info.schema_version)
 
 

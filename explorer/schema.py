@@ -7,13 +7,20 @@ the migrations (docs/schema.md documents each table and column; tests/test_schem
   about the pass itself live in `feature_index_runs`, the corpus windows examples point into in
   `index_contexts`, token strings in `vocabulary` (written by `explorer.feature_db`);
 - `STEERING_TABLES`: steering results, keyed by `run_id`, created on the first steering write
-  (written by `explorer.steering_store`).
+  (written by `explorer.steering_store`);
+- `INJECTION_TABLES`: the token-injection test of an SAE's top candidates, keyed by `(sae_id, ...)`,
+  created on the first `python -m precompute inject` (written by `explorer.injection_store`).
 
 DDL only: the modules above run the statements.
 """
 
-SCHEMA_VERSION = 3
-"""1: SAE training reports. 2: the feature index's tables. 3: the report's sparsity token count."""
+SCHEMA_VERSION = 4
+"""1: SAE training reports. 2: the feature index's tables. 3: the report's sparsity token count.
+4: the token-injection tables (`INJECTION_TABLES`, created by their first write)."""
+
+READABLE_VERSIONS = (3, 4)
+"""Versions read as they are: a version-3 file lacks only the injection tables, which readers take as
+absent (their message says `python -m precompute inject --run <run>` adds them)."""
 
 CORE_TABLES = (
     """
@@ -79,8 +86,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "UPDATE sae_training_report SET n_sparsity_tokens = n_tokens",
         "UPDATE schema_info SET schema_version = 3",
     ),
+    # 4 adds the injection tables, created by the first `inject` write: nothing else changes.
+    3: ("UPDATE schema_info SET schema_version = 4",),
 }
-"""Statements that bring a file of an older schema version up to `SCHEMA_VERSION` when it is written."""
+"""Statements that bring a file of version v to v + 1 when it is written (applied in turn up to
+`SCHEMA_VERSION`)."""
 
 FEATURE_TABLES = (
     """
@@ -453,5 +463,75 @@ STEERING_TABLE_NAMES = (
 )
 """The steering tables, in the order a run's rows are deleted."""
 
-ALL_TABLES = (*CORE_TABLES, *FEATURE_TABLES, *STEERING_TABLES)
+INJECTION_TABLES = (
+    """
+    CREATE TABLE IF NOT EXISTS injection_runs (
+        sae_id VARCHAR PRIMARY KEY,
+        hook_name VARCHAR NOT NULL,
+        settings_json VARCHAR NOT NULL,
+        n_candidates INTEGER NOT NULL,
+        n_windows INTEGER NOT NULL,
+        window_tokens INTEGER NOT NULL,
+        strategies VARCHAR[] NOT NULL,
+        seed BIGINT NOT NULL,
+        token_source VARCHAR NOT NULL,
+        n_windows_forwarded BIGINT NOT NULL,
+        n_tokens_forwarded BIGINT NOT NULL,
+        dtype VARCHAR NOT NULL,
+        device VARCHAR NOT NULL,
+        seconds DOUBLE NOT NULL,
+        built_at TIMESTAMP NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS feature_injection (
+        sae_id VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        strategy VARCHAR NOT NULL,
+        n_windows INTEGER NOT NULL,
+        baseline_mean DOUBLE NOT NULL,
+        injected_mean DOUBLE NOT NULL,
+        target_mean DOUBLE NOT NULL,
+        cohens_d DOUBLE,
+        p_value DOUBLE,
+        transfer_ratio DOUBLE,
+        null_mean DOUBLE,
+        null_d DOUBLE,
+        null_p DOUBLE,
+        injected_tokens INTEGER[] NOT NULL,
+        PRIMARY KEY (sae_id, feature_id, strategy)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS feature_injection_verdicts (
+        sae_id VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        verdict VARCHAR NOT NULL,
+        best_strategy VARCHAR NOT NULL,
+        best_d DOUBLE,
+        best_p DOUBLE,
+        d_minus_null DOUBLE,
+        PRIMARY KEY (sae_id, feature_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS injection_examples (
+        sae_id VARCHAR NOT NULL,
+        feature_id INTEGER NOT NULL,
+        strategy VARCHAR,
+        condition VARCHAR NOT NULL,
+        rank INTEGER NOT NULL,
+        text VARCHAR NOT NULL,
+        token_ids INTEGER[] NOT NULL,
+        activations FLOAT[] NOT NULL,
+        PRIMARY KEY (sae_id, feature_id, condition, rank)
+    )
+    """,
+)
+"""Created on the first `inject` write (a file without them reads as holding no injection results)."""
+
+INJECTION_TABLE_NAMES = ("injection_runs", "feature_injection", "feature_injection_verdicts", "injection_examples")
+"""The injection tables: one SAE's rows of all four are replaced together."""
+
+ALL_TABLES = (*CORE_TABLES, *FEATURE_TABLES, *STEERING_TABLES, *INJECTION_TABLES)
 """Every table the file can hold (docs/schema.md lists them)."""

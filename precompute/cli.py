@@ -8,6 +8,7 @@
     merge       combine the partials of `index --shard i/n` into the index
     export-sae-vis  sae_vis's feature-centric HTML dashboards of chosen features
     steer       generate with a feature added or clamped, and count backtracking against a baseline
+    inject      token-injection test of the top candidates: do their favourite tokens fire them anyway?
     labels      list, add (sentence tags, phrases, regular expressions), remove and compare label sets
     build       every stage in order: corpus, train-lm (demo), train-sae, index
 
@@ -33,7 +34,7 @@ from explorer import artifacts
 from explorer.config import Profile
 from explorer.errors import ExplorerError, is_out_of_space, out_of_space_message
 from explorer.feature_index import parse_shard
-from precompute import export_sae_vis_cli, labels_cli, steer_cli
+from precompute import export_sae_vis_cli, inject_stage, labels_cli, steer_cli
 from precompute.atomic import write_text_atomic
 from precompute.cli_common import (
     UserError,
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--sae", help="SAE id (default: the run's main SAE, at the profile's hook)")
     export_sae_vis_cli.add_parser(sub)
     steer_cli.add_parser(sub)
+    inject_stage.add_parser(sub)
     labels_cli.add_parser(sub)
     build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
     add_run_args(build)
@@ -300,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             export_sae_vis_cli.run(args)
         elif args.command == "steer":  # reads the run's saved profile; writes no profile.json
             steer_cli.run(args)
+        elif args.command == "inject":  # reads the run's index and model; writes its injection tables
+            inject_stage.run(args)
         elif args.command == "labels":  # reads and writes the run's label sets only
             labels_cli.run(args)
         else:

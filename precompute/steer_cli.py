@@ -49,7 +49,8 @@ DEFAULT_N_SAMPLES = 4
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """Comma-separated feature ids, for argparse."""
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -75,7 +76,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "built-in profile or a saved profile.json (default: the run folder's profile.json, else demo)"
     )
     parser.add_argument("--sae", required=True, help="SAE id (a folder under <run>/saes/)")
-    parser.add_argument("--features", required=True, type=_int_list, help="feature ids, comma-separated")
+    parser.add_argument("--features", required=True, type=int_list, help="feature ids, comma-separated")
     parser.add_argument(
         "--coefs", required=True, type=_float_list,
         help="coefficients, comma-separated; write --coefs=-8,8 when the first is negative",

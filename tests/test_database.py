@@ -205,3 +205,14 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
         open_read_only(tmp_path / DATABASE_FILE)
     with pytest.raises(DatabaseError, match="does not exist"):
         read_sae_ids(tmp_path / DATABASE_FILE)
+
+
+def test_a_version_3_file_is_read_as_it_is_and_marked_4_when_written(db):
+    """Version 4 only adds the injection tables (created by their first write): a version-3 file reads."""
+    write_sae_training_report(db, _row("old-sae"), CURVE, PROVENANCE)
+    with write_transaction(db) as con:  # what a version-3 writer left
+        con.execute("UPDATE schema_info SET schema_version = 3")
+    assert read_schema_info(db).schema_version == 3
+    assert read_sae_ids(db) == ["old-sae"]
+    write_sae_training_report(db, _row("new-sae"), CURVE, PROVENANCE)
+    assert read_schema_info(db).schema_version == SCHEMA_VERSION == 4

@@ -5,7 +5,7 @@ import json
 
 from benchmarks.full_scale_rehearsal import main
 
-STAGES = ["corpus", "train-sae", "sae-report", "index", "steer"]
+STAGES = ["corpus", "train-sae", "sae-report", "index", "steer", "inject"]
 
 
 def test_every_stage_runs_and_is_measured(tmp_path, capsys):
@@ -26,7 +26,7 @@ def test_every_stage_runs_and_is_measured(tmp_path, capsys):
     assert report["index_tokens"] <= stages["index"]["embed_tokens"] < 2 * report["index_tokens"]
     assert stages["steer"]["unembed_tokens"] > 0  # generation runs the whole model
     assert report["feature"] is not None and report["sae_id"].endswith("-1024")
-    for stage in ("train-sae", "sae-report", "index", "steer"):
+    for stage in ("train-sae", "sae-report", "index", "steer", "inject"):
         assert report["extrapolation"][stage]["flops"] > 0
         assert report["extrapolation"][stage]["bf16_s"] < report["extrapolation"][stage]["tf32_s"]
     printed = capsys.readouterr().out

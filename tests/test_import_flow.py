@@ -37,7 +37,7 @@ NOT_FOR_THE_LIBRARY = ("precompute", "app_pages", "app")
 """Top-level modules the library must not import: the command line, the pages, the entry point."""
 APP_MODULES = ("app", "app_pages", "explorer.app")
 """The only modules (and packages: every module below them) that import Streamlit."""
-STORE_MODULES = ("explorer.database", "explorer.feature_db", "explorer.steering_store")
+STORE_MODULES = ("explorer.database", "explorer.feature_db", "explorer.steering_store", "explorer.injection_store")
 """The only modules that import duckdb or run SQL."""
 SCHEMA_MODULE = "explorer.schema"
 """Every table's DDL: SQL text, run by the store modules."""

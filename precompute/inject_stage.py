@@ -1,0 +1,171 @@
+"""`python -m precompute inject`: the token-injection test of an SAE's top candidates (docs/injection.md).
+
+    python -m precompute inject --run runs/demo [--sae ID] [--candidates 64] [--windows 64] [--window-tokens 64]
+
+Candidates: the top --candidates features by each score the Candidates page ranks by, in union (or
+--features). Each one's top --top-tokens tokens by mean activation (the index's feature_token_stats
+when it has them, else the tokens where its top examples peak) and the bigrams and trigrams around
+where it fires are injected, by each strategy, into --windows windows of --window-tokens tokens without
+backtracking, cut from documents held out of the SAE's training; the feature's maximum activation per
+window is compared with the same windows untouched, with --windows windows that hold backtracking, and
+with the same strategy injecting random tokens of matched corpus frequency. Verdicts, per-strategy
+statistics and example windows go into the run's DuckDB file in one atomic write (all of the SAE's
+injection rows replaced); an index built before this stage needs no rebuild. Skipped when the SAE's
+stored result has the same settings, index and weights, unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explorer.database import utc_now
+from explorer.feature_db import read_index_run
+from explorer.feature_index import make_windows
+from explorer.injection import (
+    STRATEGIES,
+    InjectionInputError,
+    InjectionSettings,
+    run_injection,
+    select_windows,
+)
+from explorer.injection_store import (
+    candidate_feature_ids,
+    read_candidate_tokens,
+    read_injection_run,
+    write_injection_result,
+)
+from explorer.model_loading import load_run_model
+from explorer.runs import corpus_content_hash, database_path, sae_dir
+from explorer.sae_loading import check_sae_fits_model, load_sae, stop_layer_for_hook
+from explorer.sae_training import is_heldout
+from precompute.cli_common import UserError, add_run_args, add_subcommand, resolve_profile, resolve_run_dir
+from precompute.index_stage import choose_sae_id, corpus_documents
+from precompute.stages import print_config, sae_fingerprint
+from precompute.steer_cli import int_list, with_saved_profile
+
+STAGE = "inject"
+HELDOUT_TOKEN_FACTOR = 40
+"""Tokenise held-out documents up to this many times the 2 x M x L tokens the windows hold."""
+
+
+def _strategy_list(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose strategies from {', '.join(STRATEGIES)} (got {text!r})")
+    return names
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `inject` command to `python -m precompute`'s subparsers."""
+    parser = add_subcommand(
+        subparsers, "inject", "token-injection test of the top candidates: do their favourite tokens fire them "
+        "in text without backtracking?", __doc__,
+    )
+    add_run_args(parser)
+    parser.set_defaults(profile=None)  # the run's own profile.json (`with_saved_profile`)
+    parser.add_argument("--sae", help="SAE id (default: the run's main SAE, at the profile's hook)")
+    parser.add_argument("--candidates", type=int, default=64, metavar="N",
+                        help="top N features by each ranking score, in union (default 64)")
+    parser.add_argument("--features", type=int_list, help="test these feature ids instead (comma-separated)")
+    parser.add_argument("--top-tokens", type=int, default=10, metavar="K",
+                        help="tokens (and n-grams of each kind) per candidate (default 10)")
+    parser.add_argument("--windows", type=int, default=64, metavar="M",
+                        help="baseline windows and target windows, M of each (default 64)")
+    parser.add_argument("--window-tokens", type=int, default=64, metavar="L", help="tokens per window, BOS included (default 64)")
+    parser.add_argument("--strategies", type=_strategy_list, default=STRATEGIES,
+                        help=f"comma-separated (default: all of {','.join(STRATEGIES)})")
+    parser.add_argument("--n-inject", type=int, default=3, help="tokens per window of a simple strategy (default 3)")
+    parser.add_argument("--n-sequences", type=int, default=2, help="n-grams per window of a contextual strategy (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="window draw and null tokens (default 0)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per forward (default 64)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    """Run the stage; the database written, or None when the stored result is current."""
+    profile = resolve_profile(with_saved_profile(args))
+    run_dir = resolve_run_dir(args, profile)
+    for flag in ("candidates", "top_tokens", "windows", "n_inject", "n_sequences", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}")
+    if args.window_tokens < 8:
+        raise UserError(f"--window-tokens must be at least 8, not {args.window_tokens}")
+    sae_id = choose_sae_id(run_dir, args.sae, profile.hook_name)
+    db_path = database_path(run_dir)
+    index_run = read_index_run(db_path, sae_id)  # NoIndexError says how to build it
+    feature_ids = args.features or candidate_feature_ids(db_path, sae_id, args.candidates)
+    if not feature_ids:
+        raise UserError(f"The index of {sae_id} ranks no feature: nothing to test.")
+    candidates, token_source = read_candidate_tokens(db_path, sae_id, feature_ids, args.top_tokens)
+    settings = {
+        "candidates": args.candidates, "features": args.features, "top_tokens": args.top_tokens, "windows": args.windows,
+        "window_tokens": args.window_tokens, "strategies": list(args.strategies), "n_inject": args.n_inject,
+        "n_sequences": args.n_sequences, "seed": args.seed, "dtype": profile.dtype,
+        "index_built_at": str(index_run["built_at"]), "sae_fingerprint": sae_fingerprint(run_dir, sae_id),
+        "corpus_hash": corpus_content_hash(run_dir), "token_source": token_source,
+    }
+    stored = read_injection_run(db_path, sae_id)
+    if not args.force and not stored.empty and json.loads(stored["settings_json"].iloc[0]) == settings:
+        print(f"== {STAGE} == up to date for {sae_id} in {db_path}; pass --force to rerun", flush=True)
+        return None
+    started = time.time()
+    model = load_run_model(run_dir, profile)
+    loaded = load_sae(sae_dir(run_dir, sae_id), device=str(next(model.parameters()).device), dtype=profile.dtype)
+    hook_name = check_sae_fits_model(loaded.sae, model, loaded.hook_name or profile.hook_name, model_name=profile.model)
+    tokenizer = model.tokenizer
+    comma = tokenizer.encode(",", add_special_tokens=False)
+    print_config(STAGE, {
+        "run": str(run_dir), "sae": sae_id, "hook": hook_name, "candidates": len(candidates),
+        "token_source": token_source + ("" if token_source == "feature_token_stats"
+                                        else " (the index has no feature_token_stats: tokens where its top examples peak)"),
+        "windows": f"{args.windows} baseline + {args.windows} target, {args.window_tokens} tokens, held-out documents",
+        "strategies": ",".join(args.strategies), "n_inject": args.n_inject, "n_sequences": args.n_sequences,
+        "seed": args.seed, "dtype": profile.dtype, "device": str(next(model.parameters()).device),
+    })
+    heldout = (doc for doc in corpus_documents(run_dir) if is_heldout(doc.doc_id))
+    budget = HELDOUT_TOKEN_FACTOR * 2 * args.windows * args.window_tokens
+    windows = make_windows(tokenizer, heldout, args.window_tokens, progress=False, max_tokens=budget)
+    counts = np.bincount(np.concatenate([w.token_ids for w in windows]) if windows else np.zeros(0, dtype=np.int64),
+                         minlength=model.cfg.d_vocab)
+    try:
+        chosen = select_windows(windows, args.windows, args.window_tokens, args.seed)
+        result = run_injection(
+            model, loaded.sae, hook_name, chosen, candidates,
+            InjectionSettings(n_tokens=args.n_inject, n_sequences=args.n_sequences, seed=args.seed,
+                              batch_size=args.batch_size, comma_token_id=comma[0] if len(comma) == 1 else None,
+                              strategies=tuple(args.strategies)),
+            token_counts=counts, stop_at_layer=stop_layer_for_hook(hook_name),
+        )
+    except InjectionInputError as err:
+        raise UserError(str(err)) from None
+    examples = result.examples.copy()
+    examples.insert(4, "text", [tokenizer.decode(ids, skip_special_tokens=True) for ids in examples["token_ids"]])
+    seconds = time.time() - started
+    run_row: dict[str, Any] = {
+        "hook_name": hook_name, "settings_json": json.dumps(settings, sort_keys=True), "n_candidates": len(candidates),
+        "n_windows": args.windows, "window_tokens": args.window_tokens, "strategies": sorted(set(result.rows["strategy"]),
+                                                                                         key=STRATEGIES.index),
+        "seed": args.seed, "token_source": token_source, "n_windows_forwarded": result.n_windows_forwarded,
+        "n_tokens_forwarded": result.n_tokens_forwarded, "dtype": profile.dtype,
+        "device": str(next(model.parameters()).device), "seconds": round(seconds, 2), "built_at": utc_now(),
+    }
+    write_injection_result(db_path, sae_id, run_row, {
+        "feature_injection": result.rows, "feature_injection_verdicts": result.verdicts, "injection_examples": examples,
+    })
+    untested = len(candidates) - len(result.verdicts)
+    if untested:
+        print(f"  {untested} candidates left out: no top example to take their tokens from (never active)", flush=True)
+    counts_by_verdict = result.verdicts["verdict"].value_counts().to_dict()
+    print(f"  {len(candidates)} candidates x {len(run_row['strategies'])} strategies: "
+          f"{result.n_windows_forwarded:,} windows ({result.n_tokens_forwarded:,} tokens) forwarded in "
+          f"{result.seconds:.1f}s; stage {seconds:.1f}s", flush=True)
+    print(f"  verdicts: {', '.join(f'{v} {n}' for v, n in counts_by_verdict.items())}", flush=True)
+    print(f"  wrote the injection test of {sae_id} to {db_path}", flush=True)
+    return db_path
