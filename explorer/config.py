@@ -65,6 +65,14 @@ class DemoLMSpec:
     """Also plant the feature on this many tokens before each phrase."""
     plant_value_before: float | None = None
     """The target on those tokens (None: `plant_value`)."""
+    plant_label: str | None = None
+    """A label set of the run (e.g. "tag:uncertainty_management") whose positive spans get a second plant
+    (None = none): with the same weight and hook, the projection on a second fixed random direction,
+    orthogonal to the first, is trained towards `plant_label_value` on every token of those spans and 0
+    elsewhere (docs/profiles.md, "The planted backtracking feature"). A profile saved before this field reads
+    back with None."""
+    plant_label_value: float = 4.0
+    """The second plant's target inside the label set's spans."""
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,10 @@ DEMO = Profile(
     # The demo LM carries a planted backtracking feature at the SAE's hook (docs/profiles.md, "The planted
     # backtracking feature"): the planted-feature check then tests whether the SAE and the index recover it.
     demo_lm=DemoLMSpec(
-        plant_weight=1.0, plant_hook="blocks.1.hook_mlp_out", plant_value=4.0, plant_lead=1, plant_value_before=8.0
+        plant_weight=1.0, plant_hook="blocks.1.hook_mlp_out", plant_value=4.0, plant_lead=1, plant_value_before=8.0,
+        # The whole correction line (both sentences of "Wait, that's not right. 17 * 4 = 68, not 64."), so that
+        # a feature carries uncertainty_management at sentence level, not only the phrase.
+        plant_label="tag:uncertainty_management", plant_label_value=4.0,
     ),
     sae=SAERecipe(
         # Matryoshka BatchTopK: every prefix of the dictionary (16, 64, 256, all 512 features) is trained to

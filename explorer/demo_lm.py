@@ -27,7 +27,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -184,14 +184,30 @@ def demo_model_config(
 # --- packing --------------------------------------------------------------------------------------
 
 
+class PackedStream(NamedTuple):
+    """`packed_stream`'s streams, all of the same length."""
+
+    tokens: np.ndarray
+    phrase_mask: np.ndarray | None
+    """With `phrase_mask=True`: 1 on the tokens of backtracking phrases, else 0."""
+    label_mask: np.ndarray | None
+    """With `label_spans`: 1 on the tokens that overlap one of the document's spans, else 0."""
+
+
 def packed_stream(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, phrase_mask: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    phrase_mask: bool = False,
+    label_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+) -> PackedStream:
     """One token stream: each document as `BOS text EOS`, documents back to back. No padding.
 
     Attention runs across document boundaries in a packed row; BOS and EOS mark where one ends.
     With `phrase_mask`, also a float stream of the same length: 1 where the token lies in a
-    backtracking phrase that `explorer.labels.label_text` finds (any group), else 0.
+    backtracking phrase that `explorer.labels.label_text` finds (any group), else 0. With `label_spans`
+    (per text, its (start, end) character spans: a label set's positive spans), another: 1 where the
+    token overlaps one of its text's spans (`span_token_mask`), else 0. BOS and EOS are 0 in both.
     """
     # The Rust backend directly: batched, and no "longer than model_max_length" warnings for
     # documents that packing will cut anyway.
@@ -200,13 +216,33 @@ def packed_stream(
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     missing_bos = bool(ids) and (not ids[0] or ids[0][0] != bos)  # a tokenizer whose post-processor adds no BOS
     tokens = _pack(ids, bos=bos if missing_bos else None, end=eos, dtype=np.int64)
-    if not phrase_mask:
-        return tokens, None
-    masks = [
-        (token_group_ids(encoding.offsets, label_text(text)) != NO_GROUP).astype(np.float32)
-        for text, encoding in zip(texts, encodings)
-    ]
-    return tokens, _pack(masks, bos=0 if missing_bos else None, end=0, dtype=np.float32)
+
+    def packed_mask(masks: Iterable[np.ndarray]) -> np.ndarray:
+        return _pack(list(masks), bos=0 if missing_bos else None, end=0, dtype=np.float32)
+
+    phrases = labels = None
+    if phrase_mask:
+        phrases = packed_mask(
+            (token_group_ids(encoding.offsets, label_text(text)) != NO_GROUP).astype(np.float32)
+            for text, encoding in zip(texts, encodings)
+        )
+    if label_spans is not None:
+        if len(label_spans) != len(texts):
+            raise ValueError(f"label_spans holds {len(label_spans)} lists of spans for {len(texts)} texts")
+        labels = packed_mask(span_token_mask(encoding.offsets, spans) for spans, encoding in zip(label_spans, encodings))
+    return PackedStream(tokens, phrases, labels)
+
+
+def span_token_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """1.0 for each token whose characters overlap one of `spans` (character (start, end) pairs), else 0.0:
+    the rule `explorer.labels.token_spans` applies to phrases (a token cut by a span's edge counts; a
+    token with no characters, like BOS, never does). `offsets[i]` is token i's (char_start, char_end)."""
+    offsets_arr = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)  # [n_tokens, 2]
+    starts, ends = offsets_arr[:, 0], offsets_arr[:, 1]
+    mask = np.zeros(len(offsets_arr), dtype=bool)  # [n_tokens]
+    for start, end in spans:
+        mask |= (starts < end) & (ends > start)
+    return (mask & (ends > starts)).astype(np.float32)
 
 
 def _pack(values: Sequence[Sequence[Any]], *, bos: Any | None, end: Any, dtype: Any) -> np.ndarray:
@@ -228,9 +264,10 @@ def compute_packed_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[st
 
 
 def compute_contexts(stream: np.ndarray, context: int) -> torch.Tensor:
-    """The stream cut into rows of `context` tokens (the ragged tail is dropped)."""
+    """The stream cut into rows of `context` tokens (the ragged tail is dropped). A stream with values per
+    token ([n_tokens, K]) gives [n_rows, context, K]."""
     n_rows = len(stream) // context
-    return torch.from_numpy(stream[: n_rows * context].reshape(n_rows, context))  # [n_rows, context]
+    return torch.from_numpy(stream[: n_rows * context].reshape(n_rows, context, *stream.shape[1:]))  # [n_rows, context]
 
 
 def _split_documents(n_docs: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -277,6 +314,10 @@ class TrainReport:
     sample_text: str
     """The greedy continuation of `sample_prompt` (about 120 tokens), generated by the model as
     `explorer.model_loading.load_model` loads it from the saved directory."""
+    label_plant_loss: float | None = None
+    """With a label-set plant (`plant_label`): its mean squared error over the last 10 steps."""
+    label_direction: list[float] | None = None
+    """With a label-set plant: the unit direction it writes along at `plant_hook` (`label_direction`)."""
     config: dict[str, Any] = field(default_factory=dict)
     """The settings of the run (`run_config`): the spec's fields, then `max_position_embeddings`,
     `heldout_fraction`, `sample_prompt` and `sample_tokens`."""
@@ -300,6 +341,20 @@ def planted_direction(hidden_size: int, seed: int) -> torch.Tensor:
     direction = torch.randn(hidden_size, generator=generator, dtype=torch.float64)
     direction -= direction.mean()
     return (direction / direction.norm()).float()
+
+
+LABEL_DIRECTION_SEED_OFFSET = 1_000_003
+"""`label_direction` draws from `seed` plus this, so that it is another random direction than the first."""
+
+
+def label_direction(hidden_size: int, seed: int) -> torch.Tensor:
+    """The unit direction the label-set plant (`DemoLMSpec.plant_label`) writes along: random (from another
+    seed than `planted_direction`'s), made orthogonal to `planted_direction(hidden_size, seed)`, with zero
+    mean over the hidden dimensions (both are zero-mean, so the orthogonalised one stays so)."""
+    first = planted_direction(hidden_size, seed).double()
+    second = planted_direction(hidden_size, seed + LABEL_DIRECTION_SEED_OFFSET).double()
+    second -= (second @ first) * first
+    return (second / second.norm()).float()
 
 
 def extend_before(mask: np.ndarray, lead: int) -> np.ndarray:
@@ -350,22 +405,23 @@ def _lm_loss(model: Qwen2ForCausalLM, tokens_BT: torch.Tensor) -> torch.Tensor:
 
 
 class _Plant:
-    """The auxiliary loss that plants a backtracking feature: the mean squared difference between the
-    plant hook's projection on `direction` and a per-token target (`plant_value` inside backtracking
-    phrases, `plant_value_before` on the tokens before them, 0 elsewhere)."""
+    """The auxiliary loss that plants features: for each of the K directions, the mean squared difference
+    between the plant hook's projection on it and a per-token target (the backtracking plant: `plant_value`
+    inside backtracking phrases, `plant_value_before` on the tokens before them, 0 elsewhere; the
+    label-set plant: `plant_label_value` inside the label set's spans, 0 elsewhere)."""
 
-    def __init__(self, model: Qwen2ForCausalLM, hook_name: str, direction_D: torch.Tensor) -> None:
-        self.direction_D = direction_D
+    def __init__(self, model: Qwen2ForCausalLM, hook_name: str, directions_KD: torch.Tensor) -> None:
+        self.directions_KD = directions_KD
         self.output: torch.Tensor | None = None
         plant_module(model, hook_name).register_forward_hook(self._keep)
 
     def _keep(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         self.output = output[0] if isinstance(output, tuple) else output
 
-    def loss(self, target_BT: torch.Tensor) -> torch.Tensor:
-        """Of the forward pass that ran last."""
+    def losses(self, targets_BTK: torch.Tensor) -> torch.Tensor:
+        """Each direction's loss [K], of the forward pass that ran last."""
         assert self.output is not None, "no forward pass has run"
-        return ((self.output @ self.direction_D - target_BT) ** 2).mean()
+        return ((self.output @ self.directions_KD.T - targets_BTK) ** 2).mean(dim=(0, 1))
 
 
 @torch.no_grad()
@@ -419,9 +475,12 @@ def generate_greedy_sample(model_dir: Path, prompt: str, max_new_tokens: int = 1
 
 def run_config(spec: DemoLMSpec, sample_prompt: str | None, sample_tokens: int) -> dict[str, Any]:
     """What `TrainReport.config` records: the keys train_report.json has always held (runs built before
-    `DemoLMSpec` was passed whole read the same)."""
+    `DemoLMSpec` was passed whole read the same), and the label-set plant's only when there is one."""
+    settings = asdict(spec)
+    if spec.plant_label is None:
+        del settings["plant_label"], settings["plant_label_value"]
     return {
-        **asdict(spec),
+        **settings,
         "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
         "heldout_fraction": HELDOUT_FRACTION,
         "sample_prompt": sample_prompt,
@@ -434,6 +493,7 @@ def train_demo_lm(
     out_dir: Path,
     spec: DemoLMSpec,
     *,
+    label_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
     sample_prompt: str | None = None,
     sample_tokens: int = 120,
     n_threads: int | None = None,
@@ -462,6 +522,13 @@ def train_demo_lm(
     `plant_value`) on the `plant_lead` tokens before each, 0 elsewhere. The report carries the direction
     and the final plant loss (docs/profiles.md).
 
+    With `spec.plant_label` set (a label set's name, e.g. "tag:uncertainty_management") a second plant is
+    trained the same way, with the same weight and hook, along `label_direction(hidden_size, seed)`
+    (orthogonal to the first): target `plant_label_value` on every token that overlaps the label set's
+    positive spans, 0 elsewhere. `label_spans` holds those spans per text (character (start, end) pairs,
+    aligned with `texts`; the caller reads them from the run's label set); it is required then, and only
+    then. The report carries this direction too (`label_direction`) and its final loss.
+
     With the defaults on 20,000 synthetic traces (`explorer.synthetic.generate_traces`) on a 2-core
     CPU it trains within its time budget to greedy samples with the trace layout (steps, `</think>`,
     `\\boxed{}`) but wrong arithmetic. Each recorded build's steps, time and losses: docs/results.md.
@@ -477,6 +544,16 @@ def train_demo_lm(
         )
     if spec.plant_weight > 0:
         check_plant_hook(spec.plant_hook, spec.n_layers)
+    if spec.plant_label is not None and spec.plant_weight <= 0:
+        raise DemoLMSettingsError(
+            f"plant_label {spec.plant_label!r} needs plant_weight > 0 (the label-set plant shares its weight and hook)"
+        )
+    if (spec.plant_label is not None) != (label_spans is not None):
+        raise DemoLMSettingsError(
+            f"label_spans must be given exactly when plant_label is set (plant_label is {spec.plant_label!r})"
+        )
+    if label_spans is not None and len(label_spans) != len(texts):
+        raise DemoLMSettingsError(f"label_spans holds {len(label_spans)} lists of spans for {len(texts)} texts")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -493,7 +570,10 @@ def train_demo_lm(
         heldout_texts = [texts[i] for i in heldout_idx]
 
         tokenizer = train_tokenizer(train_texts, spec.vocab_size, model_max_length=MAX_POSITION_EMBEDDINGS)
-        train_stream, train_mask = packed_stream(tokenizer, train_texts, phrase_mask=spec.plant_weight > 0)
+        train_label_spans = None if label_spans is None else [label_spans[i] for i in train_idx]
+        train_stream, train_mask, train_label_mask = packed_stream(
+            tokenizer, train_texts, phrase_mask=spec.plant_weight > 0, label_spans=train_label_spans
+        )
         if len(train_stream) < spec.context + 1:
             raise ValueError(f"the training texts hold {len(train_stream)} tokens, fewer than one context of {spec.context}")
         train_rows_NT = compute_contexts(train_stream, spec.context)
@@ -518,11 +598,18 @@ def train_demo_lm(
         optimizer = _make_optimizer(model, spec.lr)
         plant = None
         if spec.plant_weight > 0:
-            plant = _Plant(model, spec.plant_hook, planted_direction(spec.hidden_size, spec.seed))
+            directions = [planted_direction(spec.hidden_size, spec.seed)]
             before = extend_before(train_mask, spec.plant_lead) - train_mask
             value_before = spec.plant_value if spec.plant_value_before is None else spec.plant_value_before
-            train_target_NT = compute_contexts(spec.plant_value * train_mask + value_before * before, spec.context)
+            targets = [spec.plant_value * train_mask + value_before * before]
+            if train_label_mask is not None:
+                directions.append(label_direction(spec.hidden_size, spec.seed))
+                targets.append(spec.plant_label_value * train_label_mask)
+            plant = _Plant(model, spec.plant_hook, torch.stack(directions))
+            # [n_rows, context, K]: each plant's target per token
+            train_target_NTK = compute_contexts(np.stack(targets, axis=-1).astype(np.float32), spec.context)
         plant_losses: list[float] = []
+        label_plant_losses: list[float] = []
 
         loss_curve: list[tuple[int, float]] = []
         recent: list[float] = []
@@ -542,9 +629,11 @@ def train_demo_lm(
             rows = torch.from_numpy(rng.integers(0, len(train_rows_NT), size=spec.batch_size))
             lm_loss = loss = _lm_loss(model, train_rows_NT[rows])
             if plant is not None:
-                plant_loss = plant.loss(train_target_NT[rows])
-                plant_losses = (plant_losses + [plant_loss.item()])[-10:]
-                loss = lm_loss + spec.plant_weight * plant_loss
+                plant_loss_K = plant.losses(train_target_NTK[rows])
+                plant_losses = (plant_losses + [plant_loss_K[0].item()])[-10:]
+                if len(plant_loss_K) > 1:
+                    label_plant_losses = (label_plant_losses + [plant_loss_K[1].item()])[-10:]
+                loss = lm_loss + spec.plant_weight * plant_loss_K.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -588,7 +677,9 @@ def train_demo_lm(
         final_train_loss=round(float(np.mean(recent)), 4) if recent else float("nan"),
         heldout_loss=round(heldout_loss, 4),
         plant_loss=round(float(np.mean(plant_losses)), 4) if plant_losses else None,
-        planted_direction=plant.direction_D.tolist() if plant is not None else None,
+        planted_direction=plant.directions_KD[0].tolist() if plant is not None else None,
+        label_plant_loss=round(float(np.mean(label_plant_losses)), 4) if label_plant_losses else None,
+        label_direction=plant.directions_KD[1].tolist() if label_plant_losses else None,
         n_params=n_params,
         n_vocab=len(tokenizer),
         n_train_docs=len(train_texts),

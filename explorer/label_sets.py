@@ -34,7 +34,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ from explorer import artifacts
 from explorer.errors import ExplorerError
 from explorer.lexicon import GROUPS, NOTEBOOK_GROUPS
 from explorer.sentences import read_sentences
-from explorer.runs import read_documents
+from explorer.runs import doc_id_filter, read_documents
 from explorer.runs import read_phrases
 
 SPAN = "span"
@@ -134,16 +134,16 @@ def builtin_label_sets() -> dict[str, LabelSet]:
     return sets
 
 
-def _builtin_spans(run_dir: Path, name: str) -> pd.DataFrame:
+def _builtin_spans(run_dir: Path, name: str, doc_ids: Collection[str] | None = None) -> pd.DataFrame:
 
-    phrases = read_phrases(run_dir)
+    phrases = read_phrases(run_dir, doc_ids=doc_ids)
     if name == BACKTRACKING or name == SENTENCE_BACKTRACKING:
         phrases = phrases[phrases["group"].isin(NOTEBOOK_GROUPS)]
     elif name.startswith(GROUP_PREFIX):
         phrases = phrases[phrases["group"] == name[len(GROUP_PREFIX) :]]
     spans = as_spans(phrases)
     if name.startswith(SENTENCE_PREFIX):  # the sentences those phrases lie in
-        sentences = read_sentences(run_dir)
+        sentences = read_sentences(run_dir, doc_ids)
         spans = as_spans(sentences[sentence_positives(sentences, spans, SPAN)])
     return spans
 
@@ -199,37 +199,41 @@ def _unknown(run_dir: Path, name: str) -> LabelSetError:
     return LabelSetError(f"No label set {name!r} in {run_dir}. It has: {known}.")
 
 
-def read_label_spans(run_dir: Path, name: str) -> pd.DataFrame:
+def read_label_spans(run_dir: Path, name: str, doc_ids: Collection[str] | None = None) -> pd.DataFrame:
     """The positive spans of label set `name`: doc_id, start, end (character offsets into the document's
-    text), sorted. For a sentence set, the spans of its positive sentences."""
+    text), sorted. For a sentence set, the spans of its positive sentences. With `doc_ids`, only those
+    documents' spans are read."""
     if name in builtin_label_sets():
-        return _builtin_spans(run_dir, name)
+        return _builtin_spans(run_dir, name, doc_ids)
     stored = stored_label_sets(run_dir)
     if name not in stored:
         raise _unknown(run_dir, name)
-    return as_spans(pd.read_parquet(stored[name][1] / SPANS_FILE))
+    return as_spans(pd.read_parquet(stored[name][1] / SPANS_FILE, filters=doc_id_filter(doc_ids)))
 
 
-def read_label_documents(run_dir: Path, name: str) -> list[str]:
-    """The documents label set `name` labels (every document of the run, for a built-in set). Outside these
-    a set says nothing: score it on these documents only."""
+def read_label_documents(run_dir: Path, name: str, doc_ids: Collection[str] | None = None) -> list[str]:
+    """The documents label set `name` labels (every document of the run, for a built-in set), of `doc_ids`
+    when given. Outside these a set says nothing: score it on these documents only."""
     if name in builtin_label_sets():
-        return read_documents(run_dir, columns=["doc_id"])["doc_id"].tolist()
+        return read_documents(run_dir, columns=["doc_id"], doc_ids=doc_ids)["doc_id"].tolist()
     stored = stored_label_sets(run_dir)
     if name not in stored:
         raise _unknown(run_dir, name)
-    return pd.read_parquet(stored[name][1] / COVERAGE_FILE)["doc_id"].tolist()
+    return pd.read_parquet(stored[name][1] / COVERAGE_FILE, filters=doc_id_filter(doc_ids))["doc_id"].tolist()
 
 
-def read_sentence_labels(run_dir: Path, name: str, sentences: pd.DataFrame | None = None) -> pd.DataFrame:
+def read_sentence_labels(
+    run_dir: Path, name: str, sentences: pd.DataFrame | None = None, doc_ids: Collection[str] | None = None
+) -> pd.DataFrame:
     """The run's sentences in the documents set `name` labels, with `positive` (`sentence_positives`'s
-    rule): doc_id, sentence_index, start, end, positive."""
+    rule): doc_id, sentence_index, start, end, positive. With `doc_ids`, only those documents' (then
+    `sentences`, when given, should be theirs too)."""
     sets = read_label_sets(run_dir)
     if name not in sets:
         raise _unknown(run_dir, name)
-    sentences = read_sentences(run_dir) if sentences is None else sentences
-    covered = sentences[sentences["doc_id"].isin(read_label_documents(run_dir, name))].reset_index(drop=True)
-    covered["positive"] = sentence_positives(covered, read_label_spans(run_dir, name), sets[name].kind)
+    sentences = read_sentences(run_dir, doc_ids) if sentences is None else sentences
+    covered = sentences[sentences["doc_id"].isin(read_label_documents(run_dir, name, doc_ids))].reset_index(drop=True)
+    covered["positive"] = sentence_positives(covered, read_label_spans(run_dir, name, doc_ids), sets[name].kind)
     return covered
 
 

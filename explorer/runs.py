@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Collection, Iterable, Iterator, NamedTuple
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from explorer import artifacts
@@ -182,9 +184,18 @@ def documents_path(run_dir: Path) -> Path:
     return path
 
 
-def read_documents(run_dir: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The corpus documents table of a run (all of it: pass `columns`, and leave out `text` where you can)."""
-    return pd.read_parquet(documents_path(run_dir), columns=columns)
+def read_documents(run_dir: Path, columns: list[str] | None = None, doc_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """The corpus documents table of a run (all of it: pass `columns`, and leave out `text` where you can;
+    `doc_ids`: only those documents' rows)."""
+    return pd.read_parquet(documents_path(run_dir), columns=columns, filters=doc_id_filter(doc_ids))
+
+
+def doc_id_filter(doc_ids: Collection[str] | None) -> pc.Expression | None:
+    """A parquet read filter that keeps the rows of `doc_ids` (None: every row). The reader skips the row
+    groups whose doc_id statistics rule them out, and drops the other rows before they become a frame."""
+    if doc_ids is None:
+        return None
+    return pc.field("doc_id").isin(pa.array(sorted(set(doc_ids)), type=pa.string()))
 
 
 def iter_documents(
@@ -258,9 +269,9 @@ def read_corpus_prompts(run_dir: Path, *, max_documents: int | None = None) -> l
     return prompts
 
 
-def read_phrases(run_dir: Path, doc_id: str | None = None) -> pd.DataFrame:
-    """Labelled phrases of a run (of one document when `doc_id` is given)."""
-    filters = [("doc_id", "==", doc_id)] if doc_id is not None else None
+def read_phrases(run_dir: Path, doc_id: str | None = None, *, doc_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """Labelled phrases of a run (of one document when `doc_id` is given, of `doc_ids` when they are)."""
+    filters = [("doc_id", "==", doc_id)] if doc_id is not None else doc_id_filter(doc_ids)
     return pd.read_parquet(_phrases_path(run_dir), filters=filters)
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import bisect
 import re
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Collection, Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from explorer import artifacts
 from explorer.prompts import THINK_CLOSE, THINK_OPEN
-from explorer.runs import documents_path
+from explorer.runs import doc_id_filter, documents_path
 
 SENTENCE_RULE_VERSION = 1
 SENTENCE_COLUMNS = ("doc_id", "sentence_index", "start", "end")
@@ -203,16 +203,18 @@ def sentences_are_current(run_dir: Path) -> bool:
     return stored_rule_version(sentences_path(run_dir)) == SENTENCE_RULE_VERSION
 
 
-def read_sentences(run_dir: Path) -> pd.DataFrame:
-    """The run's sentences: doc_id, sentence_index, start, end (character offsets into the document's text).
+def read_sentences(run_dir: Path, doc_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """The run's sentences: doc_id, sentence_index, start, end (character offsets into the document's text);
+    with `doc_ids`, only those documents'.
 
     Read from `corpus/sentences.parquet`, which the corpus stage writes. A run built before sentences
     existed, or with an older segmentation rule, has them computed from `documents.parquet` here (a few
     seconds for the demo's 20,000 traces; `python -m precompute labels --out RUN --list` stores them).
     """
     if sentences_are_current(run_dir):
-        return pd.read_parquet(sentences_path(run_dir))
-    return compute_sentences(run_dir)
+        return pd.read_parquet(sentences_path(run_dir), filters=doc_id_filter(doc_ids))
+    frame = compute_sentences(run_dir)
+    return frame if doc_ids is None else frame[frame["doc_id"].isin(set(doc_ids))].reset_index(drop=True)
 
 
 def sentences_table(frame: pd.DataFrame) -> pa.Table:

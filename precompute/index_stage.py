@@ -18,7 +18,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Collection, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -41,11 +41,13 @@ from explorer.feature_index import (
     limit_tokens,
     make_windows,
     run_index_pass,
+    with_labels,
 )
 from explorer.feature_scores import logit_lens, nearest_features, select_interval_samples, top_phrase_token_ids
 from explorer.feature_tables import LabelSetInfo
 from explorer.label_sets import (
     BUILT_IN,
+    LabelSet,
     read_label_documents,
     read_label_sets,
     read_label_spans,
@@ -121,14 +123,23 @@ class CorpusReader:
 
     Phrases are read alongside, as far as the documents read so far need: each document says how many
     it has (`n_phrases`), and the corpus stage writes them in document order, so only a batch or two
-    is held at a time (in another order, those read ahead wait in memory for their documents)."""
+    is held at a time (in another order, those read ahead wait in memory for their documents).
 
-    def __init__(self, run_dir: Path, *, batch_rows: int = DOCUMENT_BATCH_ROWS) -> None:
+    With `label_sets` (`scored_label_sets`), each batch's documents also carry those sets' spans and
+    positive sentences and the run's sentences (`explorer.feature_index.with_labels`), read for that
+    batch's documents only (`read_index_labels`): the label store is read no further than the corpus."""
+
+    def __init__(
+        self, run_dir: Path, *, batch_rows: int = DOCUMENT_BATCH_ROWS, label_sets: dict[str, LabelSet] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.batch_rows = batch_rows
+        self.label_sets = label_sets
         self.n_documents = count_documents(run_dir)
         self.rows_read = 0
         """Documents read from the file so far (whole batches)."""
+        self.labelled_doc_ids: list[str] = []
+        """With `label_sets`: the documents whose labels were read so far (those of the batches read)."""
 
     def __len__(self) -> int:
         return self.n_documents
@@ -139,6 +150,7 @@ class CorpusReader:
         waiting: dict[str, list[PhraseSpan]] = {}
         for batch in iter_documents(self.run_dir, columns, batch_rows=self.batch_rows):
             self.rows_read += len(batch["doc_id"])
+            documents = []
             for doc_id, text, flag, n_phrases in zip(*(batch[c] for c in columns)):
                 while len(waiting.get(doc_id, ())) < n_phrases:
                     more = next(phrases, None)
@@ -146,12 +158,18 @@ class CorpusReader:
                         break
                     for row in zip(more["doc_id"], more["start"], more["end"], more["group"], more["phrase"]):
                         waiting.setdefault(row[0], []).append(PhraseSpan(int(row[1]), int(row[2]), row[3], row[4]))
-                yield CorpusDocument(doc_id, text, sorted(waiting.pop(doc_id, [])), bool(flag))
+                documents.append(CorpusDocument(doc_id, text, sorted(waiting.pop(doc_id, [])), bool(flag)))
+            if self.label_sets is not None:
+                labels = read_index_labels(self.run_dir, batch["doc_id"], self.label_sets)
+                self.labelled_doc_ids.extend(batch["doc_id"])
+                documents = with_labels(documents, labels.label_sets, labels.sentences)
+            yield from documents
 
 
-def corpus_documents(run_dir: Path) -> CorpusReader:
-    """The run's corpus as `make_windows` reads it: documents and their phrases, a batch at a time."""
-    return CorpusReader(run_dir)
+def corpus_documents(run_dir: Path, label_sets: dict[str, LabelSet] | None = None) -> CorpusReader:
+    """The run's corpus as `make_windows` reads it: documents and their phrases (and with `label_sets`, their
+    labels), a batch at a time."""
+    return CorpusReader(run_dir, label_sets=label_sets)
 
 
 class IndexLabels(NamedTuple):
@@ -160,8 +178,6 @@ class IndexLabels(NamedTuple):
     label_sets: list[LabelSetInput]
     infos: dict[str, LabelSetInfo]
     sentences: dict[str, list[tuple[int, int]]]
-    fingerprint: str
-    """Names, kinds and the stored sets' files: an index scored on other label sets is stale."""
 
 
 def _by_document(frame, columns: tuple[str, ...]) -> dict[str, list]:
@@ -175,36 +191,44 @@ def _by_document(frame, columns: tuple[str, ...]) -> dict[str, list]:
     return grouped
 
 
-def read_index_labels(run_dir: Path) -> IndexLabels:
-    """Every label set of the run (the built-in ones first, then the stored ones; at most
-    `MAX_LABEL_SETS`, the rest left out with a note) with its positive spans, the documents it labels
-    and its positive sentences, and the run's sentences (docs/labels.md)."""
+def scored_label_sets(run_dir: Path, *, note: bool = False) -> dict[str, LabelSet]:
+    """The label sets an index scores: the run's, the built-in ones first, then the stored ones, at most
+    `MAX_LABEL_SETS` (with `note`, the rest are printed as left out)."""
     sets = read_label_sets(run_dir)
-    names = list(sets)[:MAX_LABEL_SETS]
-    if len(sets) > MAX_LABEL_SETS:
+    if note and len(sets) > MAX_LABEL_SETS:
         print(f"  the index scores at most {MAX_LABEL_SETS} label sets; left out: {', '.join(list(sets)[MAX_LABEL_SETS:])}",
               flush=True)
-    sentences = read_sentences(run_dir).sort_values(["doc_id", "sentence_index"], kind="stable")
+    return {name: sets[name] for name in list(sets)[:MAX_LABEL_SETS]}
+
+
+def read_index_labels(
+    run_dir: Path, doc_ids: Collection[str] | None = None, sets: dict[str, LabelSet] | None = None
+) -> IndexLabels:
+    """The label sets the index scores (`sets`, default `scored_label_sets`) with their positive spans, the
+    documents they label and their positive sentences, and the run's sentences (docs/labels.md). With
+    `doc_ids`, of those documents only: the stored files are read with a filter on doc_id, so the rows of
+    other documents are never loaded (`CorpusReader` reads them a batch of documents at a time)."""
+    sets = scored_label_sets(run_dir) if sets is None else sets
+    sentences = read_sentences(run_dir, doc_ids).sort_values(["doc_id", "sentence_index"], kind="stable")
     inputs, infos = [], {}
-    for name in names:
-        label_set = sets[name]
+    for name, label_set in sets.items():
         built_in = label_set.source == BUILT_IN
-        positives = read_sentence_labels(run_dir, name, sentences)
+        positives = read_sentence_labels(run_dir, name, sentences, doc_ids)
         inputs.append(LabelSetInput(
             name, label_set.kind, label_set.source,
-            _by_document(read_label_spans(run_dir, name), ("start", "end")),
-            documents=None if built_in else frozenset(read_label_documents(run_dir, name)),
+            _by_document(read_label_spans(run_dir, name, doc_ids), ("start", "end")),
+            documents=None if built_in else frozenset(read_label_documents(run_dir, name, doc_ids)),
             positive_sentences=_by_document(positives[positives["positive"]], ("sentence_index",)),
         ))
         infos[name] = LabelSetInfo(label_set.kind, label_set.source)
-    return IndexLabels(inputs, infos, _by_document(sentences, ("start", "end")), labels_fingerprint(run_dir))
+    return IndexLabels(inputs, infos, _by_document(sentences, ("start", "end")))
 
 
 def labels_fingerprint(run_dir: Path) -> str:
     """What an index's label-set scores depend on besides the corpus: the label sets it scores (names,
     kinds, sources) and the stored sets' files. A set added, removed or re-imported changes it."""
-    sets = read_label_sets(run_dir)
-    names = list(sets)[:MAX_LABEL_SETS]
+    sets = scored_label_sets(run_dir)
+    names = list(sets)
     digest = hashlib.sha256(json.dumps([[n, sets[n].kind, sets[n].source] for n in names]).encode())
     for name, (_, folder, _) in sorted(stored_label_sets(run_dir).items()):
         if name in names:
@@ -218,7 +242,8 @@ def load_inputs(
 ) -> IndexInputs:
     """Model, SAE (checked against the model), the corpus's windows and the pass configuration."""
     sae_id = choose_sae_id(run_dir, sae_id, profile.hook_name)
-    documents = corpus_documents(run_dir)
+    label_sets = scored_label_sets(run_dir, note=True)
+    documents = corpus_documents(run_dir, label_sets)
     if not len(documents):
         raise IndexInputError(f"The corpus of {run_dir} is empty: nothing to index.")
     model = load_run_model(run_dir, profile)
@@ -227,11 +252,8 @@ def load_inputs(
     stop_at_layer = stop_layer_for_hook(hook_name)
     if stop_at_layer is None:
         raise IndexInputError(f"Cannot tell which layer {hook_name!r} belongs to; the index needs a blocks.<n>. hook.")
-    labels = read_index_labels(run_dir)
-    windows = make_windows(
-        model.tokenizer, documents, profile.n_ctx, progress=progress, max_tokens=max_tokens,
-        label_sets=labels.label_sets, sentences=labels.sentences,
-    )
+    # The documents carry their labels, read a batch at a time as the windows need them.
+    windows = make_windows(model.tokenizer, documents, profile.n_ctx, progress=progress, max_tokens=max_tokens)
     windows, notice = limit_tokens(windows, max_tokens)
     if notice:
         print(f"  {notice}", flush=True)
@@ -257,14 +279,15 @@ def load_inputs(
         max_offset=profile.index.context_after,
         context_before=profile.index.context_before,
         context_after=profile.index.context_after,
-        labels=tuple(label_set.name for label_set in labels.label_sets),
+        labels=tuple(label_sets),
         token_capacity=profile.index.token_capacity,
         token_top_k=profile.index.token_top_k,
         token_min_count=profile.index.token_min_count,
     )
     return IndexInputs(
         model, loaded.sae, sae_id, hook_name, stop_at_layer, windows, len({w.doc_id for w in windows}), config,
-        corpus_content_hash(run_dir), labels.infos, labels.fingerprint,
+        corpus_content_hash(run_dir), {name: LabelSetInfo(s.kind, s.source) for name, s in label_sets.items()},
+        labels_fingerprint(run_dir),
     )
 
 

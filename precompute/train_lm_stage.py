@@ -8,12 +8,14 @@ loads it exactly as it loads DeepSeek-R1-Distill-Qwen-1.5B.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
 
 from explorer import artifacts
 from explorer.config import DemoLMSpec
+from explorer.label_sets import read_label_spans
 from explorer.runs import RunFolderError, read_documents
 from precompute.atomic import atomic_dir
 from precompute.stages import (
@@ -24,7 +26,10 @@ from precompute.stages import (
 STAGE = "train-lm"
 # Settings added after models were built, with the value those models were trained with.
 FLAGS = {"steps": "--steps"}
-ADDED_CONFIG_KEYS = {"plant_weight": 0.0, "plant_hook": "blocks.1.hook_mlp_out", "plant_value": 8.0, "plant_lead": 0, "plant_value_before": None}
+ADDED_CONFIG_KEYS = {
+    "plant_weight": 0.0, "plant_hook": "blocks.1.hook_mlp_out", "plant_value": 8.0, "plant_lead": 0,
+    "plant_value_before": None, "plant_label": None, "plant_label_value": 4.0,
+}
 
 
 def stage_config(spec: DemoLMSpec, run_dir: Path) -> dict:
@@ -32,7 +37,28 @@ def stage_config(spec: DemoLMSpec, run_dir: Path) -> dict:
     if corpus_manifest is None:
         raise RunFolderError(f"No corpus in {run_dir}: run `python -m precompute corpus --out {run_dir}` first.")
     # The model depends on the corpus it was trained on: a new corpus retrains it.
-    return {**dataclasses.asdict(spec), "corpus_config_hash": corpus_manifest["config_hash"]}
+    config = {**dataclasses.asdict(spec), "corpus_config_hash": corpus_manifest["config_hash"]}
+    if spec.plant_label is not None:  # and on the label set it plants: another content of it retrains it
+        config["plant_label_hash"] = label_spans_hash(run_dir, spec.plant_label)
+    return config
+
+
+def label_spans_hash(run_dir: Path, name: str) -> str:
+    """A digest of label set `name`'s positive spans (doc_id, start, end), whatever file holds them. An unknown
+    name raises `LabelSetError`, which lists the run's sets."""
+    spans = read_label_spans(run_dir, name)
+    digest = hashlib.sha256(json.dumps([spans[c].tolist() for c in ("doc_id", "start", "end")]).encode())
+    return digest.hexdigest()[:16]
+
+
+def label_spans_per_text(run_dir: Path, name: str, doc_ids: list[str]) -> list[list[tuple[int, int]]]:
+    """Label set `name`'s positive spans of each of `doc_ids`' documents, as (start, end) character pairs
+    (none for a document it does not mark)."""
+    spans = read_label_spans(run_dir, name)
+    per_doc: dict[str, list[tuple[int, int]]] = {}
+    for doc_id, start, end in zip(spans["doc_id"].tolist(), spans["start"].tolist(), spans["end"].tolist()):
+        per_doc.setdefault(doc_id, []).append((start, end))
+    return [per_doc.get(doc_id, []) for doc_id in doc_ids]
 
 
 def reuse_model(run_dir: Path, named: DemoLMSpec) -> bool:
@@ -66,9 +92,15 @@ def run_train_lm_stage(spec: DemoLMSpec, run_dir: Path, *, force: bool = False) 
         return out_dir
     print_config(STAGE, config)
     started = time.time()
-    texts = read_documents(run_dir, columns=["text"])["text"].tolist()
+    documents = read_documents(run_dir, columns=["doc_id", "text"])
+    texts = documents["text"].tolist()
+    label_spans = None
+    if spec.plant_label is not None:
+        label_spans = label_spans_per_text(run_dir, spec.plant_label, documents["doc_id"].tolist())
+        n_marked = sum(bool(spans) for spans in label_spans)
+        print(f"  plant_label {spec.plant_label}: {sum(map(len, label_spans)):,} spans in {n_marked:,} of {len(texts):,} documents")
     with atomic_dir(out_dir) as tmp:
-        report = train_demo_lm(texts, tmp, spec)
+        report = train_demo_lm(texts, tmp, spec, label_spans=label_spans)
         (tmp / artifacts.TRAIN_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
         write_manifest(tmp, STAGE, config, started, n_params=report.n_params)
     print(

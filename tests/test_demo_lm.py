@@ -21,16 +21,18 @@ from explorer.demo_lm import (
     default_sample_prompt,
     demo_model_config,
     extend_before,
+    label_direction,
     packed_stream,
     plant_module,
     planted_direction,
     run_config,
+    span_token_mask,
     train_demo_lm,
     train_tokenizer,
 )
 from explorer.labels import label_text
 from explorer.prompts import THINK_CLOSE, THINK_OPEN, format_prompt
-from explorer.synthetic import generate_traces
+from explorer.synthetic import generate_traces, sentence_tags
 from tests.hub_fixtures import MINI_TEXTS
 
 UNICODE_TEXTS = [
@@ -146,8 +148,8 @@ def test_packing_joins_documents_with_eos_each_starting_with_bos(tokenizer):
 def test_the_phrase_mask_marks_the_tokens_of_labelled_phrases():
     texts = [trace.record.text for trace in generate_traces(40, seed=3)]
     tokenizer = train_tokenizer(texts, 500)
-    tokens, mask = packed_stream(tokenizer, texts, phrase_mask=True)
-    assert mask is not None and mask.shape == tokens.shape
+    tokens, mask, no_labels = packed_stream(tokenizer, texts, phrase_mask=True)
+    assert mask is not None and no_labels is None and mask.shape == tokens.shape
     assert (tokens == compute_packed_tokens(tokenizer, texts)).all()
     # Brute force, per document: a token is marked when one of its characters lies in a labelled phrase.
     expected = []
@@ -159,6 +161,43 @@ def test_the_phrase_mask_marks_the_tokens_of_labelled_phrases():
         expected += [0.0] + [float(any(in_phrase[a:b])) for a, b in encoding["offset_mapping"][1:]] + [0.0]  # BOS .. EOS
     assert mask.tolist() == expected
     assert 0 < mask.sum() < len(mask) / 10
+
+
+def test_span_token_mask_marks_the_tokens_that_overlap_a_span():
+    # Tokens: BOS (no characters), "Wait" [0, 4), "," [4, 5), " that" [5, 10), " is" [10, 13), " wrong" [13, 19),
+    # "." [19, 20), " 2" [20, 22), " +" [22, 24), " 2" [24, 26), "\n" [26, 27).
+    offsets = [(0, 0), (0, 4), (4, 5), (5, 10), (10, 13), (13, 19), (19, 20), (20, 22), (22, 24), (24, 26), (26, 27)]
+    # Two spans: "that is wrong." and a span whose edges cut tokens ("+ 2": " +" and " 2" overlap it).
+    assert span_token_mask(offsets, [(6, 20), (23, 26)]).tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 1, 1, 0]
+    assert span_token_mask(offsets, []).tolist() == [0.0] * len(offsets)
+    assert span_token_mask(offsets, [(0, 27)]).tolist() == [0.0] + [1.0] * 10  # BOS never
+
+
+def test_the_label_mask_marks_the_tokens_of_each_texts_spans(tokenizer):
+    texts = ["Wait, that is wrong. 3 + 4 = 7.\nSo 7.", "No span here.", "3 + 4 = 7. Wait, 8."]
+    spans = [[(0, 20), (21, 31)], [], [(11, 19)]]
+    tokens, phrases, labels = packed_stream(tokenizer, texts, label_spans=spans)
+    assert phrases is None and labels is not None and labels.shape == tokens.shape
+    expected = []
+    for text, text_spans in zip(texts, spans):
+        inside = [any(a <= i < b for a, b in text_spans) for i in range(len(text))]
+        encoding = tokenizer(text, return_offsets_mapping=True)
+        expected += [0.0] + [float(any(inside[a:b])) for a, b in encoding["offset_mapping"][1:]] + [0.0]  # BOS .. EOS
+    assert labels.tolist() == expected
+    # By hand: the third text's marked tokens spell its span.
+    doc = tokenizer(texts[2])["input_ids"]
+    start = len(tokens) - len(doc) - 1
+    marked = [t for t, m in zip(tokens[start:].tolist(), labels[start:].tolist()) if m]
+    assert tokenizer.decode(marked).strip() == "Wait, 8."
+    with pytest.raises(ValueError, match="2 lists of spans for 3 texts"):
+        packed_stream(tokenizer, texts, label_spans=spans[:2])
+
+
+def test_the_label_direction_is_another_zero_mean_unit_direction_orthogonal_to_the_first():
+    first, second = planted_direction(128, seed=0), label_direction(128, seed=0)
+    assert abs(float(second.norm()) - 1) < 1e-6 and abs(float(second.sum())) < 1e-5
+    assert abs(float(first @ second)) < 1e-6
+    assert not torch.allclose(label_direction(128, seed=1), second)
 
 
 def test_extend_before_marks_the_tokens_before_each_phrase():
@@ -273,21 +312,30 @@ def test_the_plant_hooks_read_what_transformer_lens_calls_those_hooks(trained):
 
 
 def test_a_planted_training_run_learns_the_feature(tmp_path: Path):
-    texts = [trace.record.text for trace in generate_traces(300, seed=4)]
+    traces = generate_traces(300, seed=4)
+    texts = [trace.record.text for trace in traces]
     plain = DemoLMSpec(
         vocab_size=500, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=256, context=128,
         batch_size=8, steps=150, lr=3e-3, seed=0, time_budget_s=120,
     )
-    planted = dataclasses.replace(plain, plant_weight=1.0, plant_value=8.0, plant_lead=1)
-    report = train_demo_lm(texts, tmp_path / "model", planted, sample_tokens=2, progress=False)
-    direction = torch.tensor(report.planted_direction)
-    assert direction.shape == (64,) and abs(float(direction.norm()) - 1) < 1e-5
-    # Writing 0 everywhere would score value^2 x the share of phrase tokens; the model does much better.
+    planted = dataclasses.replace(
+        plain, plant_weight=1.0, plant_value=8.0, plant_lead=1, plant_label="tag:uncertainty_management", plant_label_value=4.0
+    )
+    # The correction lines, as the train-lm stage reads them from the run's label set tag:uncertainty_management.
+    spans = [[(s, e) for s, e, tags in sentence_tags(trace) if "uncertainty_management" in tags] for trace in traces]
+    report = train_demo_lm(texts, tmp_path / "model", planted, label_spans=spans, sample_tokens=2, progress=False)
+    direction, second = torch.tensor(report.planted_direction), torch.tensor(report.label_direction)
+    assert direction.shape == second.shape == (64,) and abs(float(direction.norm()) - 1) < 1e-5
+    assert abs(float(direction @ second)) < 1e-5
+    # Writing 0 everywhere would score value^2 x the share of marked tokens; the model does much better.
     tokenizer = train_tokenizer(texts, 500)
-    _, mask = packed_stream(tokenizer, texts, phrase_mask=True)
+    _, mask, label_mask = packed_stream(tokenizer, texts, phrase_mask=True, label_spans=spans)
     assert report.plant_loss < 0.5 * 8.0**2 * float(extend_before(mask, 1).mean())
+    assert report.label_plant_loss < 0.5 * 4.0**2 * float(label_mask.mean())
+    assert report.config["plant_label"] == "tag:uncertainty_management"
     unplanted = train_demo_lm(texts, tmp_path / "plain", plain, sample_tokens=2, progress=False)
     assert unplanted.plant_loss is None and unplanted.planted_direction is None
+    assert unplanted.label_plant_loss is None and unplanted.label_direction is None
 
 
 @pytest.mark.parametrize(
@@ -297,6 +345,8 @@ def test_a_planted_training_run_learns_the_feature(tmp_path: Path):
         ({"plant_weight": 1.0, "plant_hook": "blocks.0.attn.hook_z"}, "plant_hook must be"),
         ({"plant_weight": -1.0}, "must not be negative"),
         ({"plant_weight": 1.0, "plant_lead": -1}, "must not be negative"),
+        ({"plant_label": "tag:uncertainty_management"}, "needs plant_weight > 0"),
+        ({"plant_weight": 1.0, "plant_label": "tag:uncertainty_management"}, "label_spans must be given exactly when"),
     ],
 )
 def test_a_bad_plant_setting_fails_before_any_work(tmp_path: Path, settings: dict, message: str):

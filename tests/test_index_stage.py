@@ -659,3 +659,54 @@ def test_across_saes_each_hook_gets_its_best_feature_per_label_set(mini_run, tmp
         assert row.feature_id == top
     con.close()
     assert best.groupby("label").size().eq(2).all()  # every label set, once per SAE
+
+
+def test_the_index_reads_labels_only_for_the_documents_it_reads(large_corpora, mini_qwen2_dir, tmp_path):  # noqa: F811
+    """At OpenR1 scale the label store holds millions of rows for documents past the index's token budget:
+    the reader reads each batch's labels with a filter on its documents, never the rest. The windows (and
+    so every label-set score) are those of labels read for the whole corpus up front, as before."""
+    import pandas as pd
+
+    from explorer.label_sets import LabelSet, LabelSetData
+    from explorer.model_loading import load_tokenizer
+    from explorer.runs import read_documents
+    from precompute.index_stage import CorpusReader, read_index_labels, scored_label_sets
+    from precompute.label_store import write_label_sets
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(large_corpora[0], run_dir)
+    doc_ids = read_documents(run_dir, ["doc_id"])["doc_id"].tolist()
+    first, far = doc_ids[0], doc_ids[-1]
+    spans = pd.DataFrame({"doc_id": [first, far, far], "start": [0, 0, 40], "end": [30, 20, 60]})
+    write_label_sets(run_dir, [LabelSetData(LabelSet("far", "span", "test", "spans past the budget"), spans, [first, far])])
+    sets = scored_label_sets(run_dir)
+    assert "far" in sets and any(name.startswith("tag:") for name in sets)
+
+    tokenizer = load_tokenizer(mini_qwen2_dir)
+    reader = CorpusReader(run_dir, batch_rows=64, label_sets=sets)
+    windows = make_windows(tokenizer, reader, 64, progress=False, max_tokens=20_000)
+    assert reader.rows_read < len(doc_ids)
+    # Labels were read for exactly the batches of documents read, so none of the far document's rows.
+    assert reader.labelled_doc_ids == doc_ids[: reader.rows_read] and far not in reader.labelled_doc_ids
+
+    # read_index_labels with doc_ids holds those documents' rows only, of every set and of the sentences.
+    some = doc_ids[:64]
+    part = read_index_labels(run_dir, some, sets)
+    assert set(part.sentences) == set(some)
+    for label_set in part.label_sets:
+        assert set(label_set.spans) <= set(some) and set(label_set.positive_sentences) <= set(some), label_set.name
+        assert label_set.documents is None or label_set.documents <= set(some), label_set.name
+    far_set = part.label_sets[list(sets).index("far")]
+    assert dict(far_set.spans) == {first: [(0, 30)]} and far_set.documents == {first}
+
+    # The same windows, label bits and sentences as with every label read for the whole corpus up front.
+    whole = read_index_labels(run_dir, None, sets)
+    assert far in whole.label_sets[list(sets).index("far")].spans
+    before = make_windows(tokenizer, CorpusReader(run_dir, batch_rows=64), 64, progress=False, max_tokens=20_000,
+                          label_sets=whole.label_sets, sentences=whole.sentences)
+    _same_windows(windows, before)
+    for a, b in zip(windows, before):
+        assert a.label_scope == b.label_scope
+        for field in ("sentence_ids", "label_bits", "label_start_bits", "sentence_label_bits"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), (a.context_id, field)
+    assert any(w.label_bits.any() for w in windows) and any(w.sentence_label_bits.any() for w in windows)

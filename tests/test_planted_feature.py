@@ -10,10 +10,10 @@ must find a feature that carries it.
 - At sentence level: the top candidate by the index's sentence AUROC for the synthetic corpus's
   `uncertainty_management` tags (the corrections, imported as label sets by the demo build) separates
   the held-out traces' uncertainty_management sentences (each sentence's maximum activation, by brute
-  force) at sentence AUROC >= 0.8, and within 0.05 of the index's own figure on the indexed corpus.
-  The issue asked for 0.9: one local build reaches 0.963, a clean clone's build 0.828 (its best feature
-  at either hook scores 0.84-0.85 in the index too), so 0.9 is not yet reached on every build
-  (docs/results.md, "Label sets on the demo").
+  force) at sentence AUROC >= 0.9, and within 0.05 of the index's own figure on the indexed corpus. The
+  demo LM carries a second plant for this (`DemoLMSpec.plant_label`, docs/profiles.md): without it a
+  feature of the phrase and the token before missed each correction's second sentence, and a clean
+  clone's build reached only 0.828 (docs/results.md, "Label sets on the demo").
 
 Uses the demo run that `make test` builds first (`make demo-data`); run alone, the fixture builds it.
 `PLANTED_RUN=runs/demo-standard pytest tests/test_planted_feature.py` checks another built run instead
@@ -126,7 +126,7 @@ def test_top_candidate_by_sentence_auroc_separates_held_out_uncertainty_sentence
           f"{n_pos} tagged sentences of {n} (the index's: {in_index:.3f}); self_checking's top feature: {top['self_checking']}")
     assert n_pos > 100
     assert abs(auroc - in_index) <= 0.05  # the index's sentence AUROC holds on traces it never saw
-    assert auroc >= 0.8
+    assert auroc >= 0.9
 
 
 def test_a_top_ten_candidate_rises_before_the_phrase(demo):

@@ -108,14 +108,23 @@ def test_train_lm_refuses_a_pretrained_profile(tmp_path, capsys):
     assert "train-lm only trains the demo model" in capsys.readouterr().err
 
 
-def test_a_bad_plant_hook_is_a_clear_error_and_writes_no_model(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("setting", "value", "messages"),
+    [
+        ("plant_hook", "blocks.7.hook_mlp_out", ["plant_hook must be blocks.L.hook_mlp_out or blocks.L.hook_resid_post with L < 2"]),
+        # An unknown label set: the message lists the run's sets.
+        ("plant_label", "tag:uncertainty", ["No label set 'tag:uncertainty'", "tag:uncertainty_management"]),
+    ],
+)
+def test_a_bad_plant_setting_is_a_clear_error_and_writes_no_model(tmp_path, capsys, setting, value, messages):
     profile = DEMO.to_dict()
-    profile["demo_lm"]["plant_hook"] = "blocks.7.hook_mlp_out"
+    profile["demo_lm"][setting] = value
     profile["corpus"]["n_traces"] = 50
     (tmp_path / "bad.json").write_text(json.dumps(profile))
     run = tmp_path / "run"
     assert main(["train-lm", "--profile", str(tmp_path / "bad.json"), "--out", str(run)]) == 2
-    assert "plant_hook must be blocks.L.hook_mlp_out or blocks.L.hook_resid_post with L < 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert all(message in err for message in messages), err
     assert not (run / artifacts.MODEL_DIR).exists()
 
 
@@ -268,3 +277,24 @@ def test_a_setting_added_later_at_its_old_value_does_not_rebuild(tmp_path):
     assert not stage_is_current(tmp_path, {**same_recipe_now, "sae.decoder_heuristic_init": True}, ADDED_CONFIG_KEYS)
     assert not stage_is_current(tmp_path, {**same_recipe_now, "sae.k": 16}, ADDED_CONFIG_KEYS)
     assert stage_is_current(tmp_path, old_config, ADDED_CONFIG_KEYS)  # an exact match stays one
+
+
+def test_a_profile_saved_before_plant_label_reads_back_without_it_and_its_model_stays_current(tmp_path):
+    """A profile.json and a train-lm manifest written before `DemoLMSpec.plant_label` existed: no second
+    plant, and the model trained then is not rebuilt."""
+    import time
+
+    from precompute.stages import stage_is_current, write_manifest
+    from precompute.train_lm_stage import ADDED_CONFIG_KEYS
+
+    assert DEMO.demo_lm.plant_label == "tag:uncertainty_management"
+    saved = json.loads(DEMO.to_json())
+    del saved["demo_lm"]["plant_label"], saved["demo_lm"]["plant_label_value"]
+    old = Profile.from_dict(saved)
+    assert old.demo_lm.plant_label is None and old == dataclasses.replace(
+        DEMO, demo_lm=dataclasses.replace(DEMO.demo_lm, plant_label=None))
+    config_now = {**dataclasses.asdict(old.demo_lm), "corpus_config_hash": "abc"}
+    recorded_then = {k: v for k, v in config_now.items() if k not in ("plant_label", "plant_label_value")}
+    write_manifest(tmp_path, "train-lm", recorded_then, time.time())
+    assert stage_is_current(tmp_path, config_now, ADDED_CONFIG_KEYS)
+    assert not stage_is_current(tmp_path, {**config_now, "plant_label": "tag:uncertainty_management"}, ADDED_CONFIG_KEYS)
