@@ -173,6 +173,26 @@ class IndexSpec:
 
 
 @dataclass(frozen=True)
+class InjectionSpec:
+    """Token-injection test settings (`python -m precompute inject`, the last stage of `build`;
+    docs/injection.md). The command line's flags override them."""
+
+    candidates: int = 64
+    """Top features by each ranking score of the Candidates page, in union."""
+    top_tokens: int = 10
+    """Tokens (and n-grams of each kind) per candidate."""
+    windows: int = 64
+    """Baseline windows and target windows: this many of each."""
+    window_tokens: int = 64
+    """Tokens per window, BOS included."""
+    n_inject: int = 3
+    """Tokens a simple strategy injects per window."""
+    n_sequences: int = 2
+    """N-grams a contextual strategy injects per window."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ReportSpec:
     """How much held-out text the SAE report reads (docs/sae.md, "The training report")."""
 
@@ -199,6 +219,7 @@ class Profile:
     sae: SAERecipe = field(default_factory=SAERecipe)
     index: IndexSpec = field(default_factory=IndexSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
+    injection: InjectionSpec = field(default_factory=InjectionSpec)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """The model's dtype wherever it runs (SAE training's activations, the report, the index, steering,
     Live), and the SAE's at inference; `--dtype` on the command line. The SAE trains in `sae.dtype`. On
@@ -230,6 +251,7 @@ class Profile:
         # A profile saved before the report had its own settings measured everything on 32,768 tokens.
         data["report"] = ReportSpec(**data.get("report", {"n_tokens": 32_768, "n_sparsity_tokens": 32_768}))
         data["extra_hooks"] = tuple(data.get("extra_hooks", ()))  # a JSON list; absent before the field
+        data["injection"] = InjectionSpec(**data.get("injection", {}))  # absent before the inject stage
         return cls(**data)
 
     @classmethod
@@ -323,6 +345,9 @@ DEMO = Profile(
     index=IndexSpec(top_k=32, context_before=32, context_after=8, n_tokens=400_000),
     # The demo's held-out documents hold fewer tokens than this: the sparsity figures read all of them.
     report=ReportSpec(n_tokens=32_768, n_sparsity_tokens=200_000),
+    # 8 per ranking score (about 30 candidates) and 32 windows of each kind: about a minute on 2 cores
+    # (README, "Set up"); the real profile tests 64 per score on 64 windows of each kind.
+    injection=InjectionSpec(candidates=8, windows=32),
     # A second SAE at the other layer, so that the Candidates page's "Across SAEs" table shows which layer
     # carries each label set best (README, "Set up", says what it adds to the build).
     extra_hooks=("blocks.0.hook_mlp_out",),

@@ -10,7 +10,7 @@
     steer       generate with a feature added or clamped, and count backtracking against a baseline
     inject      token-injection test of the top candidates: do their favourite tokens fire them anyway?
     labels      list, add (sentence tags, phrases, regular expressions), remove and compare label sets
-    build       every stage in order: corpus, train-lm (demo), train-sae, index
+    build       every stage in order: corpus, train-lm (demo), train-sae, index, inject (the main SAE's)
 
 Each stage prints its config, shows progress, writes its output atomically into the run folder, and
 is skipped when its output is already current for the command's settings (pass --force to rebuild). A
@@ -46,6 +46,7 @@ from precompute.cli_common import (
 )
 from precompute.corpus_stage import reuse_corpus, run_corpus_stage
 from precompute.index_stage import current_index_ids, merge_partials, run_index, sae_ids_to_index
+from precompute.inject_stage import run_inject
 from precompute.run_record import RunRecord, same_profile
 from precompute.sae_report_cli import run_sae_report
 from precompute.train_lm_stage import reuse_model, run_train_lm_stage
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer_cli.add_parser(sub)
     inject_stage.add_parser(sub)
     labels_cli.add_parser(sub)
-    build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index")
+    build = sub.add_parser("build", help="run every stage in order: corpus, train-lm (demo), train-sae, index, inject")
     add_run_args(build)
     _add_sae_training_args(build)
     _add_index_args(build)
@@ -187,7 +188,7 @@ def save_profile(profile: Profile, run_dir: Path) -> None:
     write_text_atomic(run_dir / artifacts.PROFILE_FILE, profile.to_json() + "\n")
 
 
-STAGE_ORDER = ("corpus", "train-lm", "train-sae", "index")
+STAGE_ORDER = ("corpus", "train-lm", "train-sae", "index", "inject")
 
 
 def stages_to_run(command: str, profile: Profile) -> list[str]:
@@ -241,6 +242,12 @@ def run_stage(stage: str, profile: Profile, run_dir: Path, args: argparse.Namesp
             if len(hooks) > 1:
                 print(f"-- SAE {n} of {len(hooks)}: {hook} --", flush=True)
             run_train_sae_stage(profile, run_dir, hook=hook, wandb=args.wandb, force=force)
+    elif stage == "inject":  # `build` only: the run's main SAE, with the profile's settings
+        try:
+            run_inject(profile, run_dir, profile.injection, force=force)
+        except UserError as err:  # e.g. too few held-out windows: the index is built; say how to run it
+            print(f"== inject == skipped: {err}\n  (the index is built; run `python -m precompute inject "
+                  f"--run {run_dir}` with other settings to add the test)", flush=True)
     elif stage == "index":
         shard = parse_shard(args.shard) if getattr(args, "shard", None) else (0, 1)
         if getattr(args, "shard", None) == "auto" and "LOCAL_RANK" in os.environ:

@@ -17,6 +17,7 @@ stored result has the same settings, index and weights, unless --force.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from explorer.config import InjectionSpec, Profile
 from explorer.database import utc_now
 from explorer.feature_db import read_index_run
 from explorer.feature_index import make_windows
@@ -71,48 +73,76 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_run_args(parser)
     parser.set_defaults(profile=None)  # the run's own profile.json (`with_saved_profile`)
     parser.add_argument("--sae", help="SAE id (default: the run's main SAE, at the profile's hook)")
-    parser.add_argument("--candidates", type=int, default=64, metavar="N",
-                        help="top N features by each ranking score, in union (default 64)")
+    parser.add_argument("--candidates", type=int, metavar="N",
+                        help="top N features by each ranking score, in union (default: the profile's injection.candidates, 64)")
     parser.add_argument("--features", type=int_list, help="test these feature ids instead (comma-separated)")
-    parser.add_argument("--top-tokens", type=int, default=10, metavar="K",
-                        help="tokens (and n-grams of each kind) per candidate (default 10)")
-    parser.add_argument("--windows", type=int, default=64, metavar="M",
-                        help="baseline windows and target windows, M of each (default 64)")
-    parser.add_argument("--window-tokens", type=int, default=64, metavar="L", help="tokens per window, BOS included (default 64)")
+    parser.add_argument("--top-tokens", type=int, metavar="K",
+                        help="tokens (and n-grams of each kind) per candidate (default: the profile's, 10)")
+    parser.add_argument("--windows", type=int, metavar="M",
+                        help="baseline windows and target windows, M of each (default: the profile's, 64)")
+    parser.add_argument("--window-tokens", type=int, metavar="L",
+                        help="tokens per window, BOS included (default: the profile's, 64)")
     parser.add_argument("--strategies", type=_strategy_list, default=STRATEGIES,
                         help=f"comma-separated (default: all of {','.join(STRATEGIES)})")
-    parser.add_argument("--n-inject", type=int, default=3, help="tokens per window of a simple strategy (default 3)")
-    parser.add_argument("--n-sequences", type=int, default=2, help="n-grams per window of a contextual strategy (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="window draw and null tokens (default 0)")
+    parser.add_argument("--n-inject", type=int, help="tokens per window of a simple strategy (default: the profile's, 3)")
+    parser.add_argument("--n-sequences", type=int,
+                        help="n-grams per window of a contextual strategy (default: the profile's, 2)")
+    parser.add_argument("--seed", type=int, help="window draw and null tokens (default: the profile's, 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward (default 64)")
     return parser
 
 
+SPEC_FLAGS = ("candidates", "top_tokens", "windows", "window_tokens", "n_inject", "n_sequences", "seed")
+"""The flags that override the profile's `injection` settings (`explorer.config.InjectionSpec`)."""
+
+
+def injection_spec(profile: Profile, args: argparse.Namespace) -> InjectionSpec:
+    """The profile's injection settings with the flags the command line gave."""
+    given = {flag: getattr(args, flag) for flag in SPEC_FLAGS if getattr(args, flag, None) is not None}
+    return dataclasses.replace(profile.injection, **given)
+
+
 def run(args: argparse.Namespace) -> Path | None:
-    """Run the stage; the database written, or None when the stored result is current."""
+    """Run the `inject` command; the database written, or None when the stored result is current."""
     profile = resolve_profile(with_saved_profile(args))
     run_dir = resolve_run_dir(args, profile)
-    for flag in ("candidates", "top_tokens", "windows", "n_inject", "n_sequences", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}")
-    if args.window_tokens < 8:
-        raise UserError(f"--window-tokens must be at least 8, not {args.window_tokens}")
-    sae_id = choose_sae_id(run_dir, args.sae, profile.hook_name)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    return run_inject(profile, run_dir, injection_spec(profile, args), sae=args.sae, features=args.features,
+                      strategies=tuple(args.strategies), batch_size=args.batch_size, force=args.force)
+
+
+def check_spec(spec: InjectionSpec) -> None:
+    for name in ("candidates", "top_tokens", "windows", "n_inject", "n_sequences"):
+        if getattr(spec, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(spec, name)}")
+    if spec.window_tokens < 8:
+        raise UserError(f"--window-tokens must be at least 8, not {spec.window_tokens}")
+
+
+def run_inject(
+    profile: Profile, run_dir: Path, spec: InjectionSpec, *, sae: str | None = None, features: list[int] | None = None,
+    strategies: tuple[str, ...] = STRATEGIES, batch_size: int = 64, force: bool = False,
+) -> Path | None:
+    """The token-injection test of the SAE `sae` (default: the run's main SAE) with `spec`; the database
+    written, or None when the stored result has the same settings, index and weights (unless `force`)."""
+    check_spec(spec)
+    sae_id = choose_sae_id(run_dir, sae, profile.hook_name)
     db_path = database_path(run_dir)
     index_run = read_index_run(db_path, sae_id)  # NoIndexError says how to build it
-    feature_ids = args.features or candidate_feature_ids(db_path, sae_id, args.candidates)
+    feature_ids = features or candidate_feature_ids(db_path, sae_id, spec.candidates)
     if not feature_ids:
         raise UserError(f"The index of {sae_id} ranks no feature: nothing to test.")
-    candidates, token_source = read_candidate_tokens(db_path, sae_id, feature_ids, args.top_tokens)
+    candidates, token_source = read_candidate_tokens(db_path, sae_id, feature_ids, spec.top_tokens)
     settings = {
-        "candidates": args.candidates, "features": args.features, "top_tokens": args.top_tokens, "windows": args.windows,
-        "window_tokens": args.window_tokens, "strategies": list(args.strategies), "n_inject": args.n_inject,
-        "n_sequences": args.n_sequences, "seed": args.seed, "dtype": profile.dtype,
+        "candidates": spec.candidates, "features": features, "top_tokens": spec.top_tokens, "windows": spec.windows,
+        "window_tokens": spec.window_tokens, "strategies": list(strategies), "n_inject": spec.n_inject,
+        "n_sequences": spec.n_sequences, "seed": spec.seed, "dtype": profile.dtype,
         "index_built_at": str(index_run["built_at"]), "sae_fingerprint": sae_fingerprint(run_dir, sae_id),
         "corpus_hash": corpus_content_hash(run_dir), "token_source": token_source,
     }
     stored = read_injection_run(db_path, sae_id)
-    if not args.force and not stored.empty and json.loads(stored["settings_json"].iloc[0]) == settings:
+    if not force and not stored.empty and json.loads(stored["settings_json"].iloc[0]) == settings:
         print(f"== {STAGE} == up to date for {sae_id} in {db_path}; pass --force to rerun", flush=True)
         return None
     started = time.time()
@@ -125,22 +155,22 @@ def run(args: argparse.Namespace) -> Path | None:
         "run": str(run_dir), "sae": sae_id, "hook": hook_name, "candidates": len(candidates),
         "token_source": token_source + ("" if token_source == "feature_token_stats"
                                         else " (the index has no feature_token_stats: tokens where its top examples peak)"),
-        "windows": f"{args.windows} baseline + {args.windows} target, {args.window_tokens} tokens, held-out documents",
-        "strategies": ",".join(args.strategies), "n_inject": args.n_inject, "n_sequences": args.n_sequences,
-        "seed": args.seed, "dtype": profile.dtype, "device": str(next(model.parameters()).device),
+        "windows": f"{spec.windows} baseline + {spec.windows} target, {spec.window_tokens} tokens, held-out documents",
+        "strategies": ",".join(strategies), "n_inject": spec.n_inject, "n_sequences": spec.n_sequences,
+        "seed": spec.seed, "dtype": profile.dtype, "device": str(next(model.parameters()).device),
     })
     heldout = (doc for doc in corpus_documents(run_dir) if is_heldout(doc.doc_id))
-    budget = HELDOUT_TOKEN_FACTOR * 2 * args.windows * args.window_tokens
-    windows = make_windows(tokenizer, heldout, args.window_tokens, progress=False, max_tokens=budget)
+    budget = HELDOUT_TOKEN_FACTOR * 2 * spec.windows * spec.window_tokens
+    windows = make_windows(tokenizer, heldout, spec.window_tokens, progress=False, max_tokens=budget)
     counts = np.bincount(np.concatenate([w.token_ids for w in windows]) if windows else np.zeros(0, dtype=np.int64),
                          minlength=model.cfg.d_vocab)
     try:
-        chosen = select_windows(windows, args.windows, args.window_tokens, args.seed)
+        chosen = select_windows(windows, spec.windows, spec.window_tokens, spec.seed)
         result = run_injection(
             model, loaded.sae, hook_name, chosen, candidates,
-            InjectionSettings(n_tokens=args.n_inject, n_sequences=args.n_sequences, seed=args.seed,
-                              batch_size=args.batch_size, comma_token_id=comma[0] if len(comma) == 1 else None,
-                              strategies=tuple(args.strategies)),
+            InjectionSettings(n_tokens=spec.n_inject, n_sequences=spec.n_sequences, seed=spec.seed,
+                              batch_size=batch_size, comma_token_id=comma[0] if len(comma) == 1 else None,
+                              strategies=strategies),
             token_counts=counts, stop_at_layer=stop_layer_for_hook(hook_name),
         )
     except InjectionInputError as err:
@@ -150,9 +180,9 @@ def run(args: argparse.Namespace) -> Path | None:
     seconds = time.time() - started
     run_row: dict[str, Any] = {
         "hook_name": hook_name, "settings_json": json.dumps(settings, sort_keys=True), "n_candidates": len(candidates),
-        "n_windows": args.windows, "window_tokens": args.window_tokens, "strategies": sorted(set(result.rows["strategy"]),
+        "n_windows": spec.windows, "window_tokens": spec.window_tokens, "strategies": sorted(set(result.rows["strategy"]),
                                                                                          key=STRATEGIES.index),
-        "seed": args.seed, "token_source": token_source, "n_windows_forwarded": result.n_windows_forwarded,
+        "seed": spec.seed, "token_source": token_source, "n_windows_forwarded": result.n_windows_forwarded,
         "n_tokens_forwarded": result.n_tokens_forwarded, "dtype": profile.dtype,
         "device": str(next(model.parameters()).device), "seconds": round(seconds, 2), "built_at": utc_now(),
     }

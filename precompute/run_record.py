@@ -3,7 +3,7 @@
 A command records, stage by stage, the part of the profile that each stage it built (or checked as its
 own and found current) was built with: `corpus` the corpus section, `train-lm` the demo model's,
 `train-sae` the SAE recipe, the report's token counts and the further hooks it trains at
-(`extra_hooks`), `sae-report` the report's, `index` the index settings. The model, hook, context
+(`extra_hooks`), `sae-report` the report's, `index` the index settings, `inject` the injection test's. The model, hook, context
 length and profile name go with every stage; the dtype with the stages that run the model into an
 output (`train-sae`, `index`). A stage a command only used, as it was built, keeps the settings
 recorded for it. So profile.json changes only when a command built
@@ -28,6 +28,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "train-sae": ("sae", "report", "dtype", "extra_hooks"),
     "sae-report": ("report",),
     "index": ("index", "dtype"),
+    "inject": ("injection", "dtype"),
 }
 """The profile's fields that each stage's output was built with (and so records)."""
 

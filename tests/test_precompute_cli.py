@@ -134,7 +134,7 @@ def test_a_stage_command_runs_the_stages_it_needs_first():
     assert stages_to_run("corpus", DEMO) == ["corpus"]
     assert stages_to_run("train-lm", DEMO) == ["corpus", "train-lm"]
     assert stages_to_run("train-sae", DEMO) == ["corpus", "train-lm", "train-sae"]
-    assert stages_to_run("build", DEMO) == ["corpus", "train-lm", "train-sae", "index"]
+    assert stages_to_run("build", DEMO) == ["corpus", "train-lm", "train-sae", "index", "inject"]
     assert stages_to_run("index", DEMO) == ["corpus", "train-lm", "train-sae", "index"]
     assert stages_to_run("train-sae", DEEPSEEK_R1_DISTILL_QWEN_1_5B) == ["corpus", "train-sae"]
     assert stages_to_run("sae-report", DEMO) == []

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from explorer import artifacts
-from explorer.config import CorpusSpec, IndexSpec, Profile, ReportSpec, SAERecipe
+from explorer.config import CorpusSpec, IndexSpec, InjectionSpec, Profile, ReportSpec, SAERecipe
 from precompute.cli import main
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
@@ -47,6 +47,7 @@ def profile_file(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
         corpus=CorpusSpec(source="synthetic", n_traces=300, seed=0), sae=TINY_SAE,
         index=IndexSpec(top_k=4, context_before=4, context_after=2, n_tokens=6000),
         report=ReportSpec(n_tokens=512, n_sparsity_tokens=1024),
+        injection=InjectionSpec(candidates=2, top_tokens=3, windows=4, window_tokens=16),
     )
     path = tmp_path_factory.mktemp("profiles") / "tiny.json"
     path.write_text(profile.to_json())
@@ -183,6 +184,12 @@ def test_build_still_compares_every_stage_with_its_flags(scaled_down_run, profil
     sae = json.loads((work / artifacts.SAES_DIR / SAE_ID / artifacts.STAGE_MANIFEST).read_text())
     assert (corpus["config"]["n_traces"], sae["config"]["sae.training_steps"]) == (300, 8)
     assert "corpus.n_traces 200 -> 300" in printed and "sae.training_steps 3 -> 8" in printed
+    # The last stage: the main SAE's token-injection test, with the profile's settings.
+    from explorer.injection_store import read_injection_run
+    from explorer.runs import database_path
+
+    assert "== inject ==" in printed and "skipped" not in printed, printed[printed.find("== inject =="):]
+    assert read_injection_run(database_path(work), SAE_ID)["n_candidates"].iloc[0] >= 2
     saved = json.loads((work / artifacts.PROFILE_FILE).read_text())
     assert json.loads(profile_file.read_text()) == saved  # the run now holds exactly the profile's outputs
 
