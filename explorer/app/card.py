@@ -139,7 +139,8 @@ def render_card(card: FeatureCard, vocabulary: list[str], run: str, index_run: d
 
 
 def _number(value: float, digits: str) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:{digits}}"
+    """A metric's value: n/a for a missing one, ∞ for an infinite d (both samples constant)."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:{digits}}".replace("inf", "∞")
 
 
 def render_token_injection(db: FeatureDB, run_dir: Path, sae_id: str, feature_id: int, vocabulary: list[str]) -> None:
