@@ -5,7 +5,8 @@ import streamlit as st
 
 from explorer.app import candidates, index_cache, pickers
 from explorer.app.link_params import warn_bad_param
-from explorer.feature_views import candidates_table, ranking_choices, split_ranking
+from explorer.feature_views import candidates_table, ranking_choices, split_ranking, token_driven_ids
+from explorer.injection_store import missing_injection_message
 
 st.title("Backtracking candidates")
 
@@ -25,17 +26,23 @@ min_density = middle.select_slider("Minimum density", options=candidates.DENSITY
                                    format_func=lambda d: f"{d:.0e}" if d else "0", key="min_density")
 limit = right.number_input("Rows", min_value=10, max_value=5000, value=100, step=10, key="n_rows")
 hide_detectors = st.toggle("Hide plain token detectors (the token alone explains the AUROC)", key="hide_token_detectors")
+verdicts = index_cache.load_injection_verdicts(db, sae_id)
+hide_token_driven = st.toggle("Hide token-driven (the token-injection test's verdict; untested features stay)",
+                              key="hide_token_driven", disabled=verdicts is None)
+if verdicts is None:
+    st.caption(missing_injection_message(run_dir, sae_id))
 
 score, group = split_ranking(ranking)
-ranked = index_cache.load_candidates(db, sae_id, score, group, min_density=min_density,
-                                     hide_token_detectors=hide_detectors, limit=int(limit))
+ranked = candidates.load_filtered_candidates(db, sae_id, score, group, min_density=min_density,
+                                             hide_token_detectors=hide_detectors, limit=int(limit),
+                                             hidden=token_driven_ids(verdicts) if hide_token_driven else ())
 if ranked is None:
     st.stop()
 if ranked.empty:
     st.info("No feature passes these filters: lower the minimum density or show token detectors.")
     st.stop()
 
-table = candidates_table(ranked, run_dir.name, sae_id, index_cache.load_causal_effects(db, sae_id))
+table = candidates_table(ranked, run_dir.name, sae_id, index_cache.load_causal_effects(db, sae_id), verdicts)
 st.caption(f"{len(table):,} features of {int(index_run['d_sae']):,}, best first by {choices[ranking]}.")
 candidates.render_candidates_table(table, sae_id, ranking)
 

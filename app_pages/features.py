@@ -18,7 +18,9 @@ if feature_card is None:
     st.stop()
 st.query_params[finder.FEATURE_PARAM] = str(feature_id)
 
-card.render_card(feature_card, index_cache.load_vocabulary(db), run_dir.name, index_run)
+vocabulary = index_cache.load_vocabulary(db)
+card.render_card(feature_card, vocabulary, run_dir.name, index_run)
+card.render_token_injection(db, run_dir, sae_id, feature_id, vocabulary)
 
 st.subheader("Export")
 sae_vis_dashboard.render_sae_vis_export(run_dir, sae_id, feature_card)

@@ -12,7 +12,7 @@ st.title("Live activations")
 
 run_dir, sae_id, summary = pickers.pick_sae_with_summary_or_stop()
 
-link = live_links.read_live_link(run_dir)  # a card's "open in Live" (?doc=...&feature=...&token=...), or ?feature=
+link = live_links.read_live_link(run_dir)  # a card's "open in Live" (?doc= or ?text=, &feature=...&token=...), or ?feature=
 if "live_text" not in st.session_state:
     st.session_state["live_text"] = link.text if link is not None and link.text is not None else EXAMPLE_TRACE
 if st.button("Random trace from the corpus", key="random_trace"):

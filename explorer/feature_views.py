@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from explorer.feature_db import LABEL_METRICS, RANKING_SCORES, label_ranking_key, tokens_to_text
 from explorer.feature_index import CorpusDocument, make_windows
 from explorer.html import GROUP_COLOURS, ExampleHTML
+from explorer.injection import STRATEGIES, VERDICT_RULES, VERDICTS
 from explorer.lexicon import GROUPS
 from explorer.sae_vis_export import token_rows
 
@@ -49,6 +50,15 @@ def live_href(run: str, sae_id: str, doc_id: str, feature_id: int, token: int) -
     """A relative link that opens the Live page on a corpus document, with the feature and the
     example's token (its position in the document) chosen."""
     query = {"run": run, "sae": sae_id, "doc": doc_id, "feature": int(feature_id), "token": int(token)}
+    return f"{LIVE_PAGE}?{urlencode(query)}"
+
+
+def live_text_href(run: str, sae_id: str, text: str, feature_id: int, token: int | None = None) -> str:
+    """A relative link that opens the Live page on `text` itself (a window that is no corpus document:
+    an injection example), with the feature and, when given, a token (its position, BOS 0) chosen."""
+    query = {"run": run, "sae": sae_id, "text": text, "feature": int(feature_id)}
+    if token is not None:
+        query["token"] = int(token)
     return f"{LIVE_PAGE}?{urlencode(query)}"
 
 
@@ -201,18 +211,34 @@ def evidence_table(scores: Mapping[str, Any], index_run: Mapping[str, Any] | Non
 
 
 def candidates_table(
-    candidates: pd.DataFrame, run: str, sae_id: str, effects: pd.DataFrame | None = None
+    candidates: pd.DataFrame, run: str, sae_id: str, effects: pd.DataFrame | None = None,
+    verdicts: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """`read_candidates` rows with a card link per row, and the steering columns (`effects`:
-    feature_id, causal_effect, ...) after the score when steering results exist."""
+    """`read_candidates` rows with a card link per row, then after the score the steering columns
+    (`effects`: feature_id, causal_effect, ...) when steering results exist and the token-injection
+    verdict (`verdicts`: read_injection_verdicts; readable, blank for a feature not tested) when
+    injection results exist."""
     table = candidates.copy()
     table.insert(1, "card", [card_href(run, sae_id, f) for f in table["feature_id"]])
     table.insert(2, "steer", [steer_href(run, sae_id, f) for f in table["feature_id"]])
+    extra = []
     if effects is not None and not effects.empty:
         table = table.merge(effects, on="feature_id", how="left")
-        order = ["feature_id", "card", "steer", "score", *[c for c in effects.columns if c != "feature_id"]]
-        table = table[order + [c for c in table.columns if c not in order]]
-    return table
+        extra += [c for c in effects.columns if c != "feature_id"]
+    if verdicts is not None:
+        readable = verdicts["verdict"].map(VERDICT_LABELS)
+        table = table.merge(pd.DataFrame({"feature_id": verdicts["feature_id"], INJECTION_COLUMN: readable}),
+                            on="feature_id", how="left")
+        extra.append(INJECTION_COLUMN)
+    order = ["feature_id", "card", "steer", "score", *extra]
+    return table[order + [c for c in table.columns if c not in order]]
+
+
+def token_driven_ids(verdicts: pd.DataFrame | None) -> list[int]:
+    """The features whose injection verdict is token_driven (none without injection results)."""
+    if verdicts is None or verdicts.empty:
+        return []
+    return [int(f) for f in verdicts.loc[verdicts["verdict"] == VERDICTS[0], "feature_id"]]
 
 
 def live_features_table(
@@ -232,6 +258,116 @@ def live_features_table(
         columns = ["feature_id", "auroc_notebook", "reason_score", "leads_score", "is_token_detector", "density"]
         table = table.merge(scores[columns].rename(columns={"feature_id": "feature"}), on="feature", how="left")
     return table
+
+
+# --- token injection ------------------------------------------------------------------------------
+
+INJECTION_COLUMN = "injection_verdict"
+"""The Candidates table's token-injection column (`candidates_table`)."""
+VERDICT_LABELS = {
+    "token_driven": "token-driven",
+    "partially_token_driven": "partly token-driven",
+    "weakly_token_driven": "weakly token-driven",
+    "context_dependent": "context-dependent",
+}
+"""Each verdict of explorer.injection.VERDICTS as the app shows it."""
+assert set(VERDICT_LABELS) == set(VERDICTS)
+INJECTION_CONDITIONS = {
+    "baseline": "Baseline: windows without backtracking, untouched",
+    "injected": "Injected: the same windows with the feature's tokens put in (best strategy)",
+    "target": "Target: windows that hold backtracking",
+}
+"""The conditions of injection_examples, in the order shown, with a heading each."""
+
+
+def verdict_rules_text() -> str:
+    """The verdict thresholds in words (explorer.injection.VERDICT_RULES), for help texts."""
+    rules = [f"{VERDICT_LABELS[v]}: d ≥ {d} and p < {p}" for v, (d, p) in zip(VERDICTS, VERDICT_RULES)]
+    return "; ".join(rules) + f"; {VERDICT_LABELS[VERDICTS[-1]]}: none of these"
+
+
+def injection_verdict_help() -> str:
+    """What the Candidates page's verdict column means."""
+    return (
+        "Token injection: the feature's top tokens (or the bigrams and trigrams where it fires) put into "
+        "windows without backtracking; Cohen's d of its max activation against the same windows untouched, "
+        f"from the strategy with the largest d. {verdict_rules_text()}. Blank: not tested "
+        "(not among the top candidates the inject stage tested)."
+    )
+
+
+def _display_d(values: pd.Series, cap: float) -> tuple[list[float | None], list[str]]:
+    """Values for bars (an infinite d drawn at +-cap, a NaN left out) and their text."""
+    shown, text = [], []
+    for v in values.astype(float):
+        if math.isnan(v):
+            shown.append(None)
+            text.append("n/a")
+        elif math.isinf(v):
+            shown.append(math.copysign(cap, v))
+            text.append("+∞" if v > 0 else "−∞")
+        else:
+            shown.append(v)
+            text.append(f"{v:.2f}")
+    return shown, text
+
+
+def injection_figure(strategies: pd.DataFrame) -> go.Figure:
+    """Cohen's d of each injection strategy (bars, in the test's strategy order) and the null's d, the
+    same strategy with random tokens of matched frequency (diamonds), with reference lines at the
+    verdict thresholds (0.2, 0.5, 0.8). An infinite d (constant samples) is drawn at 1.2 times the
+    largest finite one (at least 1.5) and labelled ∞; a NaN d is left out ("n/a")."""
+    rows = strategies.assign(order=strategies["strategy"].map(lambda s: STRATEGIES.index(s) if s in STRATEGIES else 99))
+    rows = rows.sort_values(["order", "strategy"], kind="stable")
+    finite = pd.concat([rows["cohens_d"], rows["null_d"]]).astype(float)
+    finite = finite[np.isfinite(finite)]
+    cap = max(1.5, float(finite.abs().max()) * 1.2 if not finite.empty else 1.5)
+    d, d_text = _display_d(rows["cohens_d"], cap)
+    null, null_text = _display_d(rows["null_d"], cap)
+    thresholds = sorted({rule[0] for rule in VERDICT_RULES})
+    fig = go.Figure(
+        [
+            go.Bar(x=rows["strategy"], y=d, name="candidate's tokens", text=d_text, textposition="outside",
+                   customdata=np.stack([rows["p_value"].astype(float), rows["transfer_ratio"].astype(float)], axis=-1),
+                   marker_color="rgb(255, 140, 0)",
+                   hovertemplate="%{x}: d %{text}, p %{customdata[0]:.2g}, transfer %{customdata[1]:.2f}<extra></extra>"),
+            go.Scatter(x=rows["strategy"], y=null, name="null (random tokens, same frequency)", mode="markers",
+                       text=null_text, marker=dict(symbol="diamond", size=10, color="rgb(90, 90, 90)"),
+                       hovertemplate="%{x}: null d %{text}<extra></extra>"),
+        ],
+        layout=dict(
+            title=dict(text="Cohen's d of injected vs baseline windows, per strategy", font_size=13),
+            yaxis_title="Cohen's d", height=320, margin=dict(t=40, b=40, l=50, r=10),
+            legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right", font_size=11),
+            shapes=[_hline(t, "grey") for t in thresholds],
+            annotations=[dict(x=1, y=t, xref="x domain", yref="y", text=f"d = {t}", showarrow=False, xanchor="right",
+                              yanchor="bottom", font=dict(size=10, color="grey")) for t in thresholds],
+        ),
+    )
+    return fig
+
+
+def injection_example_rows(
+    examples: pd.DataFrame, vocabulary: Sequence[str], run: str, sae_id: str, feature_id: int
+) -> dict[str, list[ExampleHTML]]:
+    """One feature's injection example windows (read_injection_examples) as rows for `examples_html`,
+    by condition in INJECTION_CONDITIONS' order, each with a link that opens its text in Live with the
+    feature and the window's peak token chosen."""
+    rows: dict[str, list[ExampleHTML]] = {}
+    for ex in examples.itertuples(index=False):
+        values = [float(v) for v in ex.activations]
+        peak = int(np.argmax(values)) if values else None
+        strategy = f" · {ex.strategy}" if ex.condition == "injected" and isinstance(ex.strategy, str) else ""
+        rows.setdefault(str(ex.condition), []).append(
+            ExampleHTML(
+                label=f"#{int(ex.rank) + 1} · max {max(values, default=0.0):.3f}{strategy}",
+                token_texts=tokens_to_text(vocabulary, ex.token_ids),
+                values=values,
+                peak_index=peak,
+                href=live_text_href(run, sae_id, str(ex.text), feature_id, peak),
+            )
+        )
+    return {c: rows[c] for c in [*INJECTION_CONDITIONS, *rows] if c in rows}
 
 
 # --- figures --------------------------------------------------------------------------------------

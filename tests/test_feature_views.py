@@ -101,3 +101,48 @@ def test_candidates_table_links_rows_and_adds_steering_columns():
     assert table["steer"].tolist() == ["Steering?run=demo&sae=s&feature=5", "Steering?run=demo&sae=s&feature=9"]
     assert pd.isna(table.loc[0, "causal_effect"]) and table.loc[1, "steering_verdict"] == "raises"
     assert "causal_effect" not in fv.candidates_table(candidates, "demo", "s", None).columns
+
+
+def test_candidates_table_adds_the_injection_verdict_blank_when_untested():
+    candidates = pd.DataFrame({"feature_id": [5, 9, 7], "score": [0.9, 0.8, 0.7], "density": [0.01, 0.02, 0.03]})
+    verdicts = pd.DataFrame({"feature_id": [9, 5], "verdict": ["token_driven", "context_dependent"]})
+    table = fv.candidates_table(candidates, "demo", "s", None, verdicts)
+    assert list(table.columns) == ["feature_id", "card", "steer", "score", fv.INJECTION_COLUMN, "density"]
+    assert table[fv.INJECTION_COLUMN].tolist()[:2] == ["context-dependent", "token-driven"]
+    assert pd.isna(table.loc[2, fv.INJECTION_COLUMN])  # not tested: blank
+    assert fv.INJECTION_COLUMN not in fv.candidates_table(candidates, "demo", "s").columns
+    assert fv.token_driven_ids(verdicts) == [9] and fv.token_driven_ids(None) == []
+    help_text = fv.injection_verdict_help()
+    assert "token-driven: d ≥ 0.8 and p < 0.01" in help_text and "weakly token-driven: d ≥ 0.2 and p < 0.05" in help_text
+
+
+def test_injection_figure_draws_d_the_null_and_the_thresholds():
+    rows = pd.DataFrame({
+        "strategy": ["trigram", "prepend", "append"],  # the test's order: prepend, append, ..., trigram
+        "cohens_d": [0.3, math.inf, float("nan")], "null_d": [0.1, 0.05, -0.2],
+        "p_value": [0.04, 0.0, float("nan")], "transfer_ratio": [0.2, 1.5, float("nan")],
+    })
+    fig = fv.injection_figure(rows)
+    bars, null = fig.data
+    assert bars.type == "bar" and list(bars.x) == ["prepend", "append", "trigram"]
+    assert list(bars.text) == ["+∞", "n/a", "0.30"]
+    assert bars.y[0] == 1.5  # infinite: drawn above the largest finite d and the thresholds
+    assert bars.y[1] is None and bars.y[2] == 0.3
+    assert null.mode == "markers" and list(null.y) == [0.05, -0.2, 0.1]
+    assert sorted(s.y0 for s in fig.layout.shapes) == [0.2, 0.5, 0.8]
+
+
+def test_injection_examples_link_their_text_into_live_at_the_peak():
+    examples = pd.DataFrame({
+        "condition": ["target", "baseline", "injected"], "rank": [0, 0, 0], "strategy": [None, None, "prepend"],
+        "text": ["b <x>", "a", "Wait a"], "token_ids": [[0, 1, 3], [0, 1], [0, 2, 1]],
+        "activations": [[0.0, 0.5, 0.2], [0.0, 0.1], [0.0, 2.0, 0.3]],
+    })
+    rows = fv.injection_example_rows(examples, ["<bos>", "a", "Wait", "<x>"], "demo", "s", 4)
+    assert list(rows) == ["baseline", "injected", "target"]
+    injected = rows["injected"][0]
+    assert injected.peak_index == 1 and "prepend" in injected.label and "max 2.000" in injected.label
+    query = parse_qs(injected.href.split("?", 1)[1])
+    assert injected.href.startswith("Live?") and query == {"run": ["demo"], "sae": ["s"], "text": ["Wait a"],
+                                                            "feature": ["4"], "token": ["1"]}
+    assert "&lt;x&gt;" in examples_html(rows["target"], 2.0)  # tokens escaped

@@ -4,12 +4,21 @@ Features page opens on."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import pandas as pd
 import streamlit as st
 
 from explorer.app.index_cache import FeatureDB, load_best_features_per_label, load_candidates, load_lead_lag_profiles
 from explorer.feature_db import LABEL_METRICS
-from explorer.feature_views import LEAD_WINDOW, lead_lag_grid, ranking_choices, split_ranking
+from explorer.feature_views import (
+    INJECTION_COLUMN,
+    LEAD_WINDOW,
+    injection_verdict_help,
+    lead_lag_grid,
+    ranking_choices,
+    split_ranking,
+)
 
 DEFAULT_RANKING = "auroc_notebook"
 """What the Candidates page ranks by until another score is chosen (the first of `ranking_choices`)."""
@@ -25,6 +34,7 @@ CANDIDATE_COLUMNS: dict[str, tuple[str, str]] = {
         "largest positive coefficient of the latest stored `add` run.",
     ),
     "steering_verdict": ("steering verdict", "Whether adding the feature raises or lowers backtracking (from that CI)."),
+    INJECTION_COLUMN: ("token injection", injection_verdict_help()),
     "auroc_notebook": (
         "AUROC (six groups)",
         "Token-level AUROC: tokens inside a phrase of the notebook's six backtracking groups against all other "
@@ -81,6 +91,18 @@ def candidates_column_config(ranking_label: str) -> dict[str, st.column_config.C
     )
     config["score"] = st.column_config.NumberColumn("score", format="%.4f", help=f"What the table is ranked by: {ranking_label}.")
     return config
+
+
+def load_filtered_candidates(db: FeatureDB, sae_id: str, score: str, group: str | None, *, min_density: float,
+                             hide_token_detectors: bool, limit: int, hidden: Sequence[int] = ()) -> pd.DataFrame | None:
+    """`load_candidates` without the `hidden` features (the token-driven ones), still up to `limit` rows:
+    it reads `limit` plus as many rows as are hidden, then drops them."""
+    hidden = set(int(f) for f in hidden)
+    ranked = load_candidates(db, sae_id, score, group, min_density=min_density,
+                             hide_token_detectors=hide_token_detectors, limit=limit + len(hidden))
+    if ranked is None or not hidden:
+        return ranked
+    return ranked[~ranked["feature_id"].isin(hidden)].head(limit).reset_index(drop=True)
 
 
 def render_candidates_table(table: pd.DataFrame, sae_id: str, ranking: str) -> None:

@@ -1,26 +1,36 @@
 """The feature card's sections: header with its headline numbers, top examples, distribution and logit
-lens, quantile samples, and the backtracking evidence. Every token string reaches HTML through
+lens, quantile samples, the backtracking evidence, and the token-injection test (docs/injection.md). Every token string reaches HTML through
 `explorer.html`, which escapes it."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import streamlit as st
 
+from explorer.app.index_cache import FeatureDB, load_feature_injection, load_injection_verdicts
 from explorer.feature_db import FeatureCard
 from explorer.feature_views import (
+    INJECTION_CONDITIONS,
+    VERDICT_LABELS,
     card_href,
     evidence_table,
     example_rows,
     group_auroc_figure,
     histogram_figure,
+    injection_example_rows,
+    injection_figure,
     interval_groups,
     lead_lag_figure,
     logit_lens_tables,
     neighbours_table,
     token_stats_table,
+    verdict_rules_text,
     word_shares_figure,
 )
 from explorer.html import examples_html
+from explorer.injection_store import missing_injection_message
 
 TOP_EXAMPLES_SHOWN = 12
 """Top examples shown before the "more" expander."""
@@ -148,3 +158,47 @@ def render_card(card: FeatureCard, vocabulary: list[str], run: str, index_run: d
     render_interval_samples(card, vocabulary, run)
     render_backtracking_evidence(card, index_run)
     render_label_set_scores(card)
+
+
+def _number(value: float, digits: str) -> str:
+    """A metric's value: n/a for a missing one, ∞ for an infinite d (both samples constant)."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:{digits}}".replace("inf", "∞")
+
+
+def render_token_injection(db: FeatureDB, run_dir: Path, sae_id: str, feature_id: int, vocabulary: list[str]) -> None:
+    """The token-injection test of the feature: its verdict and best strategy, Cohen's d per strategy
+    against the null's, and three example windows per condition with a link into Live each; one line
+    when the run or the feature has no result."""
+    st.subheader("Token injection")
+    verdicts = load_injection_verdicts(db, sae_id)
+    if verdicts is None:
+        st.caption(missing_injection_message(run_dir, sae_id))
+        return
+    result = load_feature_injection(db, sae_id, feature_id)
+    if result is None:
+        return
+    if result.verdict is None:
+        st.caption(f"Not tested: feature {feature_id} was not among the {len(verdicts):,} candidates the inject stage "
+                   f"tested. Raise `--candidates`, or name it with `--features` (which replaces the SAE's injection "
+                   f"results, so list every feature to keep): `python -m precompute inject --run {run_dir} "
+                   f"--sae {sae_id} --features {feature_id}`.")
+        return
+    v = result.verdict
+    st.caption("Does the feature fire on its own top tokens, put into text without backtracking? Its maximum "
+               "activation per window, injected against the same windows untouched (docs/injection.md).")
+    cols = st.columns(4)
+    cols[0].metric("Verdict", VERDICT_LABELS.get(v["verdict"], v["verdict"]),
+                   help=f"From the strategy with the largest d. {verdict_rules_text()}.")
+    cols[1].metric(f"Cohen's d ({v['best_strategy']})", _number(v["best_d"], ".2f"),
+                   help="Best strategy's d: injected windows against the same windows before injection (pooled SD)")
+    cols[2].metric("p", _number(v["best_p"], ".2g"), help="Student's t-test, two-sided, of that strategy")
+    cols[3].metric("d minus null", _number(v["d_minus_null"], "+.2f"),
+                   help="That d minus the d of random tokens of matched corpus frequency injected the same way: "
+                        "what the feature's own tokens carry beyond any tokens as frequent")
+    if not result.strategies.empty:
+        st.plotly_chart(injection_figure(result.strategies), width="stretch", key="card_injection")
+    rows = injection_example_rows(result.examples, vocabulary, run_dir.name, sae_id, feature_id)
+    scale = max((max(r.values, default=0.0) for group in rows.values() for r in group), default=0.0)
+    for condition, group in rows.items():
+        st.markdown(f"**{INJECTION_CONDITIONS.get(condition, condition)}**")
+        st.html(examples_html(group, scale))

@@ -39,6 +39,7 @@ from explorer.feature_db import (
     read_lead_lag_profiles,
     read_vocabulary,
 )
+from explorer.injection_store import read_feature_injection, read_injection_examples, read_injection_run, read_injection_verdicts
 from explorer.runs import database_path
 from explorer.sae_metrics import TrainingCurvePoint
 from explorer.steering_store import SteeringRun, StoredSteering, read_causal_effects, read_steering_result, read_steering_runs
@@ -242,6 +243,44 @@ def load_causal_effects(db: FeatureDB, sae_id: str) -> pd.DataFrame | None:
             "steering_verdict": [e.verdict for e in effects.values()],
         }
     )
+
+
+class FeatureInjection(NamedTuple):
+    """One feature's token-injection result (explorer.injection_store): its row per strategy, its
+    verdict row (None when it was not tested) and its example windows."""
+
+    strategies: pd.DataFrame
+    verdict: dict | None
+    examples: pd.DataFrame
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_injection_verdicts(db: FeatureDB, sae_id: str) -> pd.DataFrame | None:
+    if read_injection_run(db.con, sae_id).empty:
+        return None
+    return read_injection_verdicts(db.con, sae_id)
+
+
+def load_injection_verdicts(db: FeatureDB, sae_id: str) -> pd.DataFrame | None:
+    """The token-injection verdict of each tested candidate (feature_id, verdict, best_strategy, best_d,
+    best_p, d_minus_null); None when the run has no injection results for `sae_id` (an older file
+    without the tables included: `missing_injection_message` says how to add them) or its file is damaged."""
+    return _read(_cached_injection_verdicts, db, sae_id, quiet=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _cached_feature_injection(db: FeatureDB, sae_id: str, feature_id: int) -> FeatureInjection:
+    verdicts = _cached_injection_verdicts(db, sae_id)
+    row = verdicts[verdicts["feature_id"] == feature_id] if verdicts is not None else pd.DataFrame()
+    return FeatureInjection(read_feature_injection(db.con, sae_id, feature_id),
+                            row.iloc[0].to_dict() if not row.empty else None,
+                            read_injection_examples(db.con, sae_id, feature_id))
+
+
+def load_feature_injection(db: FeatureDB, sae_id: str, feature_id: int) -> FeatureInjection | None:
+    """One feature's injection result (`FeatureInjection`; empty frames and no verdict when it was not
+    tested), or None when the file is damaged (said at the top of the page)."""
+    return _read(_cached_feature_injection, db, sae_id, int(feature_id), quiet=True)
 
 
 def load_sae_reports(run_dir: Path) -> list[SAETrainingReportRow] | None:

@@ -1,7 +1,8 @@
 """Links into the Live page and out of it: a card's "open in Live" link (`?doc=...&feature=...&token=`,
-built by `explorer.feature_views.live_href`) or a bare `?feature=`, resolved against the run under the
-link rule (explorer.app.link_params), and the Live page's top features with their scores and a link to
-each card."""
+built by `explorer.feature_views.live_href`), a text that is no corpus document (`?text=...&feature=
+...&token=`: an injection example's window, `explorer.feature_views.live_text_href`) or a bare
+`?feature=`, resolved against the run under the link rule (explorer.app.link_params), and the Live
+page's top features with their scores and a link to each card."""
 
 from __future__ import annotations
 
@@ -16,18 +17,18 @@ from explorer.app.run_cache import load_document_text
 from explorer.feature_views import live_features_table
 from explorer.live import FeatureScore
 
-LIVE_LINK_PARAMS = ("doc", "feature", "token")
+LIVE_LINK_PARAMS = ("doc", "text", "feature", "token")
 MIDDLE_TOKEN = "the middle token"
 TOP_FEATURE = "the text's top feature"
 
 
 class LiveLink(NamedTuple):
-    """A link into Live, resolved against the run: a card's "open in Live" (a trace, a feature and the
-    example's token), or just a feature to show on whatever text is typed."""
+    """A link into Live, resolved against the run: a card's "open in Live" (a trace or a text, a feature
+    and the example's token), or just a feature to show on whatever text is typed."""
 
     doc_id: str | None
     text: str | None
-    """The linked trace's text (None without a `doc=`)."""
+    """The linked trace's text, or the link's own `text=` (None without either)."""
     feature: str | None
     """The link's `feature=` as given; `feature_within` checks it against the SAE."""
     token: int | None
@@ -48,10 +49,10 @@ class LiveLink(NamedTuple):
 
 def read_live_link(run_dir: Path) -> LiveLink | None:
     """The Live page's link, or None without one. A document this run lacks, or a token that is not a
-    position or has no document to point into, gets the link rule's warning and leaves the URL (the
-    feature is checked against the SAE by `feature_within`)."""
+    position or has no document or text to point into, gets the link rule's warning and leaves the URL
+    (the feature is checked against the SAE by `feature_within`). A `doc=` wins over a `text=`."""
     params = st.query_params
-    doc_id, text, token = params.get("doc"), None, None
+    doc_id, text, token = params.get("doc"), params.get("text"), None
     if doc_id is not None:
         text = load_document_text(run_dir, doc_id)
         if text is None:
@@ -60,14 +61,14 @@ def read_live_link(run_dir: Path) -> LiveLink | None:
             if "token" in params:
                 del params["token"]  # a position in the trace that is gone: said with it
     if "token" in params:
-        if doc_id is None:
+        if doc_id is None and text is None:
             warn_bad_param("token", params["token"], "is a position in a trace, but the link names no trace",
                            MIDDLE_TOKEN)
         else:
             token = parse_index("token", params["token"], problem="is not a token position (a whole number from 0)",
                                 instead=MIDDLE_TOKEN)
     feature = params.get("feature")  # checked against the SAE once the model has run (`feature_within`)
-    if doc_id is None and feature is None:
+    if doc_id is None and text is None and feature is None:
         return None
     return LiveLink(doc_id, text, feature, token)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import duckdb
 import torch
@@ -13,7 +14,9 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from explorer import artifacts
 from explorer.config import CorpusSpec, IndexSpec, Profile
 from explorer.runs import database_path
+from precompute.cli import main as precompute_main
 from precompute.cli import save_profile
+from precompute import inject_stage
 from precompute.corpus_stage import run_corpus_stage
 from precompute.index_stage import run_index
 
@@ -21,6 +24,10 @@ HOOK = "blocks.0.hook_resid_post"  # sae-vis 0.3.7 fails (KeyError) at the last 
 SAE_ID = "mini-sae"
 UNINDEXED_SAE_ID = "unindexed-sae"
 D_SAE = 48
+INJECTED_RUN = "injected"
+"""The indexed run with the token-injection test run on it (the other runs have no injection tables)."""
+INJECT_ARGS = ("--candidates", "4", "--windows", "8", "--window-tokens", "16", "--top-tokens", "3",
+               "--strategies", "prepend,append,bigram_before,trigram")
 XSS_TOKENS = ('<script>alert("x")</script>', '<img src=x onerror="alert(1)">')
 
 
@@ -59,6 +66,7 @@ def indexed_runs_root(tmp_path_factory, model_dir: Path) -> Path:
         root = tmp_path_factory.mktemp("indexed-runs")
         build_indexed_run(root / "mini", model_dir)
         build_broken_runs(root, root / "mini")
+        build_injected_run(root / INJECTED_RUN, root / "mini")
         _BUILT["root"] = root
     return _BUILT["root"]
 
@@ -75,3 +83,14 @@ def build_broken_runs(runs: Path, indexed: Path) -> None:
         con.execute("UPDATE vocabulary SET token = CASE WHEN token_id % 2 = 0 THEN ? ELSE ? END", list(XSS_TOKENS))
     finally:
         con.close()
+
+
+def build_injected_run(run_dir: Path, indexed: Path) -> None:
+    """A copy of the indexed run with `python -m precompute inject` run on it, at small settings. The
+    stage cuts its windows from the documents held out of SAE training (2%, by a hash of the id), of
+    which the mini corpus's 20 have none: here every document stands in as held out (the SAE is random)."""
+    shutil.copytree(indexed, run_dir, ignore=shutil.ignore_patterns("explorer.duckdb.lock"))
+    with mock.patch.object(inject_stage, "is_heldout", lambda doc_id: True):
+        code = precompute_main(["inject", "--run", str(run_dir), "--sae", SAE_ID, *INJECT_ARGS])
+    if code != 0:
+        raise RuntimeError(f"precompute inject failed on {run_dir}")

@@ -8,12 +8,15 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.feature_db import read_candidates, read_feature_card
 from explorer.runs import database_path
-from tests.app.indexed_runs import D_SAE, SAE_ID, UNINDEXED_SAE_ID, indexed_runs_root
+from explorer.feature_views import INJECTION_COLUMN, VERDICT_LABELS
+from explorer.injection_store import read_injection_examples, read_injection_verdicts
+from tests.app.indexed_runs import D_SAE, INJECTED_RUN, SAE_ID, UNINDEXED_SAE_ID, indexed_runs_root
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -295,6 +298,97 @@ def test_a_candidates_link_reproduces_the_ranking(runs, monkeypatch):
     assert at.selectbox(key="rank_by").value == "reason_score"
     expected = read_candidates(database_path(runs / "mini"), SAE_ID, "reason_score", min_density=1e-4, limit=100)
     assert list(at.dataframe[0].value["feature_id"]) == list(expected["feature_id"])
+
+
+# --- the token-injection test: the Candidates column and filter, the card's panel, links into Live ------
+
+
+@pytest.fixture(scope="module")
+def verdicts(runs):
+    return read_injection_verdicts(database_path(runs / INJECTED_RUN), SAE_ID)
+
+
+def test_candidates_show_the_injection_verdict_and_hide_token_driven(runs, verdicts, monkeypatch):
+    assert {"token_driven", "context_dependent"} <= set(verdicts["verdict"])  # the fixture has both kinds
+    at = page(CANDIDATES, runs, monkeypatch, run=INJECTED_RUN, sae=SAE_ID)
+    at.run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0]
+    shown = table.value
+    config = json.loads(table.proto.columns)[INJECTION_COLUMN]
+    assert config["label"] == "token injection" and "d ≥ 0.8 and p < 0.01" in config["help"]
+    readable = dict(zip(verdicts["feature_id"], verdicts["verdict"].map(VERDICT_LABELS)))
+    for feature, verdict in zip(shown["feature_id"], shown[INJECTION_COLUMN]):
+        assert verdict == readable[feature] if feature in readable else pd.isna(verdict)
+    assert (shown[INJECTION_COLUMN] == "token-driven").any() and shown[INJECTION_COLUMN].isna().any()
+    assert "precompute inject" not in " ".join(c.value for c in at.caption)
+
+    at.toggle(key="hide_token_driven").set_value(True).run()
+    assert not at.exception
+    hidden = at.dataframe[0].value
+    assert not (hidden[INJECTION_COLUMN] == "token-driven").any()
+    kept = shown[shown[INJECTION_COLUMN] != "token-driven"]  # untested features (blank) stay
+    assert list(hidden["feature_id"]) == list(kept["feature_id"])
+
+
+def test_candidates_without_injection_results_say_how_to_add_them(runs, monkeypatch):
+    at = page(CANDIDATES, runs, monkeypatch, sae=SAE_ID)  # the mini run: no injection tables in its file
+    at.run()
+    assert not at.exception and not at.error
+    assert INJECTION_COLUMN not in at.dataframe[0].value.columns
+    assert at.toggle(key="hide_token_driven").disabled
+    assert any(f"python -m precompute inject --run {runs / 'mini'} --sae {SAE_ID}" in c.value for c in at.caption)
+
+
+def test_the_card_of_an_injected_feature_shows_the_test(runs, verdicts, monkeypatch):
+    row = verdicts.iloc[0]
+    feature = int(row["feature_id"])
+    at = page(FEATURES, runs, monkeypatch, run=INJECTED_RUN, sae=SAE_ID, feature=feature)
+    at.run()
+    assert not at.exception and not at.error
+    assert "Token injection" in [h.value for h in at.subheader]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Verdict"] == VERDICT_LABELS[row["verdict"]]
+    assert f"Cohen's d ({row['best_strategy']})" in metrics and "d minus null" in metrics
+    charts = at.get("plotly_chart")
+    assert len(charts) == 5  # the card's four, and Cohen's d per strategy
+    figure = json.loads(charts[-1].proto.spec)
+    assert [t["type"] for t in figure["data"]] == ["bar", "scatter"]
+    assert sorted(s["y0"] for s in figure["layout"]["shapes"]) == [0.2, 0.5, 0.8]
+    assert {"prepend", "append", "bigram_before", "trigram"} == set(figure["data"][0]["x"])
+    headings = " ".join(m.value for m in at.markdown)
+    assert "Baseline:" in headings and "Injected:" in headings and "Target:" in headings
+    body = html_bodies(at)
+    examples = read_injection_examples(database_path(runs / INJECTED_RUN), SAE_ID, feature)
+    assert body.count(f"Live?run={INJECTED_RUN}&amp;sae={SAE_ID}&amp;text=") == len(examples) == 9
+
+
+def test_a_card_without_injection_results_says_so(runs, verdicts, monkeypatch):
+    untested = next(f for f in range(D_SAE) if f not in set(verdicts["feature_id"]))
+    at = page(FEATURES, runs, monkeypatch, run=INJECTED_RUN, sae=SAE_ID, feature=untested)
+    at.run()
+    assert not at.exception and not at.error
+    assert any(c.value.startswith("Not tested") and f"--features {untested}" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 4
+
+    older = page(FEATURES, runs, monkeypatch, sae=SAE_ID, feature=int(verdicts["feature_id"].iloc[0]))
+    older.run()  # the mini run's file has no injection tables
+    assert not older.exception and not older.error
+    assert any("No token-injection results" in c.value and "precompute inject --run" in c.value for c in older.caption)
+
+
+def test_an_injection_example_opens_in_live(runs, verdicts, monkeypatch):
+    feature = int(verdicts["feature_id"].iloc[0])
+    example = read_injection_examples(database_path(runs / INJECTED_RUN), SAE_ID, feature)
+    injected = example[example["condition"] == "injected"].iloc[0]
+    at = page(LIVE, runs, monkeypatch, run=INJECTED_RUN, sae=SAE_ID, text=injected["text"], feature=feature, token=2)
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.text_area(key="live_text").value == injected["text"]
+    assert at.number_input(key="live_feature").value == feature
+    assert at.slider(key="live_position").value == 2
+    at.text_area(key="live_text").input("Wait, that's not right.").run()
+    assert not at.exception and "text" not in at.query_params
 
 
 # --- Live: the card's "open in Live", and the top features with links to their cards -----------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from precompute.cli import main
-from tests.app.indexed_runs import HOOK, SAE_ID, indexed_runs_root
+from tests.app.indexed_runs import HOOK, INJECTED_RUN, SAE_ID, indexed_runs_root
 from tests.browser.streamlit_browser import HAVE_CHROMIUM, REPO, chromium_browser, open_page, serve_app, settle
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
 
@@ -28,10 +28,12 @@ def indexed_run(tmp_path_factory, mini_qwen2_dir):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, indexed_run):
-    """The app on a runs folder holding `demo` (a corpus only) and `mini` (the indexed run)."""
+    """The app on a runs folder holding `demo` (a corpus only), `mini` (the indexed run) and `injected`
+    (the indexed run with the token-injection test)."""
     runs = tmp_path_factory.mktemp("runs")
     assert main(["corpus", "--n-traces", "200", "--out", str(runs / "demo")]) == 0
     shutil.copytree(indexed_run, runs / "mini")
+    shutil.copytree(indexed_run.parent / INJECTED_RUN, runs / INJECTED_RUN)
     with serve_app(runs) as url:
         yield url
 
@@ -65,6 +67,7 @@ def visit(page, url: str, expected_text: str, screenshot: str) -> None:
         ("/Features", "This run has no SAE yet", "features-without-sae.png"),
         ("/Features?run=mini", "the top candidate", "features.png"),
         ("/Candidates?run=mini", "Lead-lag profiles of the top features", "candidates.png"),
+        (f"/Candidates?run={INJECTED_RUN}", "Hide token-driven", "candidates-injected.png"),
         ("/Features?run=mini&feature=100000", "names no feature", "features-unknown-id.png"),
     ],
 )
@@ -110,6 +113,26 @@ def test_a_card_link_opens_the_card_and_its_example_in_live(server, browser_page
     assert href.startswith("Live?") and f"feature={feature}" in href
     visit(browser_page, f"{server}/{href}", "Top features over the text", "live-from-card.png")
     assert f"feature={feature}" in browser_page.url
+
+
+def test_a_card_shows_its_token_injection_test_and_opens_an_example_in_live(server, browser_page, indexed_run):
+    from explorer.injection_store import read_injection_verdicts
+    from explorer.runs import database_path
+
+    verdicts = read_injection_verdicts(database_path(indexed_run.parent / INJECTED_RUN), SAE_ID)
+    feature = int(verdicts["feature_id"].iloc[0])
+    visit(browser_page, f"{server}/Features?run={INJECTED_RUN}&sae={SAE_ID}&feature={feature}", "Token injection",
+          "feature-card-injection.png")
+    injected = browser_page.get_by_text("Injected: the same windows", exact=False).first
+    injected.wait_for(timeout=60_000)
+    injected.scroll_into_view_if_needed()
+    browser_page.screenshot(path=str(SCREENSHOTS / "feature-card-injection-panel.png"))
+    links = browser_page.locator('a[href*="text="]')
+    assert links.count() == 9  # three windows per condition
+    href = links.nth(3).get_attribute("href")  # the first injected window
+    assert href.startswith("Live?") and f"feature={feature}" in href
+    visit(browser_page, f"{server}/{href}", "Top features over the text", "live-from-injection.png")
+    assert "text=" in browser_page.url
 
 
 def test_two_sessions_running_live_at_once_each_get_their_own_result(server, browser, indexed_run):
