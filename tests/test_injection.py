@@ -19,6 +19,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 import torch
@@ -51,7 +52,7 @@ from explorer.injection_store import (
 from explorer.model_loading import load_model
 from explorer.runs import database_path, main_sae_id
 from explorer.sae_training import is_heldout
-from explorer.schema import SCHEMA_VERSION
+from explorer.schema import INJECTION_TABLE_NAMES, SCHEMA_VERSION
 from precompute.cli import main
 from precompute.index_stage import corpus_documents
 
@@ -199,8 +200,10 @@ def test_a_token_detector_by_construction_is_token_driven(demo):
 
 def _bigram_probe(model, a: int, b: int, acts: torch.Tensor, tokens: torch.Tensor, previous: torch.Tensor):
     """A logistic-regression probe for "b right after a" vs every other token (b elsewhere weighted up),
-    its margin and the threshold halfway: between its 10th-percentile positive and the larger of the
-    99th-percentile b after another token and the largest score of any other token."""
+    its margin and the threshold halfway: between its median positive and the larger of the
+    99th-percentile b after another token and the 99.99th-percentile score of any other token (a 2-layer
+    LM trained for two minutes does not separate a pair perfectly; this keeps b alone below the threshold
+    99 times in 100 and every other token 9,999 times in 10,000)."""
     positive = (tokens == b) & (previous == a)
     weight = torch.where(positive, 20.0, torch.where(tokens == b, 5.0, 1.0))
     x = (acts - acts.mean(0)) / acts.std(0)
@@ -219,10 +222,10 @@ def _bigram_probe(model, a: int, b: int, acts: torch.Tensor, tokens: torch.Tenso
     with torch.no_grad():
         scores = x @ w + bias
         other_b = (tokens == b) & ~positive
-        low = torch.quantile(scores[positive], 0.1)
+        low = torch.quantile(scores[positive], 0.5)
         # b after other tokens: all but its top 1% stay below (a few contexts, " Answer is", mean the same);
-        # every other token stays below
-        high = torch.maximum(torch.quantile(scores[other_b], 0.99), scores[tokens != b].max())
+        # other tokens: all but one in 10,000
+        high = torch.maximum(torch.quantile(scores[other_b], 0.99), torch.quantile(scores[tokens != b], 0.9999))
         # as an encoder row on raw activations: w / std . (act - mean) + bias
         direction = w / acts.std(0)
         offset = float(bias - (direction * acts.mean(0)).sum())
@@ -255,8 +258,16 @@ def test_a_context_feature_by_construction_needs_its_context(demo):
         at = int(rng.integers(1, L - len(unit)))
         return (row[:at] + unit + row[at:])[:L]
 
+    def baseline_share(direction: torch.Tensor, threshold: float) -> float:
+        """The share of baseline windows the feature already fires in (the pair occurs in them)."""
+        sae = _one_feature_sae(model, hook, direction, threshold)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.as_tensor(windows.baseline), names_filter=hook, stop_at_layer=2)
+            return float((sae.encode(cache[hook][:, 1:])[..., 0].amax(1) > 0).float().mean())
+
     # A frequent word pair (A, B) whose B often follows other tokens: the first, by count, that a
-    # probe separates (10th-percentile positive above every negative).
+    # probe separates (median positive above the 99th-percentile B elsewhere and the 99.99th-percentile
+    # other token) and that is rare in the baseline windows (injecting it must have room to show).
     found = None
     for (a, b), n in pairs.most_common(60):
         if n < 50 or not 0.15 < n / unigrams[b] < 0.6 or not tokenizer.decode([b]).strip().isalpha():
@@ -266,10 +277,10 @@ def test_a_context_feature_by_construction_needs_its_context(demo):
             with_inserted(r, [a, b]) for r in natural[300:600]] + [[r[0], b, b, b, *r[1:L - 3]] for r in natural[:100]]
         acts, tokens, previous = activations(rows)
         margin, direction, threshold = _bigram_probe(model, a, b, acts, tokens, previous)
-        if margin > 0:
+        if margin > 0 and baseline_share(direction, threshold) < 0.25:
             found = a, b, direction, threshold
             break
-    assert found is not None, "no frequent pair of the demo corpus is linearly separable at layer 1"
+    assert found is not None, "no frequent pair of the demo corpus is separable at layer 1 and rare in the baseline"
     a, b, direction, threshold = found
     sae = _one_feature_sae(model, hook, direction, threshold)
     candidate = CandidateTokens(0, (b,), bigrams_before=((a, b),))
@@ -291,6 +302,10 @@ def test_the_stage_writes_replaces_and_reads_back(demo, tmp_path, capsys):
     shutil.copytree(DEMO, run, ignore=shutil.ignore_patterns("index_partials"))
     db = database_path(run)
     sae_id = main_sae_id(run)
+    # A run indexed before the stage and before the index's token statistics (the demo build has both).
+    with duckdb.connect(str(db)) as con:
+        for table in (*INJECTION_TABLE_NAMES, "feature_token_stats"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     assert read_injection_verdicts(db, sae_id).empty  # a run indexed before the stage: empty frames
     assert read_feature_injection(db, sae_id, 0).empty and read_injection_examples(db, sae_id, 0).empty
     assert f"python -m precompute inject --run {run}" in missing_injection_message(run, sae_id)

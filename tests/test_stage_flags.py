@@ -189,7 +189,8 @@ def test_build_still_compares_every_stage_with_its_flags(scaled_down_run, profil
     from explorer.runs import database_path
 
     assert "== inject ==" in printed and "skipped" not in printed, printed[printed.find("== inject =="):]
-    assert read_injection_run(database_path(work), SAE_ID)["n_candidates"].iloc[0] >= 2
+    stored = read_injection_run(database_path(work), SAE_ID)
+    assert stored["n_candidates"].iloc[0] >= 2 and stored["token_source"].iloc[0] == "feature_token_stats"
     saved = json.loads((work / artifacts.PROFILE_FILE).read_text())
     assert json.loads(profile_file.read_text()) == saved  # the run now holds exactly the profile's outputs
 
