@@ -216,7 +216,7 @@ def candidates_table(
 ) -> pd.DataFrame:
     """`read_candidates` rows with a card link per row, then after the score the steering columns
     (`effects`: feature_id, causal_effect, ...) when steering results exist and the token-injection
-    verdict (`verdicts`: read_injection_verdicts; readable, blank for a feature not tested) when
+    verdict (`verdicts`: read_injection_verdicts; readable, `NOT_TESTED` for a feature not tested) when
     injection results exist."""
     table = candidates.copy()
     table.insert(1, "card", [card_href(run, sae_id, f) for f in table["feature_id"]])
@@ -229,6 +229,7 @@ def candidates_table(
         readable = verdicts["verdict"].map(VERDICT_LABELS)
         table = table.merge(pd.DataFrame({"feature_id": verdicts["feature_id"], INJECTION_COLUMN: readable}),
                             on="feature_id", how="left")
+        table[INJECTION_COLUMN] = table[INJECTION_COLUMN].fillna(NOT_TESTED)
         extra.append(INJECTION_COLUMN)
     order = ["feature_id", "card", "steer", "score", *extra]
     return table[order + [c for c in table.columns if c not in order]]
@@ -263,6 +264,8 @@ def live_features_table(
 # --- token injection ------------------------------------------------------------------------------
 
 INJECTION_COLUMN = "injection_verdict"
+NOT_TESTED = "not tested"
+"""The verdict column's entry for a feature the inject stage did not test."""
 """The Candidates table's token-injection column (`candidates_table`)."""
 VERDICT_LABELS = {
     "token_driven": "token-driven",
@@ -291,8 +294,8 @@ def injection_verdict_help() -> str:
     return (
         "Token injection: the feature's top tokens (or the bigrams and trigrams where it fires) put into "
         "windows without backtracking; Cohen's d of its max activation against the same windows untouched, "
-        f"from the strategy with the largest d. {verdict_rules_text()}. Blank: not tested "
-        "(not among the top candidates the inject stage tested)."
+        f"from the strategy with the largest d. {verdict_rules_text()}. {NOT_TESTED.capitalize()}: not among "
+        "the top candidates the inject stage tested."
     )
 
 

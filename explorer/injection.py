@@ -187,16 +187,27 @@ def strategy_units(candidate: CandidateTokens, strategy: str, window_index: int,
 # --- windows ----------------------------------------------------------------------------------------
 
 
+BASELINE_GAP = 32
+"""Tokens before a baseline window (in its document) that must hold no phrase token either: a
+correction's line runs on after its phrase ("Wait, that's not right. 17 * 4 = 68, not 64.")."""
+
+
 def select_windows(windows: Sequence[Window], n_windows: int, length: int, seed: int) -> InjectionWindows:
     """`n_windows` baseline and target windows of exactly `length` tokens, drawn (seeded) from
     `windows` (cut from held-out documents by `explorer.feature_index.make_windows`):
 
-    - baseline: no token of any lexicon phrase (interjections included);
+    - baseline: no token of any lexicon phrase (interjections included), nor in the `BASELINE_GAP`
+      tokens of its document before it (the end of the previous window), so that no baseline window
+      opens in the middle of a correction, after its phrase;
     - target: at least one token of a backtracking phrase (the notebook's six groups).
     """
     backtracking = np.asarray([GROUPS.index(g) for g in NOTEBOOK_GROUPS], dtype=np.int8)
+    after_phrase: set[int] = set()  # windows whose document had a phrase token in the gap before them
+    for previous, window in zip(windows, windows[1:]):
+        if previous.doc_id == window.doc_id and bool((previous.group_ids[-BASELINE_GAP:] != NO_GROUP).any()):
+            after_phrase.add(id(window))
     full = [w for w in windows if len(w.token_ids) == length]
-    baseline = [w for w in full if bool((w.group_ids == NO_GROUP).all())]
+    baseline = [w for w in full if bool((w.group_ids == NO_GROUP).all()) and id(w) not in after_phrase]
     target = [w for w in full if bool(np.isin(w.group_ids, backtracking).any())]
     if len(baseline) < n_windows or len(target) < n_windows:
         raise InjectionInputError(

@@ -30,6 +30,7 @@ from explorer.database import utc_now
 from explorer.feature_db import read_index_run
 from explorer.feature_index import make_windows
 from explorer.injection import (
+    BASELINE_GAP,
     STRATEGIES,
     InjectionInputError,
     InjectionSettings,
@@ -139,7 +140,7 @@ def run_inject(
         "window_tokens": spec.window_tokens, "strategies": list(strategies), "n_inject": spec.n_inject,
         "n_sequences": spec.n_sequences, "seed": spec.seed, "dtype": profile.dtype,
         "index_built_at": str(index_run["built_at"]), "sae_fingerprint": sae_fingerprint(run_dir, sae_id),
-        "corpus_hash": corpus_content_hash(run_dir), "token_source": token_source,
+        "corpus_hash": corpus_content_hash(run_dir), "token_source": token_source, "baseline_gap": BASELINE_GAP,
     }
     stored = read_injection_run(db_path, sae_id)
     if not force and not stored.empty and json.loads(stored["settings_json"].iloc[0]) == settings:

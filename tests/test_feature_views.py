@@ -109,7 +109,7 @@ def test_candidates_table_adds_the_injection_verdict_blank_when_untested():
     table = fv.candidates_table(candidates, "demo", "s", None, verdicts)
     assert list(table.columns) == ["feature_id", "card", "steer", "score", fv.INJECTION_COLUMN, "density"]
     assert table[fv.INJECTION_COLUMN].tolist()[:2] == ["context-dependent", "token-driven"]
-    assert pd.isna(table.loc[2, fv.INJECTION_COLUMN])  # not tested: blank
+    assert table.loc[2, fv.INJECTION_COLUMN] == fv.NOT_TESTED
     assert fv.INJECTION_COLUMN not in fv.candidates_table(candidates, "demo", "s").columns
     assert fv.token_driven_ids(verdicts) == [9] and fv.token_driven_ids(None) == []
     help_text = fv.injection_verdict_help()

@@ -141,6 +141,28 @@ def test_the_null_draws_tokens_of_the_same_frequency_bin():
     assert matcher.draw(6, rng, avoid={6}) in {3, 4}  # alone in its bin: the nearest bin with tokens
 
 
+def test_baseline_windows_hold_no_phrase_and_do_not_open_after_one():
+    """A window without phrase tokens right after one whose end holds a phrase (the rest of a
+    correction) is no baseline window; a clean window of a clean stretch is."""
+    from explorer.feature_index import Window
+    from explorer.labels import NO_GROUP
+
+    def window(context_id: int, doc_id: str, groups: list[int]) -> Window:
+        n = len(groups)
+        return Window(context_id, doc_id, 0, np.arange(n, dtype=np.int64) + 10 * context_id, np.ones(n, bool),
+                      np.asarray(groups, dtype=np.int8), np.zeros(n, bool), True)
+
+    clean, n = [NO_GROUP] * 8, 8
+    phrase_at_end = [NO_GROUP] * 6 + [0, 0]  # group 0: a notebook group
+    windows = [window(0, "a", phrase_at_end), window(1, "a", clean), window(2, "a", clean),
+               window(3, "b", clean), window(4, "b", phrase_at_end)]
+    with pytest.raises(InjectionInputError, match="2 windows of 8 tokens without backtracking and 2 with it"):
+        select_windows(windows, 3, n, seed=0)
+    chosen = select_windows(windows, 2, n, seed=0)
+    assert chosen.baseline_docs == ("a", "b") and chosen.baseline[:, 0].tolist() == [20, 30]  # windows 2 and 3
+    assert chosen.target[:, 0].tolist() == [0, 40]
+
+
 # --- ground truth by construction -------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from explorer.feature_db import read_candidates, read_feature_card
 from explorer.runs import database_path
-from explorer.feature_views import INJECTION_COLUMN, VERDICT_LABELS
+from explorer.feature_views import INJECTION_COLUMN, NOT_TESTED, VERDICT_LABELS
 from explorer.injection_store import read_injection_examples, read_injection_verdicts
 from tests.app.indexed_runs import D_SAE, INJECTED_RUN, SAE_ID, UNINDEXED_SAE_ID, indexed_runs_root
 from tests.hub_fixtures import mini_qwen2_dir  # noqa: F401  (fixture)
@@ -319,8 +319,8 @@ def test_candidates_show_the_injection_verdict_and_hide_token_driven(runs, verdi
     assert config["label"] == "token injection" and "d ≥ 0.8 and p < 0.01" in config["help"]
     readable = dict(zip(verdicts["feature_id"], verdicts["verdict"].map(VERDICT_LABELS)))
     for feature, verdict in zip(shown["feature_id"], shown[INJECTION_COLUMN]):
-        assert verdict == readable[feature] if feature in readable else pd.isna(verdict)
-    assert (shown[INJECTION_COLUMN] == "token-driven").any() and shown[INJECTION_COLUMN].isna().any()
+        assert verdict == readable.get(feature, NOT_TESTED)
+    assert (shown[INJECTION_COLUMN] == "token-driven").any() and (shown[INJECTION_COLUMN] == NOT_TESTED).any()
     assert "precompute inject" not in " ".join(c.value for c in at.caption)
 
     at.toggle(key="hide_token_driven").set_value(True).run()

@@ -1,5 +1,6 @@
 """The README's screenshots, taken in headless Chromium on the real demo (runs/demo, which `make test`
-builds first): Home, Live, a feature card (the top backtracking candidate) and Candidates.
+builds first): Home, Live, a feature card (the top backtracking candidate), its token-injection panel
+and Candidates.
 
 Every run checks the pages render without a Streamlit exception and saves the screenshots to
 `test-artifacts/screenshots/readme/`. The committed copies in `docs/screenshots/` are written when
@@ -113,3 +114,13 @@ def test_candidates(demo_page):
     sae_id, _ = INDEX
     open_page(page, f"{url}/Candidates?run=demo&sae={sae_id}", "Lead-lag profiles of the top features")
     save(page, "candidates.png")
+
+
+def test_token_injection_panel(demo_page):
+    """The card's token-injection panel of the top candidate (the demo build tests it)."""
+    url, page = demo_page
+    sae_id, feature = INDEX
+    open_page(page, f"{url}/Features?run=demo&sae={sae_id}&feature={feature}", "Token injection")
+    scroll_to(page, "Token injection")
+    assert page.locator(".js-plotly-plot").count() > 0  # the chart of d per strategy, among the card's figures
+    save(page, "token-injection.png")
