@@ -131,6 +131,11 @@ def run_inject(
     sae_id = choose_sae_id(run_dir, sae, profile.hook_name)
     db_path = database_path(run_dir)
     index_run = read_index_run(db_path, sae_id)  # NoIndexError says how to build it
+    n_features = int(index_run["d_sae"])
+    unknown = [f for f in features or () if not 0 <= f < n_features]
+    if unknown:
+        raise UserError(f"{sae_id} has {n_features:,} features (ids 0 to {n_features - 1:,}); no feature "
+                        f"{', '.join(map(str, unknown))}.")
     feature_ids = features or candidate_feature_ids(db_path, sae_id, spec.candidates)
     if not feature_ids:
         raise UserError(f"The index of {sae_id} ranks no feature: nothing to test.")

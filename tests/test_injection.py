@@ -354,6 +354,9 @@ def test_the_stage_writes_replaces_and_reads_back(demo, tmp_path, capsys):
     assert main([*args[:-2], "--top-tokens", "3", "--strategies", "append"]) == 0  # other settings: replaced
     assert set(read_feature_injection(db, sae_id, feature)["strategy"]) == {"append"}
     assert read_injection_run(db, sae_id)["strategies"].iloc[0].tolist() == ["append"]
+    assert main([*args, "--features", "3,99999"]) == 2  # an unknown feature id: said, nothing written
+    assert "no feature 99999" in capsys.readouterr().err
+    assert set(read_feature_injection(db, sae_id, feature)["strategy"]) == {"append"}
     # too few held-out windows: the message says how many there are and which flag lowers M
     assert main([*args, "--windows", "100000", "--force"]) == 2
     err = capsys.readouterr().err
