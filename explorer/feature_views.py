@@ -315,6 +315,14 @@ def _display_d(values: pd.Series, cap: float) -> tuple[list[float | None], list[
     return shown, text
 
 
+def _threshold_labels(thresholds: list[float], cap: float) -> list[tuple[float, str]]:
+    """A label per reference line, or one for all at the top line when the axis reaches past 3 (the
+    lines are then a few pixels apart and their labels would overlap)."""
+    if cap <= 3:
+        return [(t, f"d = {t}") for t in thresholds]
+    return [(thresholds[-1], "d = " + " / ".join(str(t) for t in thresholds))]
+
+
 def injection_figure(strategies: pd.DataFrame) -> go.Figure:
     """Cohen's d of each injection strategy (bars, in the test's strategy order) and the null's d, the
     same strategy with random tokens of matched frequency (diamonds), with reference lines at the
@@ -343,8 +351,9 @@ def injection_figure(strategies: pd.DataFrame) -> go.Figure:
             yaxis_title="Cohen's d", height=320, margin=dict(t=40, b=40, l=50, r=10),
             legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right", font_size=11),
             shapes=[_hline(t, "grey") for t in thresholds],
-            annotations=[dict(x=1, y=t, xref="x domain", yref="y", text=f"d = {t}", showarrow=False, xanchor="right",
-                              yanchor="bottom", font=dict(size=10, color="grey")) for t in thresholds],
+            annotations=[dict(x=1, y=t, xref="x domain", yref="y", text=text, showarrow=False, xanchor="right",
+                              yanchor="bottom", font=dict(size=10, color="grey"))
+                         for t, text in _threshold_labels(thresholds, cap)],
         ),
     )
     return fig

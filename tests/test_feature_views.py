@@ -130,6 +130,10 @@ def test_injection_figure_draws_d_the_null_and_the_thresholds():
     assert bars.y[1] is None and bars.y[2] == 0.3
     assert null.mode == "markers" and list(null.y) == [0.05, -0.2, 0.1]
     assert sorted(s.y0 for s in fig.layout.shapes) == [0.2, 0.5, 0.8]
+    assert sorted(a.text for a in fig.layout.annotations) == ["d = 0.2", "d = 0.5", "d = 0.8"]
+    # with large d the lines sit a few pixels apart: one label for the three
+    large = fv.injection_figure(rows.assign(cohens_d=[30.0, 20.0, 10.0]))
+    assert [a.text for a in large.layout.annotations] == ["d = 0.2 / 0.5 / 0.8"]
 
 
 def test_injection_examples_link_their_text_into_live_at_the_peak():
