@@ -58,7 +58,7 @@ from precompute.index_stage import corpus_documents
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "runs" / "demo"
-M, L = 32, 32
+M, L = 64, 32
 BODY = list(range(10, 20))  # a window's tokens after BOS
 
 
@@ -191,8 +191,9 @@ def _one_feature_sae(model, hook: str, direction: torch.Tensor, threshold: float
     return sae
 
 
-def _run(model, sae, hook, windows, counts, candidate, strategies):
-    result = run_injection(model, sae, hook, windows, [candidate], InjectionSettings(strategies=strategies),
+def _run(model, sae, hook, windows, counts, candidate, strategies, n_sequences: int = 2):
+    result = run_injection(model, sae, hook, windows, [candidate],
+                           InjectionSettings(strategies=strategies, n_sequences=n_sequences),
                            token_counts=counts, stop_at_layer=int(hook.split(".")[1]) + 1, progress=False)
     return result.rows.set_index("strategy")
 
@@ -289,7 +290,9 @@ def test_a_context_feature_by_construction_needs_its_context(demo):
 
     # A frequent word pair (A, B) whose B often follows other tokens: the first, by count, that a
     # probe separates (median positive above the 99th-percentile B elsewhere and the 99.99th-percentile
-    # other token) and that is rare in the baseline windows (injecting it must have room to show).
+    # other token) and that fires in some baseline windows but few: 3-15% of them. Few, so that injecting
+    # it has room to show; some, so that the baseline's spread is not zero, where one chance firing in 32
+    # windows (a random token the probe takes for A) alone made d 0.25 on one build.
     found = None
     for (a, b), n in pairs.most_common(60):
         if n < 50 or not 0.15 < n / unigrams[b] < 0.6 or not tokenizer.decode([b]).strip().isalpha():
@@ -299,14 +302,16 @@ def test_a_context_feature_by_construction_needs_its_context(demo):
             with_inserted(r, [a, b]) for r in natural[300:600]] + [[r[0], b, b, b, *r[1:L - 3]] for r in natural[:100]]
         acts, tokens, previous = activations(rows)
         margin, direction, threshold = _bigram_probe(model, a, b, acts, tokens, previous)
-        if margin > 0 and baseline_share(direction, threshold) < 0.25:
+        if margin > 0 and 0.03 <= baseline_share(direction, threshold) < 0.15:
             found = a, b, direction, threshold
             break
-    assert found is not None, "no frequent pair of the demo corpus is separable at layer 1 and rare in the baseline"
+    assert found is not None, "no frequent pair of the demo corpus is separable at layer 1 and in 3-15% of the baseline"
     a, b, direction, threshold = found
     sae = _one_feature_sae(model, hook, direction, threshold)
     candidate = CandidateTokens(0, (b,), bigrams_before=((a, b),))
-    rows = _run(model, sae, hook, windows, counts, candidate, (*SIMPLE_STRATEGIES, "bigram_before"))
+    # Three "A B" per window: the probe fires on half the natural pairs, so two would leave a quarter of
+    # the windows silent (and make d depend on the build).
+    rows = _run(model, sae, hook, windows, counts, candidate, (*SIMPLE_STRATEGIES, "bigram_before"), n_sequences=3)
     print("context feature", repr(tokenizer.decode([a, b])), rows[["cohens_d", "p_value", "null_d"]].round(3).to_dict())
     for strategy in SIMPLE_STRATEGIES:
         assert verdict(rows.loc[strategy, "cohens_d"], rows.loc[strategy, "p_value"]) != "token_driven", strategy
