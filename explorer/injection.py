@@ -21,11 +21,12 @@ result (`explorer.injection_store`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -241,15 +242,31 @@ class FrequencyMatcher:
         drawable = counts > 0
         drawable[[int(t) for t in excluded if 0 <= int(t) < len(counts)]] = False
         self.pools = {int(b): np.flatnonzero(drawable & (self.bins == b)) for b in np.unique(self.bins[drawable])}
+        self._avoiding: tuple[object, frozenset[int]] = (None, frozenset())
+        self._allowed: dict[int, np.ndarray] = {}
+
+    def _allowed_pool(self, b: int, avoid: set[int]) -> np.ndarray:
+        """Bin `b`'s tokens but `avoid`'s, kept while the same `avoid` comes back (one candidate's draws:
+        filtering a bin of thousands of tokens on every draw was 85% of building the windows)."""
+        if avoid is not self._avoiding[0]:
+            key = frozenset(avoid)
+            if key != self._avoiding[1]:
+                self._allowed = {}
+            self._avoiding = (avoid, key)
+        if b not in self._allowed:
+            pool = self.pools[b]
+            self._allowed[b] = pool[~np.isin(pool, list(avoid))] if avoid else pool
+        return self._allowed[b]
 
     def draw(self, token: int, rng: np.random.Generator, avoid: set[int]) -> int:
+        """A token of `token`'s bin (or the nearest bin with one) not in `avoid`, uniformly. `avoid` must
+        not change in place between calls."""
         target = int(self.bins[token]) if 0 <= token < len(self.bins) else 0
         for distance in range(0, 64):
             for b in dict.fromkeys((target - distance, target + distance)):
-                pool = self.pools.get(b)
-                if pool is None:
+                if b not in self.pools:
                     continue
-                allowed = pool[~np.isin(pool, list(avoid))] if avoid else pool
+                allowed = self._allowed_pool(b, avoid)
                 if len(allowed):
                     return int(allowed[rng.integers(len(allowed))])
         raise InjectionInputError("no token of the corpus is left to draw a null from")
@@ -313,28 +330,51 @@ class _Row(NamedTuple):
     token_ids: tuple[int, ...]
 
 
+def _tested_strategies(settings: InjectionSettings) -> list[tuple[int, str]]:
+    return [(s, strategy) for s, strategy in enumerate(settings.strategies)
+            if not (strategy == "comma_list" and settings.comma_token_id is None)]
+
+
+def _n_injected_rows(candidates: Sequence[CandidateTokens], windows: InjectionWindows, settings: InjectionSettings,
+                     with_null: bool) -> int:
+    """How many rows `_injected_rows` yields: M (2M with the null) per candidate and strategy it has
+    tokens for."""
+    per_window = 2 if with_null else 1
+    return sum(len(windows.baseline) * per_window for candidate in candidates for _, strategy in _tested_strategies(settings)
+               if strategy_units(candidate, strategy, 0, settings))
+
+
+def _injected_window(candidate: CandidateTokens, strategy: str, window: np.ndarray, units: Sequence[Sequence[int]],
+                     settings: InjectionSettings) -> tuple[int, ...]:
+    tokens, _ = inject(window[1:], strategy, units, len(window) - 1, settings.comma_token_id)
+    return (int(window[0]), *tokens)
+
+
 def _injected_rows(candidates: Sequence[CandidateTokens], windows: InjectionWindows, settings: InjectionSettings,
-                   matcher: FrequencyMatcher | None) -> list[_Row]:
-    rows: list[_Row] = []
-    length = windows.baseline.shape[1]
+                   matcher: FrequencyMatcher | None) -> Iterator[_Row]:
+    """Every injected window (and its null after it), built as it is asked for: at the real defaults
+    there are 393,216 of them, 0.96 GiB as Python tuples all at once (docs/scaling.md)."""
     for c, candidate in enumerate(candidates):
         avoid = candidate.own_tokens()
-        for s, strategy in enumerate(settings.strategies):
-            if strategy == "comma_list" and settings.comma_token_id is None:
-                continue
+        for s, strategy in _tested_strategies(settings):
             rng = np.random.default_rng([settings.seed, candidate.feature_id, s])
             for i, window in enumerate(windows.baseline):
                 units = strategy_units(candidate, strategy, i, settings)
                 if not units:
                     break
-                bos, body = [int(window[0])], window[1:]
-                tokens, _ = inject(body, strategy, units, length - 1, settings.comma_token_id)
-                rows.append(_Row(c, strategy, "injected", i, tuple(bos + tokens)))
+                yield _Row(c, strategy, "injected", i, _injected_window(candidate, strategy, window, units, settings))
                 if matcher is not None:
                     null_units = [tuple(matcher.draw(t, rng, avoid) for t in unit) for unit in units]
-                    tokens, _ = inject(body, strategy, null_units, length - 1, settings.comma_token_id)
-                    rows.append(_Row(c, strategy, "null", i, tuple(bos + tokens)))
-    return rows
+                    yield _Row(c, strategy, "null", i, _injected_window(candidate, strategy, window, null_units, settings))
+
+
+def _to_device(token_ids: Sequence[tuple[int, ...]], device: torch.device) -> torch.Tensor:
+    """A [B, L] batch on `device`; on a GPU the copy is asynchronous, so the CPU builds the next batch
+    while the GPU runs this one."""
+    tokens_BT = torch.tensor(token_ids, dtype=torch.long)
+    if device.type == "cuda":
+        return tokens_BT.pin_memory().to(device, non_blocking=True)
+    return tokens_BT.to(device)
 
 
 @torch.no_grad()
@@ -359,6 +399,9 @@ def run_injection(
     injected tokens included (the study takes the maximum over the text). Baseline and target windows
     are forwarded once for every candidate. With `token_counts` ([vocab] corpus counts) each strategy
     also runs its null (frequency-matched random tokens); without, the null columns are NaN.
+
+    The injected windows are built a batch at a time, and each batch's maxima stay on the device until
+    the last batch, so on a GPU the CPU builds the next batch while the GPU runs this one.
     """
     started = time.perf_counter()
     unknown = [s for s in settings.strategies if s not in STRATEGIES]
@@ -369,35 +412,37 @@ def run_injection(
     if special_ids is None:
         special_ids = sorted(model.tokenizer.all_special_ids) if getattr(model, "tokenizer", None) is not None else []
     matcher = FrequencyMatcher(token_counts, special_ids) if token_counts is not None else None
-    feature_ids = [c.feature_id for c in candidates]
     m = len(windows.baseline)
     shared = [_Row(-1, "", "baseline", i, tuple(map(int, w))) for i, w in enumerate(windows.baseline)]
     shared += [_Row(-1, "", "target", i, tuple(map(int, w))) for i, w in enumerate(windows.target)]
-    rows = shared + _injected_rows(candidates, windows, settings, matcher)
+    n_rows = len(shared) + _n_injected_rows(candidates, windows, settings, matcher is not None)
+    rows = itertools.chain(shared, _injected_rows(candidates, windows, settings, matcher))
     device = next(model.parameters()).device
     special = torch.tensor(list(special_ids), dtype=torch.long, device=device)
-    features = torch.tensor(feature_ids, dtype=torch.long, device=device)
-    shared_max = np.zeros((len(shared), len(candidates)), dtype=np.float64)
-    row_max = np.full(len(rows), math.nan)
-    bar = tqdm(total=len(rows), desc="injection", unit="window", disable=not progress)
-    for start in range(0, len(rows), settings.batch_size):
-        batch = rows[start : start + settings.batch_size]
-        tokens_BT = torch.tensor([r.token_ids for r in batch], dtype=torch.long, device=device)
+    features = torch.tensor([c.feature_id for c in candidates], dtype=torch.long, device=device)
+    shared_BC: list[torch.Tensor] = []  # each shared window's maxima for every candidate
+    own_B: list[torch.Tensor] = []  # each window's maximum for its own candidate (shared: candidate 0)
+    labels: list[tuple[int, str, str]] = []  # (candidate, strategy, condition) of each row
+    bar = tqdm(total=n_rows, desc="injection", unit="window", disable=not progress)
+    while batch := list(itertools.islice(rows, settings.batch_size)):
+        tokens_BT = _to_device([r.token_ids for r in batch], device)
         max_BF = _encode_batch(model, sae, hook_name, stop_at_layer, tokens_BT, special).amax(dim=1)
-        which = torch.tensor([max(r.candidate, 0) for r in batch], dtype=torch.long, device=device)
-        own_B = max_BF.gather(1, features[which][:, None])[:, 0].cpu().numpy()
-        for b, row in enumerate(batch):
-            if row.candidate < 0:
-                shared_max[start + b] = max_BF[b, features].cpu().numpy()
-            row_max[start + b] = own_B[b]
+        which = torch.tensor([max(r.candidate, 0) for r in batch], dtype=torch.long).to(device, non_blocking=True)
+        own_B.append(max_BF.gather(1, features[which][:, None])[:, 0])
+        n_shared = sum(r.candidate < 0 for r in batch)  # shared rows come first
+        if n_shared:
+            shared_BC.append(max_BF[:n_shared, features])
+        labels += [(r.candidate, r.strategy, r.condition) for r in batch]
         bar.update(len(batch))
         if on_batch is not None:
             on_batch()
     bar.close()
+    shared_max = torch.cat(shared_BC).double().cpu().numpy()
+    row_max = torch.cat(own_B).double().cpu().numpy()
     base_MC, target_MC = shared_max[:m], shared_max[m : 2 * m]
     values: dict[tuple[int, str, str], list[float]] = {}
-    for row, value in zip(rows[len(shared):], row_max[len(shared):]):
-        values.setdefault((row.candidate, row.strategy, row.condition), []).append(float(value))
+    for label, value in zip(labels[len(shared):], row_max[len(shared):]):
+        values.setdefault(label, []).append(float(value))
     records = []
     for c, candidate in enumerate(candidates):
         base, target = base_MC[:, c], target_MC[:, c]
@@ -417,9 +462,11 @@ def run_injection(
             })
     frame = pd.DataFrame.from_records(records, columns=FEATURE_INJECTION_COLUMNS)
     verdicts = verdict_rows(frame)
-    examples = _example_rows(model, sae, hook_name, stop_at_layer, special, candidates, rows, row_max, shared_max,
-                             verdicts, m)
-    return InjectionResult(frame, verdicts, examples, len(rows), len(rows) * windows.baseline.shape[1],
+    injected_max = {key: np.asarray(v) for key, v in values.items() if key[2] == "injected"}
+    examples = _example_rows(model, sae, hook_name, stop_at_layer, special, candidates, windows, settings,
+                             injected_max, shared_max, verdicts)
+    n_windows = len(labels)
+    return InjectionResult(frame, verdicts, examples, n_windows, n_windows * windows.baseline.shape[1],
                            time.perf_counter() - started)
 
 
@@ -456,20 +503,25 @@ def verdict_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=VERDICT_COLUMNS)
 
 
-def _example_rows(model, sae, hook_name, stop_at_layer, special, candidates, rows, row_max, shared_max, verdicts,
-                  m) -> pd.DataFrame:
+def _example_rows(model, sae, hook_name, stop_at_layer, special, candidates, windows, settings, injected_max,
+                  shared_max, verdicts) -> pd.DataFrame:
     """The N_EXAMPLES windows where each candidate fires most, per condition (injected: its best
-    strategy's), with the activation of every token (a second, small forward)."""
+    strategy's, rebuilt from the window and the strategy's units), with the activation of every token
+    (a second, small forward)."""
+    m = len(windows.baseline)
     best = dict(zip(verdicts["feature_id"], verdicts["best_strategy"]))
     chosen: list[tuple[int, str | None, str, int, tuple[int, ...]]] = []
     for c, candidate in enumerate(candidates):
-        for condition, offset in (("baseline", 0), ("target", m)):
+        for condition, offset, source in (("baseline", 0, windows.baseline), ("target", m, windows.target)):
             order = np.argsort(-shared_max[offset : offset + m, c], kind="stable")[:N_EXAMPLES]
-            chosen += [(c, None, condition, rank, rows[offset + i].token_ids) for rank, i in enumerate(order.tolist())]
+            chosen += [(c, None, condition, rank, tuple(map(int, source[i]))) for rank, i in enumerate(order.tolist())]
         strategy = best.get(candidate.feature_id)
-        picks = [i for i, r in enumerate(rows) if r.candidate == c and r.strategy == strategy and r.condition == "injected"]
-        order = sorted(picks, key=lambda i: (-row_max[i], i))[:N_EXAMPLES]
-        chosen += [(c, strategy, "injected", rank, rows[i].token_ids) for rank, i in enumerate(order)]
+        maxima = injected_max.get((c, strategy, "injected"), np.zeros(0))
+        order = np.argsort(-maxima, kind="stable")[:N_EXAMPLES]  # ties: the first window
+        chosen += [(c, strategy, "injected", rank, _injected_window(candidate, strategy, windows.baseline[i],
+                                                                     strategy_units(candidate, strategy, i, settings),
+                                                                     settings))
+                   for rank, i in enumerate(order.tolist())]
     records = []
     device = next(model.parameters()).device
     for start in range(0, len(chosen), 32):

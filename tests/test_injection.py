@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -140,6 +142,11 @@ def test_the_null_draws_tokens_of_the_same_frequency_bin():
     assert drawn == {4}  # 8, 9, 10 share bin 3; 5 is excluded, 3 is the candidate's own
     assert {matcher.draw(1, rng, avoid={1}) for _ in range(20)} == {2}
     assert matcher.draw(6, rng, avoid={6}) in {3, 4}  # alone in its bin: the nearest bin with tokens
+    # each bin's allowed tokens are kept while the same avoid set comes back; another set is honoured
+    avoid = {4}
+    assert {matcher.draw(3, rng, avoid=avoid) for _ in range(20)} == {3}
+    assert {matcher.draw(3, rng, avoid={3}) for _ in range(20)} == {4}
+    assert {matcher.draw(3, rng, avoid=set()) for _ in range(50)} == {3, 4}
 
 
 def test_baseline_windows_hold_no_phrase_and_do_not_open_after_one():
@@ -348,3 +355,12 @@ def test_the_stage_writes_replaces_and_reads_back(demo, tmp_path, capsys):
     assert main([*args, "--windows", "100000", "--force"]) == 2
     err = capsys.readouterr().err
     assert "--windows" in err and "windows of 24 tokens without backtracking" in err
+
+
+def test_the_windows_benchmark_builds_the_same_windows_by_every_route():
+    """benchmarks/injection_windows.py at a small size: streamed with the per-candidate bin cache, and
+    all built first with and without it, give the same batches (it asserts so) and print their figures."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "injection_windows.py"), "--candidates", "3",
+                          "--vocab", "5000", "--windows", "8", "--tokens", "16", "--batch-size", "8"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "the same batches from every route" in out and "before" in out
