@@ -326,7 +326,6 @@ class _Row(NamedTuple):
     strategy: str
     condition: str
     """baseline, target, injected or null."""
-    window: int
     token_ids: tuple[int, ...]
 
 
@@ -344,8 +343,9 @@ def _n_injected_rows(candidates: Sequence[CandidateTokens], windows: InjectionWi
                if strategy_units(candidate, strategy, 0, settings))
 
 
-def _injected_window(candidate: CandidateTokens, strategy: str, window: np.ndarray, units: Sequence[Sequence[int]],
+def _injected_window(strategy: str, window: np.ndarray, units: Sequence[Sequence[int]],
                      settings: InjectionSettings) -> tuple[int, ...]:
+    """`window` (BOS first) with `units` injected after its BOS, as long as it was."""
     tokens, _ = inject(window[1:], strategy, units, len(window) - 1, settings.comma_token_id)
     return (int(window[0]), *tokens)
 
@@ -362,10 +362,10 @@ def _injected_rows(candidates: Sequence[CandidateTokens], windows: InjectionWind
                 units = strategy_units(candidate, strategy, i, settings)
                 if not units:
                     break
-                yield _Row(c, strategy, "injected", i, _injected_window(candidate, strategy, window, units, settings))
+                yield _Row(c, strategy, "injected", _injected_window(strategy, window, units, settings))
                 if matcher is not None:
                     null_units = [tuple(matcher.draw(t, rng, avoid) for t in unit) for unit in units]
-                    yield _Row(c, strategy, "null", i, _injected_window(candidate, strategy, window, null_units, settings))
+                    yield _Row(c, strategy, "null", _injected_window(strategy, window, null_units, settings))
 
 
 def _to_device(token_ids: Sequence[tuple[int, ...]], device: torch.device) -> torch.Tensor:
@@ -413,8 +413,8 @@ def run_injection(
         special_ids = sorted(model.tokenizer.all_special_ids) if getattr(model, "tokenizer", None) is not None else []
     matcher = FrequencyMatcher(token_counts, special_ids) if token_counts is not None else None
     m = len(windows.baseline)
-    shared = [_Row(-1, "", "baseline", i, tuple(map(int, w))) for i, w in enumerate(windows.baseline)]
-    shared += [_Row(-1, "", "target", i, tuple(map(int, w))) for i, w in enumerate(windows.target)]
+    shared = [_Row(-1, "", "baseline", tuple(map(int, w))) for w in windows.baseline]
+    shared += [_Row(-1, "", "target", tuple(map(int, w))) for w in windows.target]
     n_rows = len(shared) + _n_injected_rows(candidates, windows, settings, matcher is not None)
     rows = itertools.chain(shared, _injected_rows(candidates, windows, settings, matcher))
     device = next(model.parameters()).device
@@ -518,10 +518,9 @@ def _example_rows(model, sae, hook_name, stop_at_layer, special, candidates, win
         strategy = best.get(candidate.feature_id)
         maxima = injected_max.get((c, strategy, "injected"), np.zeros(0))
         order = np.argsort(-maxima, kind="stable")[:N_EXAMPLES]  # ties: the first window
-        chosen += [(c, strategy, "injected", rank, _injected_window(candidate, strategy, windows.baseline[i],
-                                                                     strategy_units(candidate, strategy, i, settings),
-                                                                     settings))
-                   for rank, i in enumerate(order.tolist())]
+        for rank, i in enumerate(order.tolist()):
+            units = strategy_units(candidate, strategy, i, settings)
+            chosen.append((c, strategy, "injected", rank, _injected_window(strategy, windows.baseline[i], units, settings)))
     records = []
     device = next(model.parameters()).device
     for start in range(0, len(chosen), 32):
